@@ -1,0 +1,138 @@
+//! The JSON types of the HTTP API under `/v1`, shared by the server and the CLI.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{ContainerRecord, Location, State};
+
+/// Every error the API returns: one sentence and a stable machine-readable code.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    pub error: String,
+    pub code: String,
+}
+
+/// Body of `POST /v1/containers`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// Image reference, e.g. `debian:12` or a local image id.
+    pub image: String,
+    /// Optional name, unique among the caller's containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// CPU limit in cores; the server's default applies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory limit (`512m`, `1g`); the server's default applies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Command to run instead of the image's default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+}
+
+/// A container as `ls` and `show` print it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub owner: String,
+    pub location: Location,
+    pub state: State,
+    pub generation: u64,
+    /// The engine's id for the container where it runs now.
+    pub runtime_id: Option<String>,
+    pub command: Vec<String>,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<&ContainerRecord> for ContainerView {
+    fn from(r: &ContainerRecord) -> Self {
+        ContainerView {
+            id: r.id.to_string(),
+            name: r.name.to_string(),
+            image: r.image.to_string(),
+            owner: r.owner.to_string(),
+            location: r.location,
+            state: r.state,
+            generation: r.generation,
+            runtime_id: r.runtime_id.clone(),
+            command: r.command.clone(),
+            cpus: r.cpus,
+            memory_bytes: r.memory_bytes,
+            reason: r.reason.clone(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/join`: the secret half of a join token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub secret: String,
+}
+
+/// Answer to a join: the credential to use from now on.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinResponse {
+    pub user: String,
+    pub admin: bool,
+    /// Bearer token for every later call. The server keeps only its hash.
+    pub token: String,
+}
+
+/// Who the caller is (`GET /v1/whoami`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub user: String,
+    pub admin: bool,
+}
+
+/// The first message on an exec WebSocket (`/v1/containers/{id}/exec`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Command and arguments; empty means an interactive shell (`/bin/sh`).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Allocate a terminal (interactive use).
+    #[serde(default)]
+    pub tty: bool,
+    /// Terminal size in columns and rows, when `tty` is set.
+    #[serde(default)]
+    pub size: Option<(u16, u16)>,
+    /// `TERM` for the command, when `tty` is set.
+    #[serde(default)]
+    pub term: Option<String>,
+}
+
+/// Control messages on an exec WebSocket, sent as text frames. Data travels in binary
+/// frames whose first byte names the stream (see [`exec_stream`]).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExecControl {
+    /// Client to server: the terminal was resized.
+    Resize { cols: u16, rows: u16 },
+    /// Client to server: no more input.
+    CloseStdin,
+    /// Server to client: the command ended.
+    Exit { code: i64 },
+    /// Server to client: the command could not run.
+    Error { error: String, code: String },
+}
+
+/// First byte of a binary frame on an exec WebSocket.
+pub mod exec_stream {
+    pub const STDIN: u8 = 0;
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+}

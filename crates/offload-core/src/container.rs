@@ -1,0 +1,116 @@
+//! The container record the server keeps, with its location, state and generation.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{ContainerId, ImageRef, Name, UserName};
+
+/// Which host runs (or last ran) a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    Cloud,
+    Edge,
+}
+
+impl Location {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Location::Cloud => "cloud",
+            Location::Edge => "edge",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "cloud" => Some(Location::Cloud),
+            "edge" => Some(Location::Edge),
+            _ => None,
+        }
+    }
+}
+
+/// The lifecycle state of a container, as users see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Recorded, engine container not yet confirmed running.
+    Creating,
+    Running,
+    Stopped,
+    /// Between hosts; see the move record for the step.
+    Moving,
+    /// At the edge, and the edge's agent is not connected.
+    Unreachable,
+    /// The engine container disappeared outside offload's control.
+    Missing,
+    /// Creation failed; `reason` says why.
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Creating => "creating",
+            State::Running => "running",
+            State::Stopped => "stopped",
+            State::Moving => "moving",
+            State::Unreachable => "unreachable",
+            State::Missing => "missing",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "creating" => State::Creating,
+            "running" => State::Running,
+            "stopped" => State::Stopped,
+            "moving" => State::Moving,
+            "unreachable" => State::Unreachable,
+            "missing" => State::Missing,
+            "failed" => State::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Everything the server knows about one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: ContainerId,
+    pub name: Name,
+    pub owner: UserName,
+    pub image: ImageRef,
+    pub command: Vec<String>,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub location: Location,
+    pub state: State,
+    /// Fencing number; grows by one on every move.
+    pub generation: u64,
+    /// The engine's id for the container where it runs now.
+    pub runtime_id: Option<String>,
+    /// Why the container is in its state, when that is not obvious (a failure, a loss).
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl ContainerRecord {
+    /// Commands can run in it now.
+    pub fn can_exec(&self) -> bool {
+        self.state == State::Running
+    }
+
+    /// `offload stop` applies.
+    pub fn can_stop(&self) -> bool {
+        matches!(self.state, State::Running | State::Creating)
+    }
+
+    /// `offload rm` applies: anything not in the middle of a move.
+    pub fn can_remove(&self) -> bool {
+        self.state != State::Moving
+    }
+}

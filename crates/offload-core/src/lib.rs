@@ -1,0 +1,28 @@
+//! Domain types of offload: ids, names, sizes, the container record and the API types.
+//!
+//! This crate does no I/O, so everything in it can be tested without Docker, disks or
+//! sockets. The HTTP server, the store and the CLI all speak these types.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod api;
+pub mod container;
+pub mod id;
+pub mod size;
+
+pub use container::{ContainerRecord, Location, State};
+pub use id::{ContainerId, ImageRef, Name, UserName, ValidationError};
+pub use size::parse_memory;
+
+/// Label keys every engine container created by offload carries (invariant I4).
+pub mod labels {
+    /// offload's own container id.
+    pub const ID: &str = "offload.id";
+    /// The owning user's name.
+    pub const OWNER: &str = "offload.owner";
+    /// The move generation (fencing number) the engine container was started for.
+    pub const GENERATION: &str = "offload.generation";
+}
+
+/// Where a container's workspace is mounted inside the container.
+pub const WORKSPACE_MOUNT: &str = "/workspace";

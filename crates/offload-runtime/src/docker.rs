@@ -1,0 +1,389 @@
+//! [`ContainerRuntime`] over the Docker Engine API (Docker, or Podman's compatible socket).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+
+use crate::{
+    ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec, ImageInfo, NetworkMode,
+    Result, RuntimeContainer, RuntimeError,
+};
+
+/// A Docker Engine API endpoint.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    host: String,
+}
+
+impl DockerRuntime {
+    /// Connects to `host` (`unix:///...`, `tcp://...`), or to `DOCKER_HOST` and then the
+    /// local default socket when `host` is `None`, and negotiates the API version so older
+    /// engines (Debian's Docker 20.10, Podman) accept the calls.
+    pub async fn connect(host: Option<&str>) -> Result<Self> {
+        let env_host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let chosen = host.map(str::to_owned).or(env_host);
+        let shown = chosen
+            .clone()
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+        let connect_err = |source: bollard::errors::Error| RuntimeError::Connect {
+            host: shown.clone(),
+            source: Box::new(source),
+        };
+        let docker = match &chosen {
+            Some(h) => Docker::connect_with_host(h),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(connect_err)?
+        // Image loads and stops with a grace period can take longer than the default.
+        .with_timeout(Duration::from_secs(600));
+        let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        Ok(DockerRuntime {
+            docker,
+            host: shown,
+        })
+    }
+
+    /// The endpoint this runtime talks to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+fn engine_err(action: &'static str) -> impl Fn(bollard::errors::Error) -> RuntimeError {
+    move |e| RuntimeError::Engine {
+        action,
+        message: describe(&e),
+    }
+}
+
+fn describe(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn is_not_modified(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 304,
+            ..
+        }
+    )
+}
+
+/// The HostConfig of a user container: limits, the workspace mount and nothing else.
+fn host_config(spec: &ContainerSpec) -> HostConfig {
+    let network_mode = match &spec.network {
+        NetworkMode::Default => None,
+        NetworkMode::None => Some("none".to_owned()),
+        NetworkMode::Named(name) => Some(name.clone()),
+    };
+    HostConfig {
+        nano_cpus: Some((spec.cpus * 1e9).round() as i64),
+        memory: Some(spec.memory_bytes as i64),
+        // No swap beyond the memory limit, so the limit means what it says.
+        memory_swap: Some(spec.memory_bytes as i64),
+        pids_limit: Some(4096),
+        init: Some(true),
+        privileged: Some(false),
+        readonly_rootfs: Some(false),
+        security_opt: Some(vec!["no-new-privileges".to_owned()]),
+        network_mode,
+        mounts: Some(vec![Mount {
+            target: Some(spec.workspace_target.clone()),
+            source: Some(spec.workspace.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn summary_to_container(s: bollard::models::ContainerSummary) -> Option<RuntimeContainer> {
+    let status = s
+        .state
+        .map(|st| format!("{st:?}").to_lowercase())
+        .unwrap_or_default();
+    Some(RuntimeContainer {
+        runtime_id: s.id?,
+        name: s
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .unwrap_or_default(),
+        image: s.image.unwrap_or_default(),
+        labels: s.labels.unwrap_or_default().into_iter().collect(),
+        running: status == "running",
+        status,
+    })
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn ping(&self) -> Result<()> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| RuntimeError::Connect {
+                host: self.host.clone(),
+                source: Box::new(e),
+            })
+    }
+
+    async fn image(&self, image: &str) -> Result<Option<ImageInfo>> {
+        match self.docker.inspect_image(image).await {
+            Ok(info) => Ok(Some(ImageInfo {
+                id: info.id.unwrap_or_default(),
+                architecture: info.architecture,
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(engine_err("image inspect")(e)),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<()> {
+        let options = CreateImageOptionsBuilder::new().from_image(image).build();
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| RuntimeError::ImageUnavailable {
+                image: image.to_owned(),
+                message: describe(&e),
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn run(&self, spec: &ContainerSpec) -> Result<String> {
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+            labels: Some(spec.labels.clone().into_iter().collect::<HashMap<_, _>>()),
+            stop_timeout: Some(i64::from(spec.stop_grace_secs)),
+            working_dir: Some(spec.workspace_target.clone()),
+            tty: Some(false),
+            open_stdin: Some(false),
+            host_config: Some(host_config(spec)),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    RuntimeError::ImageUnavailable {
+                        image: spec.image.clone(),
+                        message: describe(&e),
+                    }
+                } else {
+                    engine_err("container create")(e)
+                }
+            })?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id).await;
+            return Err(engine_err("container start")(e));
+        }
+        Ok(created.id)
+    }
+
+    async fn start(&self, runtime_id: &str) -> Result<()> {
+        match self.docker.start_container(runtime_id, None).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_modified(&e) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(RuntimeError::NotFound {
+                id: runtime_id.to_owned(),
+            }),
+            Err(e) => Err(engine_err("container start")(e)),
+        }
+    }
+
+    async fn stop(&self, runtime_id: &str, grace: Duration) -> Result<()> {
+        let secs = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::new().t(secs).build();
+        match self.docker.stop_container(runtime_id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_modified(&e) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(RuntimeError::NotFound {
+                id: runtime_id.to_owned(),
+            }),
+            Err(e) => Err(engine_err("container stop")(e)),
+        }
+    }
+
+    async fn remove(&self, runtime_id: &str) -> Result<()> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self
+            .docker
+            .remove_container(runtime_id, Some(options))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(engine_err("container remove")(e)),
+        }
+    }
+
+    async fn inspect(&self, runtime_id: &str) -> Result<Option<RuntimeContainer>> {
+        match self
+            .docker
+            .inspect_container(runtime_id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                let config = c.config.unwrap_or_default();
+                Ok(Some(RuntimeContainer {
+                    runtime_id: c.id.unwrap_or_default(),
+                    name: c
+                        .name
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    image: config.image.unwrap_or_default(),
+                    labels: config
+                        .labels
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect::<BTreeMap<_, _>>(),
+                    running: state.running.unwrap_or(false),
+                    status: state
+                        .status
+                        .map(|s| format!("{s:?}").to_lowercase())
+                        .unwrap_or_default(),
+                }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(engine_err("container inspect")(e)),
+        }
+    }
+
+    async fn list_labelled(&self, key: &str) -> Result<Vec<RuntimeContainer>> {
+        let filters = HashMap::from([("label", vec![key])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(engine_err("container list"))?;
+        Ok(list.into_iter().filter_map(summary_to_container).collect())
+    }
+
+    async fn exec(&self, runtime_id: &str, spec: &ExecSpec) -> Result<ExecSession> {
+        let options = CreateExecOptions {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(spec.tty),
+            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+            cmd: Some(spec.command.clone()),
+            working_dir: spec.working_dir.clone(),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(runtime_id, options)
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    RuntimeError::NotFound {
+                        id: runtime_id.to_owned(),
+                    }
+                } else {
+                    engine_err("exec create")(e)
+                }
+            })?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: spec.tty,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(engine_err("exec start"))?;
+        match started {
+            StartExecResults::Attached { output, input } => {
+                let output = output.filter_map(|item| async move {
+                    match item {
+                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                            Some(Ok(ExecOutput::Stdout(message.to_vec())))
+                        }
+                        Ok(LogOutput::StdErr { message }) => {
+                            Some(Ok(ExecOutput::Stderr(message.to_vec())))
+                        }
+                        Ok(LogOutput::StdIn { .. }) => None,
+                        Err(e) => Some(Err(engine_err("exec output")(e))),
+                    }
+                });
+                Ok(ExecSession {
+                    exec_id: created.id,
+                    output: Box::pin(output),
+                    input,
+                })
+            }
+            StartExecResults::Detached => Err(RuntimeError::Engine {
+                action: "exec start",
+                message: "the engine did not attach to the command".to_owned(),
+            }),
+        }
+    }
+
+    async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()> {
+        self.docker
+            .resize_exec(
+                exec_id,
+                ResizeExecOptions {
+                    height: rows,
+                    width: cols,
+                },
+            )
+            .await
+            .map_err(engine_err("exec resize"))
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+        let inspect = self
+            .docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(engine_err("exec inspect"))?;
+        if inspect.running.unwrap_or(false) {
+            return Ok(None);
+        }
+        Ok(inspect.exit_code)
+    }
+}

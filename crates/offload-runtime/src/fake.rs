@@ -1,0 +1,212 @@
+//! An in-memory [`ContainerRuntime`] that records calls, for unit tests of the layers
+//! above the engine.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::{
+    ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec, ImageInfo, Result,
+    RuntimeContainer, RuntimeError,
+};
+
+/// A call the fake received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    Run(String),
+    Start(String),
+    Stop(String),
+    Remove(String),
+    Exec(String, Vec<String>),
+}
+
+#[derive(Default)]
+struct Inner {
+    containers: BTreeMap<String, (ContainerSpec, bool)>,
+    images: BTreeMap<String, ImageInfo>,
+    calls: Vec<Call>,
+    next_id: u64,
+    fail_runs: bool,
+}
+
+/// A fake engine: containers are records, exec echoes its command.
+#[derive(Clone, Default)]
+pub struct FakeRuntime {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic in another test thread must not hide this test's result.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `image` present.
+    pub fn add_image(&self, image: &str) {
+        let mut inner = self.lock();
+        let id = format!("sha256:{:064x}", inner.images.len() + 1);
+        inner.images.insert(
+            image.to_owned(),
+            ImageInfo {
+                id,
+                architecture: Some("amd64".to_owned()),
+            },
+        );
+    }
+
+    /// Makes every later `run` fail.
+    pub fn fail_runs(&self, fail: bool) {
+        self.lock().fail_runs = fail;
+    }
+
+    /// The calls received so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Simulates a container vanishing outside offload's control.
+    pub fn forget(&self, runtime_id: &str) {
+        self.lock().containers.remove(runtime_id);
+    }
+
+    /// Ids of the containers that run now.
+    pub fn running(&self) -> Vec<String> {
+        self.lock()
+            .containers
+            .iter()
+            .filter(|(_, (_, running))| *running)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn view(id: &str, spec: &ContainerSpec, running: bool) -> RuntimeContainer {
+        RuntimeContainer {
+            runtime_id: id.to_owned(),
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            labels: spec.labels.clone(),
+            running,
+            status: if running { "running" } else { "exited" }.to_owned(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn image(&self, image: &str) -> Result<Option<ImageInfo>> {
+        Ok(self.lock().images.get(image).cloned())
+    }
+
+    async fn pull(&self, image: &str) -> Result<()> {
+        Err(RuntimeError::ImageUnavailable {
+            image: image.to_owned(),
+            message: "no registry".to_owned(),
+        })
+    }
+
+    async fn run(&self, spec: &ContainerSpec) -> Result<String> {
+        let mut inner = self.lock();
+        inner.calls.push(Call::Run(spec.name.clone()));
+        if inner.fail_runs || !inner.images.contains_key(&spec.image) {
+            return Err(RuntimeError::ImageUnavailable {
+                image: spec.image.clone(),
+                message: "no such image".to_owned(),
+            });
+        }
+        inner.next_id += 1;
+        let id = format!("{:064x}", inner.next_id);
+        inner.containers.insert(id.clone(), (spec.clone(), true));
+        Ok(id)
+    }
+
+    async fn start(&self, runtime_id: &str) -> Result<()> {
+        let mut inner = self.lock();
+        inner.calls.push(Call::Start(runtime_id.to_owned()));
+        match inner.containers.get_mut(runtime_id) {
+            Some((_, running)) => {
+                *running = true;
+                Ok(())
+            }
+            None => Err(RuntimeError::NotFound {
+                id: runtime_id.to_owned(),
+            }),
+        }
+    }
+
+    async fn stop(&self, runtime_id: &str, _grace: Duration) -> Result<()> {
+        let mut inner = self.lock();
+        inner.calls.push(Call::Stop(runtime_id.to_owned()));
+        match inner.containers.get_mut(runtime_id) {
+            Some((_, running)) => {
+                *running = false;
+                Ok(())
+            }
+            None => Err(RuntimeError::NotFound {
+                id: runtime_id.to_owned(),
+            }),
+        }
+    }
+
+    async fn remove(&self, runtime_id: &str) -> Result<()> {
+        let mut inner = self.lock();
+        inner.calls.push(Call::Remove(runtime_id.to_owned()));
+        inner.containers.remove(runtime_id);
+        Ok(())
+    }
+
+    async fn inspect(&self, runtime_id: &str) -> Result<Option<RuntimeContainer>> {
+        Ok(self
+            .lock()
+            .containers
+            .get(runtime_id)
+            .map(|(spec, running)| Self::view(runtime_id, spec, *running)))
+    }
+
+    async fn list_labelled(&self, key: &str) -> Result<Vec<RuntimeContainer>> {
+        Ok(self
+            .lock()
+            .containers
+            .iter()
+            .filter(|(_, (spec, _))| spec.labels.contains_key(key))
+            .map(|(id, (spec, running))| Self::view(id, spec, *running))
+            .collect())
+    }
+
+    async fn exec(&self, runtime_id: &str, spec: &ExecSpec) -> Result<ExecSession> {
+        let mut inner = self.lock();
+        inner
+            .calls
+            .push(Call::Exec(runtime_id.to_owned(), spec.command.clone()));
+        if !inner
+            .containers
+            .get(runtime_id)
+            .is_some_and(|(_, running)| *running)
+        {
+            return Err(RuntimeError::NotFound {
+                id: runtime_id.to_owned(),
+            });
+        }
+        let echoed = spec.command.join(" ").into_bytes();
+        Ok(ExecSession {
+            exec_id: format!("exec-{runtime_id}"),
+            output: Box::pin(futures::stream::iter([Ok(ExecOutput::Stdout(echoed))])),
+            input: Box::pin(tokio::io::sink()),
+        })
+    }
+
+    async fn exec_resize(&self, _exec_id: &str, _cols: u16, _rows: u16) -> Result<()> {
+        Ok(())
+    }
+
+    async fn exec_exit_code(&self, _exec_id: &str) -> Result<Option<i64>> {
+        Ok(Some(0))
+    }
+}

@@ -1,0 +1,171 @@
+//! The container engine seam: the [`ContainerRuntime`] trait, its Docker Engine API
+//! implementation (Docker or Podman, through bollard) and a recording fake for tests.
+//!
+//! bollard's types stay inside this crate; callers speak [`ContainerSpec`],
+//! [`RuntimeContainer`] and [`ExecSession`].
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod docker;
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::AsyncWrite;
+
+pub use docker::DockerRuntime;
+
+/// Errors from a container engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot reach the container engine at {host}: {source}")]
+    Connect {
+        host: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("image {image} is not available on this engine: {message}")]
+    ImageUnavailable { image: String, message: String },
+    #[error("engine container {id} not found")]
+    NotFound { id: String },
+    #[error("container engine refused {action}: {message}")]
+    Engine {
+        action: &'static str,
+        message: String,
+    },
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// The network a user container joins: an operator's setting, never the user's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NetworkMode {
+    /// The engine's default network.
+    #[default]
+    Default,
+    /// No network at all.
+    None,
+    /// A named engine network.
+    Named(String),
+}
+
+impl NetworkMode {
+    /// Parses the operator's setting: `default`, `none` or a network name.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "default" | "" => Some(NetworkMode::Default),
+            "none" => Some(NetworkMode::None),
+            "host" | "bridge" => None,
+            name if name.starts_with("container:") => None,
+            name => Some(NetworkMode::Named(name.to_owned())),
+        }
+    }
+}
+
+/// Everything needed to create a user container. Only these options exist: the
+/// allow-list of DESIGN.md §8 is this struct.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Engine-side name, e.g. `offload-<id>`.
+    pub name: String,
+    pub image: String,
+    /// Empty means the image's default command.
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    /// Host directory bind-mounted at [`ContainerSpec::workspace_target`].
+    pub workspace: PathBuf,
+    pub workspace_target: String,
+    pub labels: BTreeMap<String, String>,
+    pub network: NetworkMode,
+    /// Seconds the engine waits after SIGTERM before SIGKILL on stop.
+    pub stop_grace_secs: u32,
+}
+
+/// A container as the engine reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeContainer {
+    pub runtime_id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub running: bool,
+    /// The engine's own word for the state (`running`, `exited`, ...).
+    pub status: String,
+}
+
+/// What the engine knows of an image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub architecture: Option<String>,
+}
+
+/// A command to run in a container.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExecSpec {
+    pub command: Vec<String>,
+    pub tty: bool,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+}
+
+/// One piece of a running command's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecOutput {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+/// A started command: its output stream and its stdin.
+pub struct ExecSession {
+    pub exec_id: String,
+    pub output: Pin<Box<dyn Stream<Item = Result<ExecOutput>> + Send>>,
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// A container engine, as offload uses it.
+#[async_trait::async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// Checks that the engine answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// The image's id if the engine has it locally.
+    async fn image(&self, image: &str) -> Result<Option<ImageInfo>>;
+
+    /// Pulls `image` from its registry.
+    async fn pull(&self, image: &str) -> Result<()>;
+
+    /// Creates and starts a container; returns the engine's id. A container that was
+    /// created but failed to start is removed again.
+    async fn run(&self, spec: &ContainerSpec) -> Result<String>;
+
+    /// Starts an existing, stopped container.
+    async fn start(&self, runtime_id: &str) -> Result<()>;
+
+    /// Stops a container, waiting at most `grace` before the engine kills it.
+    /// Stopping a stopped container succeeds.
+    async fn stop(&self, runtime_id: &str, grace: Duration) -> Result<()>;
+
+    /// Removes a container, running or not. Removing a missing container succeeds.
+    async fn remove(&self, runtime_id: &str) -> Result<()>;
+
+    /// The container if it exists.
+    async fn inspect(&self, runtime_id: &str) -> Result<Option<RuntimeContainer>>;
+
+    /// Every container carrying the label `key` (running or not).
+    async fn list_labelled(&self, key: &str) -> Result<Vec<RuntimeContainer>>;
+
+    /// Starts a command in a running container.
+    async fn exec(&self, runtime_id: &str, spec: &ExecSpec) -> Result<ExecSession>;
+
+    /// Resizes an exec's terminal.
+    async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()>;
+
+    /// The exit code of a finished exec, `None` while it still runs.
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
+}

@@ -1,0 +1,675 @@
+//! The controller: every action on containers, checked against the caller, written to
+//! the store before the engine is touched (I4), and the start-up reconciliation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use offload_core::api::StartRequest;
+use offload_core::{
+    ContainerId, ContainerRecord, ImageRef, Location, Name, State, WORKSPACE_MOUNT, labels,
+    parse_memory,
+};
+use offload_runtime::{ContainerRuntime, ContainerSpec, NetworkMode, RuntimeContainer};
+use offload_store::{Principal, Store, StoreError};
+
+use crate::config::{Limits, MIN_MEMORY, ServerConfig};
+use crate::error::ActionError;
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Executes actions against the store and the cloud engine.
+pub struct Controller {
+    store: Arc<Store>,
+    runtime: Arc<dyn ContainerRuntime>,
+    config: ServerConfig,
+    limits: Limits,
+    network: NetworkMode,
+    workspaces: PathBuf,
+    /// One lock per container, so actions on the same container do not interleave.
+    locks: Mutex<HashMap<ContainerId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Controller {
+    pub fn new(
+        store: Arc<Store>,
+        runtime: Arc<dyn ContainerRuntime>,
+        config: ServerConfig,
+    ) -> Result<Self, ActionError> {
+        let limits = config
+            .validate()
+            .map_err(|e| ActionError::BadRequest(e.to_string()))?;
+        let network = NetworkMode::parse(&config.network)
+            .ok_or_else(|| ActionError::BadRequest("invalid network setting".into()))?;
+        let workspaces = config.data_dir.join("workspaces");
+        std::fs::create_dir_all(&workspaces).map_err(|e| {
+            ActionError::Internal(format!("cannot create {}: {e}", workspaces.display()))
+        })?;
+        Ok(Controller {
+            store,
+            runtime,
+            config,
+            limits,
+            network,
+            workspaces,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
+    /// Runs a store operation on a blocking thread.
+    pub async fn db<T, F>(&self, f: F) -> Result<T, ActionError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+    }
+
+    async fn lock(&self, id: &ContainerId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// The host directory holding a container's workspace.
+    pub fn workspace_dir(&self, id: &ContainerId) -> PathBuf {
+        self.workspaces.join(id.as_str())
+    }
+
+    /// Finds one of the caller's containers by id or name. Another user's container is
+    /// reported exactly as a missing one (I3).
+    pub async fn find(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+    ) -> Result<ContainerRecord, ActionError> {
+        let owner = who.user.clone();
+        let key = id_or_name.to_owned();
+        self.db(move |s| s.find_container(&owner, &key))
+            .await?
+            .ok_or_else(|| ActionError::NotFound(id_or_name.to_owned()))
+    }
+
+    pub async fn list(&self, who: &Principal) -> Result<Vec<ContainerRecord>, ActionError> {
+        let owner = who.user.clone();
+        self.db(move |s| s.containers(Some(&owner))).await
+    }
+
+    fn validate_start(
+        &self,
+        who: &Principal,
+        req: &StartRequest,
+    ) -> Result<(ImageRef, Name, f64, u64), ActionError> {
+        let bad = |m: String| ActionError::BadRequest(m);
+        let image = ImageRef::parse(&req.image).map_err(|e| bad(e.to_string()))?;
+        let name = match &req.name {
+            Some(n) => Name::parse(n).map_err(|e| bad(e.to_string()))?,
+            None => Name::parse(&format!(
+                "{}-{}",
+                who.user,
+                &ContainerId::random().as_str()[..6]
+            ))
+            .map_err(|e| bad(e.to_string()))?,
+        };
+        let cpus = req.cpus.unwrap_or(self.limits.default_cpus);
+        if !(cpus.is_finite() && cpus >= 0.01 && cpus <= self.limits.max_cpus) {
+            return Err(bad(format!(
+                "invalid cpus {cpus}: use a number from 0.01 to {}",
+                self.limits.max_cpus
+            )));
+        }
+        let memory = match &req.memory {
+            Some(m) => parse_memory(m).map_err(|e| bad(e.to_string()))?,
+            None => self.limits.default_memory,
+        };
+        if !(MIN_MEMORY..=self.limits.max_memory).contains(&memory) {
+            return Err(bad(format!(
+                "invalid memory {}: use from 6m to {}",
+                offload_core::size::format_bytes(memory),
+                self.config.max_memory
+            )));
+        }
+        if req.command.len() > 256 || req.command.iter().map(String::len).sum::<usize>() > 64 << 10
+        {
+            return Err(bad("the command is too long".into()));
+        }
+        if req.command.iter().any(|a| a.contains('\0')) {
+            return Err(bad("the command contains a NUL byte".into()));
+        }
+        Ok((image, name, cpus, memory))
+    }
+
+    /// The engine-side spec of a container, from its record. The allow-list of run
+    /// options is exactly what this function sets.
+    pub fn spec_for(&self, record: &ContainerRecord) -> ContainerSpec {
+        ContainerSpec {
+            name: format!("offload-{}", record.id),
+            image: record.image.to_string(),
+            command: record.command.clone(),
+            env: Vec::new(),
+            cpus: record.cpus,
+            memory_bytes: record.memory_bytes,
+            workspace: self.workspace_dir(&record.id),
+            workspace_target: WORKSPACE_MOUNT.to_owned(),
+            labels: BTreeMap::from([
+                (labels::ID.to_owned(), record.id.to_string()),
+                (labels::OWNER.to_owned(), record.owner.to_string()),
+                (labels::GENERATION.to_owned(), record.generation.to_string()),
+            ]),
+            network: self.network.clone(),
+            stop_grace_secs: self.config.stop_grace_secs,
+        }
+    }
+
+    /// Makes sure the cloud engine has `image`, pulling it if it can.
+    async fn ensure_image(&self, image: &ImageRef) -> Result<(), ActionError> {
+        if self.runtime.image(image.as_str()).await?.is_some() {
+            return Ok(());
+        }
+        self.runtime.pull(image.as_str()).await.map_err(|e| {
+            ActionError::BadRequest(format!(
+                "image {image} is not on the cloud engine and could not be pulled: {e}"
+            ))
+        })
+    }
+
+    /// Creates a container in the cloud and starts it.
+    pub async fn start(
+        &self,
+        who: &Principal,
+        req: StartRequest,
+    ) -> Result<ContainerRecord, ActionError> {
+        let (image, name, cpus, memory_bytes) = self.validate_start(who, &req)?;
+        let owner = who.user.clone();
+        let count = self.db(move |s| s.containers(Some(&owner))).await?.len();
+        if count >= self.config.max_containers_per_user {
+            return Err(ActionError::Conflict(format!(
+                "you have {count} containers, the most this server allows; remove one first"
+            )));
+        }
+        self.ensure_image(&image).await?;
+
+        let at = now();
+        let mut record = ContainerRecord {
+            id: ContainerId::random(),
+            name,
+            owner: who.user.clone(),
+            image,
+            command: req.command,
+            cpus,
+            memory_bytes,
+            location: Location::Cloud,
+            state: State::Creating,
+            generation: 1,
+            runtime_id: None,
+            reason: None,
+            created_at: at,
+            updated_at: at,
+        };
+        let _guard = self.lock(&record.id).await;
+        let inserted = record.clone();
+        self.db(move |s| s.insert_container(&inserted)).await?;
+
+        let workspace = self.workspace_dir(&record.id);
+        if let Err(e) = create_workspace(&workspace) {
+            self.forget(&record.id).await;
+            return Err(ActionError::Internal(format!(
+                "cannot create workspace {}: {e}",
+                workspace.display()
+            )));
+        }
+        match self.runtime.run(&self.spec_for(&record)).await {
+            Ok(runtime_id) => {
+                record.runtime_id = Some(runtime_id);
+                record.state = State::Running;
+                record.updated_at = now();
+                self.save(&record, "started", "running in the cloud")
+                    .await?;
+                Ok(record)
+            }
+            Err(e) => {
+                // Nothing was created: leave no record and no workspace behind.
+                self.forget(&record.id).await;
+                let _ = std::fs::remove_dir_all(&workspace);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn forget(&self, id: &ContainerId) {
+        let id = id.clone();
+        if let Err(e) = self.db(move |s| s.delete_container(&id)).await {
+            tracing::error!(error = %e, "cannot delete a record after a failed start");
+        }
+    }
+
+    /// Writes a record and a history entry.
+    pub async fn save(
+        &self,
+        record: &ContainerRecord,
+        kind: &'static str,
+        detail: &str,
+    ) -> Result<(), ActionError> {
+        let record = record.clone();
+        let detail = detail.to_owned();
+        self.db(move |s| {
+            s.update_container(&record)?;
+            s.record_event(&record.id, record.updated_at, kind, &detail)
+        })
+        .await
+    }
+
+    /// Stops a running cloud container; its workspace stays.
+    pub async fn stop(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+    ) -> Result<ContainerRecord, ActionError> {
+        let found = self.find(who, id_or_name).await?;
+        let _guard = self.lock(&found.id).await;
+        let mut record = self.reload(&found.id).await?;
+        if record.state == State::Stopped {
+            return Ok(record);
+        }
+        if record.location != Location::Cloud || !record.can_stop() {
+            return Err(ActionError::Conflict(format!(
+                "container {} is {} at the {}; it cannot be stopped now",
+                record.id,
+                record.state.as_str(),
+                record.location.as_str()
+            )));
+        }
+        if let Some(runtime_id) = &record.runtime_id {
+            match self.runtime.stop(runtime_id, self.grace()).await {
+                Ok(()) | Err(offload_runtime::RuntimeError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        record.state = State::Stopped;
+        record.updated_at = now();
+        self.save(&record, "stopped", "stopped by its owner")
+            .await?;
+        Ok(record)
+    }
+
+    /// Starts a stopped cloud container again.
+    pub async fn restart(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+    ) -> Result<ContainerRecord, ActionError> {
+        let found = self.find(who, id_or_name).await?;
+        let _guard = self.lock(&found.id).await;
+        let mut record = self.reload(&found.id).await?;
+        if record.state == State::Running {
+            return Ok(record);
+        }
+        if record.location != Location::Cloud
+            || !matches!(record.state, State::Stopped | State::Missing)
+        {
+            return Err(ActionError::Conflict(format!(
+                "container {} is {}; it cannot be started now",
+                record.id,
+                record.state.as_str()
+            )));
+        }
+        let started = match &record.runtime_id {
+            Some(id) if record.state == State::Stopped => self.runtime.start(id).await.is_ok(),
+            _ => false,
+        };
+        if !started {
+            // The engine container is gone: create a fresh one on the same workspace.
+            if let Some(old) = record.runtime_id.take() {
+                let _ = self.runtime.remove(&old).await;
+            }
+            create_workspace(&self.workspace_dir(&record.id))
+                .map_err(|e| ActionError::Internal(format!("cannot create workspace: {e}")))?;
+            record.runtime_id = Some(self.runtime.run(&self.spec_for(&record)).await?);
+        }
+        record.state = State::Running;
+        record.reason = None;
+        record.updated_at = now();
+        self.save(&record, "started", "started by its owner")
+            .await?;
+        Ok(record)
+    }
+
+    /// Removes a container, its engine container and its workspace.
+    pub async fn remove(&self, who: &Principal, id_or_name: &str) -> Result<(), ActionError> {
+        let found = self.find(who, id_or_name).await?;
+        let _guard = self.lock(&found.id).await;
+        let record = self.reload(&found.id).await?;
+        if !record.can_remove() || record.location != Location::Cloud {
+            return Err(ActionError::Conflict(format!(
+                "container {} is {} at the {}; move it to the cloud first",
+                record.id,
+                record.state.as_str(),
+                record.location.as_str()
+            )));
+        }
+        if let Some(runtime_id) = &record.runtime_id {
+            self.runtime.remove(runtime_id).await?;
+        }
+        // Containers that carry the id label but are not the recorded one (a crash
+        // between create and record) go too.
+        for extra in self.engine_containers_of(&record.id).await? {
+            self.runtime.remove(&extra.runtime_id).await?;
+        }
+        let id = record.id.clone();
+        self.db(move |s| s.delete_container(&id)).await?;
+        let workspace = self.workspace_dir(&record.id);
+        if let Err(e) = std::fs::remove_dir_all(&workspace)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %workspace.display(), error = %e, "cannot remove workspace");
+        }
+        Ok(())
+    }
+
+    async fn reload(&self, id: &ContainerId) -> Result<ContainerRecord, ActionError> {
+        let key = id.clone();
+        self.db(move |s| s.container(&key))
+            .await?
+            .ok_or_else(|| ActionError::NotFound(id.to_string()))
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(u64::from(self.config.stop_grace_secs))
+    }
+
+    async fn engine_containers_of(
+        &self,
+        id: &ContainerId,
+    ) -> Result<Vec<RuntimeContainer>, ActionError> {
+        Ok(self
+            .runtime
+            .list_labelled(labels::ID)
+            .await?
+            .into_iter()
+            .filter(|c| c.labels.get(labels::ID).map(String::as_str) == Some(id.as_str()))
+            .collect())
+    }
+
+    /// The engine id of a container that can run commands now.
+    pub async fn exec_target(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+    ) -> Result<(ContainerRecord, String), ActionError> {
+        let record = self.find(who, id_or_name).await?;
+        if !record.can_exec() {
+            return Err(ActionError::Conflict(format!(
+                "container {} is {}; commands run only in a running container",
+                record.id,
+                record.state.as_str()
+            )));
+        }
+        match (&record.location, &record.runtime_id) {
+            (Location::Cloud, Some(id)) => {
+                let id = id.clone();
+                Ok((record, id))
+            }
+            _ => Err(ActionError::Unavailable(format!(
+                "container {} runs at the edge and its agent is not connected",
+                record.id
+            ))),
+        }
+    }
+
+    /// Brings the store in line with the cloud engine after a start or a crash (I4):
+    /// adopts containers that run, never creates a duplicate, and records what vanished.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, ActionError> {
+        let engine = self.runtime.list_labelled(labels::ID).await?;
+        let mut by_id: HashMap<String, Vec<RuntimeContainer>> = HashMap::new();
+        for c in engine {
+            if let Some(id) = c.labels.get(labels::ID) {
+                by_id.entry(id.clone()).or_default().push(c);
+            }
+        }
+        let records = self.db(|s| s.containers(None)).await?;
+        let mut report = ReconcileReport::default();
+        for found in records {
+            let _guard = self.lock(&found.id).await;
+            let mut record = self.reload(&found.id).await?;
+            if record.location != Location::Cloud {
+                continue;
+            }
+            let mut candidates = by_id.remove(record.id.as_str()).unwrap_or_default();
+            // Prefer the recorded engine container, then a running one.
+            candidates.sort_by_key(|c| {
+                (
+                    Some(&c.runtime_id) != record.runtime_id.as_ref(),
+                    !c.running,
+                )
+            });
+            let mut candidates = candidates.into_iter();
+            let before = (record.state, record.runtime_id.clone());
+            match candidates.next() {
+                Some(keep) => {
+                    record.runtime_id = Some(keep.runtime_id.clone());
+                    record.state = match (record.state, keep.running) {
+                        (_, true) => State::Running,
+                        (State::Stopped, false) => State::Stopped,
+                        (_, false) => {
+                            // It stopped while the server was away: start it again, as
+                            // the record says it should run.
+                            match self.runtime.start(&keep.runtime_id).await {
+                                Ok(()) => State::Running,
+                                Err(e) => {
+                                    record.reason = Some(format!(
+                                        "found stopped at server start and could not restart: {e}"
+                                    ));
+                                    State::Stopped
+                                }
+                            }
+                        }
+                    };
+                    if record.state == State::Running {
+                        record.reason = None;
+                    }
+                    report.adopted += 1;
+                }
+                None => match record.state {
+                    State::Creating => {
+                        record.state = State::Failed;
+                        record.reason = Some(
+                            "the server stopped before the container was created; remove it and start again"
+                                .into(),
+                        );
+                    }
+                    State::Running | State::Stopped => {
+                        record.state = State::Missing;
+                        record.runtime_id = None;
+                        record.reason = Some(
+                            "its engine container was not found at server start; `offload start` on it recreates it from the workspace"
+                                .into(),
+                        );
+                        report.missing += 1;
+                    }
+                    _ => {}
+                },
+            }
+            for extra in candidates {
+                tracing::warn!(id = %record.id, runtime_id = %extra.runtime_id, "removing a duplicate engine container");
+                self.runtime.remove(&extra.runtime_id).await?;
+                report.duplicates_removed += 1;
+            }
+            if (record.state, record.runtime_id.clone()) != before {
+                record.updated_at = now();
+                let detail = record
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| format!("{} after server start", record.state.as_str()));
+                self.save(&record, "reconciled", &detail).await?;
+            }
+        }
+        for (id, orphans) in by_id {
+            for orphan in orphans {
+                tracing::warn!(offload_id = %id, runtime_id = %orphan.runtime_id, "engine container carries an offload id this server does not know; leaving it alone");
+                report.unknown += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What a reconciliation found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub adopted: usize,
+    pub missing: usize,
+    pub duplicates_removed: usize,
+    pub unknown: usize,
+}
+
+fn create_workspace(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path)?;
+    // The data directory above is 0700, so only root on the host can reach this; inside
+    // the container any user the image runs as must be able to write its workspace.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+}
+
+/// Whether `principal` is allowed admin actions.
+pub fn require_admin(principal: &Principal) -> Result<(), ActionError> {
+    if principal.admin {
+        Ok(())
+    } else {
+        Err(ActionError::Forbidden)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use offload_core::UserName;
+    use offload_runtime::fake::FakeRuntime;
+
+    fn setup() -> (tempfile::TempDir, Controller, FakeRuntime, Principal) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let fake = FakeRuntime::new();
+        fake.add_image("busybox");
+        let config = ServerConfig {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let who = Principal {
+            user: UserName::parse("alice").unwrap(),
+            admin: false,
+        };
+        store.upsert_user(&who.user, false, 0).unwrap();
+        let ctl = Controller::new(store, Arc::new(fake.clone()), config).unwrap();
+        (dir, ctl, fake, who)
+    }
+
+    fn req(image: &str) -> StartRequest {
+        StartRequest {
+            image: image.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn start_records_and_runs_with_labels() {
+        let (_dir, ctl, fake, who) = setup();
+        let rec = ctl.start(&who, req("busybox")).await.unwrap();
+        assert_eq!(rec.state, State::Running);
+        assert_eq!(fake.running(), vec![rec.runtime_id.clone().unwrap()]);
+        assert!(ctl.workspace_dir(&rec.id).is_dir());
+        let spec = ctl.spec_for(&rec);
+        assert_eq!(spec.labels[labels::OWNER], "alice");
+        assert_eq!(spec.labels[labels::GENERATION], "1");
+    }
+
+    #[tokio::test]
+    async fn failed_start_leaves_nothing() {
+        let (_dir, ctl, fake, who) = setup();
+        fake.fail_runs(true);
+        assert!(ctl.start(&who, req("busybox")).await.is_err());
+        assert!(ctl.list(&who).await.unwrap().is_empty());
+        let entries = std::fs::read_dir(ctl.workspaces.clone()).unwrap().count();
+        assert_eq!(entries, 0);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_before_anything_happens() {
+        let (_dir, ctl, fake, who) = setup();
+        for bad in [
+            StartRequest {
+                cpus: Some(100.0),
+                ..req("busybox")
+            },
+            StartRequest {
+                memory: Some("1k".into()),
+                ..req("busybox")
+            },
+            req("Not An Image"),
+        ] {
+            assert!(matches!(
+                ctl.start(&who, bad).await,
+                Err(ActionError::BadRequest(_))
+            ));
+        }
+        assert!(fake.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn other_users_containers_look_missing() {
+        let (_dir, ctl, _fake, who) = setup();
+        let rec = ctl.start(&who, req("busybox")).await.unwrap();
+        let bob = Principal {
+            user: UserName::parse("bob").unwrap(),
+            admin: false,
+        };
+        assert!(matches!(
+            ctl.stop(&bob, rec.id.as_str()).await,
+            Err(ActionError::NotFound(_))
+        ));
+        assert!(matches!(
+            ctl.remove(&bob, rec.name.as_str()).await,
+            Err(ActionError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn reconcile_adopts_and_marks_missing_without_duplicates() {
+        let (_dir, ctl, fake, who) = setup();
+        let a = ctl.start(&who, req("busybox")).await.unwrap();
+        let b = ctl.start(&who, req("busybox")).await.unwrap();
+        fake.forget(b.runtime_id.as_deref().unwrap());
+        let report = ctl.reconcile().await.unwrap();
+        assert_eq!(report.adopted, 1);
+        assert_eq!(report.missing, 1);
+        let runs = fake
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, offload_runtime::fake::Call::Run(_)))
+            .count();
+        assert_eq!(runs, 2, "reconcile must not create containers");
+        let a2 = ctl.find(&who, a.id.as_str()).await.unwrap();
+        assert_eq!(a2.state, State::Running);
+        assert_eq!(a2.runtime_id, a.runtime_id);
+        let b2 = ctl.find(&who, b.id.as_str()).await.unwrap();
+        assert_eq!(b2.state, State::Missing);
+        assert!(b2.reason.unwrap().contains("not found"));
+    }
+}

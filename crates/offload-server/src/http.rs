@@ -1,0 +1,272 @@
+//! The HTTP adapter: routes under `/v1`, authentication, JSON in and out, and the
+//! OpenAPI document. Handlers translate requests into controller calls and nothing more.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use offload_core::api::{ApiError, ContainerView, JoinRequest, JoinResponse, StartRequest, WhoAmI};
+use offload_store::{Principal, TokenKind};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{random_secret, token_hash};
+use crate::controller::{Controller, now};
+use crate::error::{ActionError, error_response};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub ctl: Arc<Controller>,
+    pub ca_pem: Arc<str>,
+}
+
+/// Largest JSON body the API accepts.
+pub const MAX_JSON_BODY: usize = 64 << 10;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "offload",
+        description = "Moves users' containers between a shared cloud host and their own machines."
+    ),
+    components(schemas(ApiError))
+)]
+struct ApiDoc;
+
+/// The whole API router, with its OpenAPI document at `/v1/openapi.json`.
+pub fn router(state: AppState) -> Router {
+    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_containers, start_container))
+        .routes(routes!(show_container, remove_container))
+        .routes(routes!(stop_container))
+        .routes(routes!(restart_container))
+        .routes(routes!(join))
+        .routes(routes!(ca_certificate))
+        .routes(routes!(whoami))
+        .split_for_parts();
+    let openapi = Arc::new(openapi);
+    api.route(
+        "/v1/openapi.json",
+        axum::routing::get(move || {
+            let doc = openapi.clone();
+            async move { Json(doc.as_ref().clone()) }
+        }),
+    )
+    .route(
+        "/v1/containers/{id}/exec",
+        axum::routing::get(crate::exec::exec_socket),
+    )
+    .fallback(|| async {
+        error_response(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            "no such API endpoint; see /v1/openapi.json",
+        )
+    })
+    .method_not_allowed_fallback(|| async {
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        )
+    })
+    .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+    .with_state(state)
+}
+
+/// A JSON body whose rejections are API errors (400, 413, 415) with a JSON body.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let code = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                    _ => "invalid_json",
+                };
+                let message = match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => {
+                        format!("the request body is larger than {MAX_JSON_BODY} bytes")
+                    }
+                    _ => rejection.body_text(),
+                };
+                Err(error_response(status, code, message))
+            }
+        }
+    }
+}
+
+/// The authenticated caller, from `Authorization: Bearer <token>`.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ActionError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or(ActionError::Unauthenticated)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or(ActionError::InvalidToken)?;
+        let hash = token_hash(token);
+        state
+            .ctl
+            .db(move |s| s.api_principal(&hash, now()))
+            .await?
+            .map(Caller)
+            .ok_or(ActionError::InvalidToken)
+    }
+}
+
+/// Lists the caller's containers.
+#[utoipa::path(get, path = "/v1/containers", tag = "containers",
+    responses((status = 200, body = [ContainerView]), (status = 401, body = ApiError)))]
+async fn list_containers(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Vec<ContainerView>>, ActionError> {
+    let records = state.ctl.list(&who).await?;
+    Ok(Json(records.iter().map(ContainerView::from).collect()))
+}
+
+/// Creates a container in the cloud and starts it.
+#[utoipa::path(post, path = "/v1/containers", tag = "containers", request_body = StartRequest,
+    responses((status = 201, body = ContainerView), (status = 400, body = ApiError),
+        (status = 401, body = ApiError), (status = 409, body = ApiError),
+        (status = 413, body = ApiError)))]
+async fn start_container(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    ApiJson(req): ApiJson<StartRequest>,
+) -> Result<(StatusCode, Json<ContainerView>), ActionError> {
+    let record = state.ctl.start(&who, req).await?;
+    Ok((StatusCode::CREATED, Json(ContainerView::from(&record))))
+}
+
+/// One container, by id or name.
+#[utoipa::path(get, path = "/v1/containers/{id}", tag = "containers",
+    params(("id" = String, Path, description = "container id or name")),
+    responses((status = 200, body = ContainerView), (status = 404, body = ApiError)))]
+async fn show_container(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ContainerView>, ActionError> {
+    let record = state.ctl.find(&who, &id).await?;
+    Ok(Json(ContainerView::from(&record)))
+}
+
+/// Removes a container and its workspace.
+#[utoipa::path(delete, path = "/v1/containers/{id}", tag = "containers",
+    params(("id" = String, Path, description = "container id or name")),
+    responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn remove_container(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ActionError> {
+    state.ctl.remove(&who, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops a container; its workspace stays.
+#[utoipa::path(post, path = "/v1/containers/{id}/stop", tag = "containers",
+    params(("id" = String, Path, description = "container id or name")),
+    responses((status = 200, body = ContainerView), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+async fn stop_container(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ContainerView>, ActionError> {
+    let record = state.ctl.stop(&who, &id).await?;
+    Ok(Json(ContainerView::from(&record)))
+}
+
+/// Starts a stopped container again.
+#[utoipa::path(post, path = "/v1/containers/{id}/start", tag = "containers",
+    params(("id" = String, Path, description = "container id or name")),
+    responses((status = 200, body = ContainerView), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+async fn restart_container(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ContainerView>, ActionError> {
+    let record = state.ctl.restart(&who, &id).await?;
+    Ok(Json(ContainerView::from(&record)))
+}
+
+/// Exchanges a join token's secret for an API token.
+#[utoipa::path(post, path = "/v1/join", tag = "auth", request_body = JoinRequest,
+    responses((status = 200, body = JoinResponse), (status = 401, body = ApiError)))]
+async fn join(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<JoinRequest>,
+) -> Result<Json<JoinResponse>, ActionError> {
+    let hash = token_hash(&req.secret);
+    let principal = state
+        .ctl
+        .db(move |s| s.consume_join_token(&hash, now()))
+        .await?
+        .ok_or(ActionError::InvalidToken)?;
+    let token = random_secret();
+    let stored = token_hash(&token);
+    let user = principal.user.clone();
+    state
+        .ctl
+        .db(move |s| s.insert_token(&stored, &user, TokenKind::Api, now(), None))
+        .await?;
+    tracing::info!(user = %principal.user, "client joined");
+    Ok(Json(JoinResponse {
+        user: principal.user.to_string(),
+        admin: principal.admin,
+        token,
+    }))
+}
+
+/// The server's CA certificate (PEM). Clients compare its fingerprint with the one in
+/// their join token before they send any secret.
+#[utoipa::path(get, path = "/v1/ca", tag = "auth",
+    responses((status = 200, description = "PEM certificate", content_type = "application/x-pem-file")))]
+async fn ca_certificate(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+        state.ca_pem.to_string(),
+    )
+}
+
+/// Who the token belongs to.
+#[utoipa::path(get, path = "/v1/whoami", tag = "auth",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ApiError)))]
+async fn whoami(Caller(who): Caller) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        user: who.user.to_string(),
+        admin: who.admin,
+    })
+}

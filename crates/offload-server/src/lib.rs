@@ -1,0 +1,103 @@
+//! The offload server: HTTPS API, authentication, the controller over the cloud engine,
+//! and the durable store.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod auth;
+pub mod config;
+pub mod controller;
+pub mod error;
+mod exec;
+pub mod http;
+mod listener;
+pub mod tls;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use offload_core::UserName;
+use offload_runtime::{ContainerRuntime, DockerRuntime};
+use offload_store::{Store, TokenKind};
+
+pub use config::ServerConfig;
+use controller::{Controller, now};
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    config.validate()?;
+    tls::ensure_private_dir(&config.data_dir)?;
+    let pki = tls::Pki::load(&config.data_dir.join("tls"), &config.tls_sans)
+        .context("cannot set up the server's certificates")?;
+    let store = Arc::new(Store::open(&config.data_dir.join("state.db"))?);
+    let runtime: Arc<dyn ContainerRuntime> =
+        Arc::new(DockerRuntime::connect(config.docker_host.as_deref()).await?);
+    runtime.ping().await?;
+    let listen = config.listen;
+    let ctl = Arc::new(Controller::new(store, runtime, config)?);
+
+    let report = ctl.reconcile().await?;
+    tracing::info!(?report, "reconciled the store with the engine");
+
+    let state = http::AppState {
+        ctl,
+        ca_pem: Arc::from(pki.ca_pem.as_str()),
+    };
+    let app = http::router(state);
+    let tcp = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tcp.set_nonblocking(true)?;
+    let local = tcp.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    // Printed on stdout so scripts and tests know the port when they asked for port 0.
+    println!("offload server listening on https://{local}");
+    println!("ca fingerprint {}", pki.ca_fingerprint());
+    tracing::info!(%local, fingerprint = %pki.ca_fingerprint(), "listening");
+    listener::serve(tcp, pki.server_config()?, app, handle).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Creates a join token for `user` (creating the user if needed) and returns it.
+/// Runs on the server host against the data directory, beside a running server.
+pub fn create_join_token(
+    data_dir: &Path,
+    user: &UserName,
+    admin: bool,
+    ttl_secs: u64,
+) -> anyhow::Result<String> {
+    tls::ensure_private_dir(data_dir)?;
+    let (ca_pem, _) = tls::load_or_create_ca(&data_dir.join("tls"))?;
+    let ca_der = tls::first_cert_der(&ca_pem, &data_dir.join("tls/ca.crt"))?;
+    let store = Store::open(&data_dir.join("state.db"))?;
+    let at = now();
+    store.upsert_user(user, admin, at)?;
+    let token = auth::JoinToken {
+        ca_fingerprint: tls::fingerprint(&ca_der),
+        secret: auth::random_secret(),
+    };
+    store.insert_token(
+        &auth::token_hash(&token.secret),
+        user,
+        TokenKind::Join,
+        at,
+        Some(at.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX))),
+    )?;
+    Ok(token.to_string())
+}

@@ -1,0 +1,559 @@
+//! Durable server state in SQLite: users, token hashes, containers and their history.
+//!
+//! One connection behind a mutex, in WAL mode; schema changes are numbered migrations
+//! tracked in `PRAGMA user_version`. Every method is synchronous: async callers run them
+//! on a blocking thread and never hold the connection across an `.await`.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use offload_core::{ContainerId, ContainerRecord, ImageRef, Location, Name, State, UserName};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("state database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("a container named {0:?} already exists")]
+    NameTaken(String),
+    #[error("the state database holds an invalid value in {column}: {value:?}")]
+    Corrupt { column: &'static str, value: String },
+    #[error("the state database is at schema version {found}, newer than this offload ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The kind of a stored token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Single-use secret exchanged by `offload join` for an API token.
+    Join,
+    /// Bearer credential of a joined client.
+    Api,
+}
+
+impl TokenKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Join => "join",
+            TokenKind::Api => "api",
+        }
+    }
+}
+
+/// An authenticated principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: UserName,
+    pub admin: bool,
+}
+
+/// One entry of a container's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub at: i64,
+    pub kind: String,
+    pub detail: String,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: users, tokens, containers, history.
+    "CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('join', 'api')),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        used_at INTEGER
+    );
+    CREATE TABLE containers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL REFERENCES users(name),
+        image TEXT NOT NULL,
+        command TEXT NOT NULL,
+        cpus REAL NOT NULL,
+        memory_bytes INTEGER NOT NULL,
+        location TEXT NOT NULL,
+        state TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        runtime_id TEXT,
+        reason TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (owner, name)
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        container_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX events_by_container ON events (container_id, seq);",
+];
+
+/// The server's state database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is on disk before the server acts on it (I4).
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // SQLite rolls back an interrupted transaction, so a poisoned lock holds a
+        // consistent connection.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the user, or updates the admin flag of an existing one.
+    pub fn upsert_user(&self, user: &UserName, admin: bool, now: i64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO users (name, admin, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET admin = excluded.admin",
+            params![user.as_str(), admin, now],
+        )?;
+        Ok(())
+    }
+
+    /// Stores a token's hash.
+    pub fn insert_token(
+        &self,
+        hash: &str,
+        user: &UserName,
+        kind: TokenKind,
+        now: i64,
+        expires_at: Option<i64>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO tokens (hash, user, kind, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, user.as_str(), kind.as_str(), now, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an unused, unexpired join token used and returns whose it was. A second use,
+    /// an expired or an unknown token gives `None`.
+    pub fn consume_join_token(&self, hash: &str, now: i64) -> Result<Option<Principal>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let found = tx
+            .query_row(
+                "SELECT t.user, u.admin FROM tokens t JOIN users u ON u.name = t.user
+                 WHERE t.hash = ?1 AND t.kind = 'join' AND t.used_at IS NULL
+                   AND (t.expires_at IS NULL OR t.expires_at > ?2)",
+                params![hash, now],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
+            )
+            .optional()?;
+        let Some((user, admin)) = found else {
+            return Ok(None);
+        };
+        tx.execute(
+            "UPDATE tokens SET used_at = ?2 WHERE hash = ?1",
+            params![hash, now],
+        )?;
+        tx.commit()?;
+        Ok(Some(Principal {
+            user: parse_user(user)?,
+            admin,
+        }))
+    }
+
+    /// The principal an API token's hash belongs to.
+    pub fn api_principal(&self, hash: &str, now: i64) -> Result<Option<Principal>> {
+        let found = self
+            .conn()
+            .query_row(
+                "SELECT t.user, u.admin FROM tokens t JOIN users u ON u.name = t.user
+                 WHERE t.hash = ?1 AND t.kind = 'api'
+                   AND (t.expires_at IS NULL OR t.expires_at > ?2)",
+                params![hash, now],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
+            )
+            .optional()?;
+        found
+            .map(|(user, admin)| {
+                Ok(Principal {
+                    user: parse_user(user)?,
+                    admin,
+                })
+            })
+            .transpose()
+    }
+
+    /// Records a new container. Fails with [`StoreError::NameTaken`] if the owner already
+    /// has a container of that name.
+    pub fn insert_container(&self, record: &ContainerRecord) -> Result<()> {
+        let command = serde_json::to_string(&record.command).unwrap_or_else(|_| "[]".to_owned());
+        let result = self.conn().execute(
+            "INSERT INTO containers (id, name, owner, image, command, cpus, memory_bytes, location,
+                 state, generation, runtime_id, reason, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                record.id.as_str(),
+                record.name.as_str(),
+                record.owner.as_str(),
+                record.image.as_str(),
+                command,
+                record.cpus,
+                record.memory_bytes as i64,
+                record.location.as_str(),
+                record.state.as_str(),
+                record.generation as i64,
+                record.runtime_id,
+                record.reason,
+                record.created_at,
+                record.updated_at,
+            ],
+        );
+        match result {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::NameTaken(record.name.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the mutable fields of a container record.
+    pub fn update_container(&self, record: &ContainerRecord) -> Result<()> {
+        self.conn().execute(
+            "UPDATE containers SET location = ?2, state = ?3, generation = ?4, runtime_id = ?5,
+                 reason = ?6, updated_at = ?7
+             WHERE id = ?1",
+            params![
+                record.id.as_str(),
+                record.location.as_str(),
+                record.state.as_str(),
+                record.generation as i64,
+                record.runtime_id,
+                record.reason,
+                record.updated_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A container by id.
+    pub fn container(&self, id: &ContainerId) -> Result<Option<ContainerRecord>> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM containers WHERE id = ?1"),
+                params![id.as_str()],
+                row_to_raw,
+            )
+            .optional()?
+            .map(RawContainer::into_record)
+            .transpose()
+    }
+
+    /// One of `owner`'s containers by id or name.
+    pub fn find_container(
+        &self,
+        owner: &UserName,
+        id_or_name: &str,
+    ) -> Result<Option<ContainerRecord>> {
+        self.conn()
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM containers WHERE owner = ?1 AND (id = ?2 OR name = ?2)
+                     ORDER BY id = ?2 DESC LIMIT 1"
+                ),
+                params![owner.as_str(), id_or_name],
+                row_to_raw,
+            )
+            .optional()?
+            .map(RawContainer::into_record)
+            .transpose()
+    }
+
+    /// All containers, or those of one owner, oldest first.
+    pub fn containers(&self, owner: Option<&UserName>) -> Result<Vec<ContainerRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM containers WHERE ?1 IS NULL OR owner = ?1
+             ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map(params![owner.map(UserName::as_str)], row_to_raw)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.into_record()?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets a container and its history.
+    pub fn delete_container(&self, id: &ContainerId) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM containers WHERE id = ?1", params![id.as_str()])?;
+        tx.execute(
+            "DELETE FROM events WHERE container_id = ?1",
+            params![id.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Appends to a container's history.
+    pub fn record_event(&self, id: &ContainerId, at: i64, kind: &str, detail: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO events (container_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![id.as_str(), at, kind, detail],
+        )?;
+        Ok(())
+    }
+
+    /// The latest `limit` history entries of a container, oldest first.
+    pub fn events(&self, id: &ContainerId, limit: usize) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at, kind, detail FROM (
+                 SELECT seq, at, kind, detail FROM events WHERE container_id = ?1
+                 ORDER BY seq DESC LIMIT ?2)
+             ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![id.as_str(), limit as i64], |row| {
+            Ok(Event {
+                at: row.get(0)?,
+                kind: row.get(1)?,
+                detail: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew {
+            found: version,
+            known,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+const COLUMNS: &str = "id, name, owner, image, command, cpus, memory_bytes, location, state, \
+                       generation, runtime_id, reason, created_at, updated_at";
+
+struct RawContainer {
+    id: String,
+    name: String,
+    owner: String,
+    image: String,
+    command: String,
+    cpus: f64,
+    memory_bytes: i64,
+    location: String,
+    state: String,
+    generation: i64,
+    runtime_id: Option<String>,
+    reason: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
+    Ok(RawContainer {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        owner: row.get(2)?,
+        image: row.get(3)?,
+        command: row.get(4)?,
+        cpus: row.get(5)?,
+        memory_bytes: row.get(6)?,
+        location: row.get(7)?,
+        state: row.get(8)?,
+        generation: row.get(9)?,
+        runtime_id: row.get(10)?,
+        reason: row.get(11)?,
+        created_at: row.get(12)?,
+        updated_at: row.get(13)?,
+    })
+}
+
+fn corrupt(column: &'static str, value: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        column,
+        value: value.into(),
+    }
+}
+
+fn parse_user(value: String) -> Result<UserName> {
+    UserName::parse(&value).map_err(|_| corrupt("users.name", value))
+}
+
+impl RawContainer {
+    fn into_record(self) -> Result<ContainerRecord> {
+        Ok(ContainerRecord {
+            id: ContainerId::parse(&self.id).map_err(|_| corrupt("containers.id", &self.id))?,
+            name: Name::parse(&self.name).map_err(|_| corrupt("containers.name", &self.name))?,
+            owner: parse_user(self.owner)?,
+            image: ImageRef::parse(&self.image)
+                .map_err(|_| corrupt("containers.image", &self.image))?,
+            command: serde_json::from_str(&self.command)
+                .map_err(|_| corrupt("containers.command", &self.command))?,
+            cpus: self.cpus,
+            memory_bytes: u64::try_from(self.memory_bytes)
+                .map_err(|_| corrupt("containers.memory_bytes", self.memory_bytes.to_string()))?,
+            location: Location::parse(&self.location)
+                .ok_or_else(|| corrupt("containers.location", &self.location))?,
+            state: State::parse(&self.state)
+                .ok_or_else(|| corrupt("containers.state", &self.state))?,
+            generation: u64::try_from(self.generation)
+                .map_err(|_| corrupt("containers.generation", self.generation.to_string()))?,
+            runtime_id: self.runtime_id,
+            reason: self.reason,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserName {
+        UserName::parse(name).unwrap()
+    }
+
+    fn record(owner: &str, name: &str) -> ContainerRecord {
+        ContainerRecord {
+            id: ContainerId::random(),
+            name: Name::parse(name).unwrap(),
+            owner: user(owner),
+            image: ImageRef::parse("busybox").unwrap(),
+            command: vec!["sleep".into(), "1".into()],
+            cpus: 1.0,
+            memory_bytes: 1 << 28,
+            location: Location::Cloud,
+            state: State::Creating,
+            generation: 1,
+            runtime_id: None,
+            reason: None,
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn join_tokens_are_single_use_and_expire() {
+        let store = Store::open_in_memory().unwrap();
+        store.upsert_user(&user("alice"), false, 0).unwrap();
+        store
+            .insert_token("h1", &user("alice"), TokenKind::Join, 0, Some(100))
+            .unwrap();
+        store
+            .insert_token("h2", &user("alice"), TokenKind::Join, 0, Some(100))
+            .unwrap();
+        assert_eq!(store.consume_join_token("h2", 100).unwrap(), None);
+        let p = store.consume_join_token("h1", 50).unwrap().unwrap();
+        assert_eq!(p.user.as_str(), "alice");
+        assert_eq!(store.consume_join_token("h1", 51).unwrap(), None);
+        assert_eq!(store.api_principal("h1", 51).unwrap(), None);
+    }
+
+    #[test]
+    fn containers_round_trip_and_names_are_unique_per_owner() {
+        let store = Store::open_in_memory().unwrap();
+        store.upsert_user(&user("alice"), false, 0).unwrap();
+        store.upsert_user(&user("bob"), false, 0).unwrap();
+        let mut a = record("alice", "box");
+        store.insert_container(&a).unwrap();
+        assert!(matches!(
+            store.insert_container(&record("alice", "box")),
+            Err(StoreError::NameTaken(_))
+        ));
+        store.insert_container(&record("bob", "box")).unwrap();
+        a.state = State::Running;
+        a.runtime_id = Some("abc".into());
+        store.update_container(&a).unwrap();
+        assert_eq!(store.container(&a.id).unwrap().unwrap(), a);
+        assert_eq!(
+            store
+                .find_container(&user("alice"), "box")
+                .unwrap()
+                .unwrap(),
+            a
+        );
+        assert!(
+            store
+                .find_container(&user("bob"), a.id.as_str())
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.containers(Some(&user("alice"))).unwrap().len(), 1);
+        assert_eq!(store.containers(None).unwrap().len(), 2);
+        store.delete_container(&a.id).unwrap();
+        assert!(store.container(&a.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn reopening_keeps_state_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let a = record("alice", "box");
+        {
+            let store = Store::open(&path).unwrap();
+            store.upsert_user(&user("alice"), true, 0).unwrap();
+            store.insert_container(&a).unwrap();
+            store.record_event(&a.id, 5, "created", "x").unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.container(&a.id).unwrap().unwrap(), a);
+        assert_eq!(store.events(&a.id, 10).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,97 @@
+//! offload-sync: the workspace sync of offload (DESIGN.md §6), which moves the files under
+//! a container's `/workspace` between the cloud host and the laptop without loss.
+//!
+//! The core is synchronous and does no networking: the server and agent carry its types
+//! (all serde) over HTTP.
+//!
+//! # Model
+//!
+//! - Files are cut into content-defined chunks by FastCDC 2020 with the protocol constants
+//!   [`MIN_CHUNK_SIZE`] (16 KiB), [`AVG_CHUNK_SIZE`] (64 KiB), [`MAX_CHUNK_SIZE`]
+//!   (256 KiB) and [`NORMALIZATION`] (level 1), pinned by a golden-vector test. A chunk
+//!   is named by its BLAKE3 hash, a [`ChunkId`] (hex in JSON); a file lists its
+//!   [`ChunkRef`]s `{ id, len }`. An edit changes only the chunks around it, and
+//!   identical content anywhere (another file, an earlier offload) is never sent twice.
+//! - [`RelPath`] is a validated relative path (no `..`, no leading `/`, no NUL or
+//!   backslash, components ≤ 255 bytes, whole ≤ 4096 bytes); deserialising validates, so
+//!   a hostile path cannot even be represented.
+//! - An [`Entry`] is a path, an [`EntryKind`] (`Dir`, `File { size, chunks }`,
+//!   `Symlink { target }`), permission bits (`mode & 0o777`) and `mtime_ns`. Symlink
+//!   targets must be relative and stay inside the root ([`check_symlink_target`]).
+//! - A [`Manifest`] is a snapshot: entries sorted by path. [`Manifest::validate`] holds an
+//!   untrusted one to [`Limits`] (count, order, duplicates, sizes against chunk lengths,
+//!   chunk lengths, parents that must be directories in the same manifest).
+//!
+//! # Flow
+//!
+//! ```text
+//! sender:   scan(root, opts, previous) -> Scan { manifest, skipped, .. }
+//!           diff(&receiver_manifest, &manifest) -> Delta { upserts, deletes }
+//! receiver: delta.needed_chunks(|id| local.contains(id))   // what to ask for
+//! sender:   encode_chunks(those chunks, read with TreeChunks) -> bytes
+//! receiver: decode_chunks(bytes, limits) -> verified chunks -> ChunkStore / MemoryChunks
+//!           apply(root, &delta, &Chain::new(vec![&local_tree, &store]), &opts)
+//! ```
+//!
+//! - [`scan`] walks with the `ignore` crate: hidden files included, only `.offloadignore`
+//!   files exclude (gitignore syntax), `.offload-conflicts/` and apply's `.offload-tmp-*`
+//!   names left out, device files, FIFOs, sockets and unsyncable names or symlinks listed
+//!   in [`Scan::skipped`]. Given the previous manifest it reuses the chunk lists of files
+//!   whose size and mtime (and inode and ctime, kept in a side table that is never
+//!   serialised) are unchanged, so rescanning an unchanged tree reads no file.
+//! - [`diff`] and [`Delta`]: upserts (new or changed entries, plus the parents of changed
+//!   entries so their mtimes can be restored) and deletes. [`Delta::validate`] refuses a
+//!   delta that names a path twice, writes below a path it deletes or below a file or
+//!   symlink it upserts (the symlink-then-write-through-it trick).
+//! - [`ChunkSource`] is the seam apply reads chunks through: [`ChunkStore`] (an atomic,
+//!   verifying, content-addressed cache on disk), [`TreeChunks`] (chunks read out of a live
+//!   tree via its manifest, hash-checked so a file that changed is an error; it is both how
+//!   a sender serves chunks and how a receiver reuses what its own tree already holds),
+//!   [`MemoryChunks`] and [`Chain`].
+//! - [`encode_chunks`] / [`decode_chunks`]: a batch of chunks for the wire, each LZ4
+//!   compressed when that helps; decoding bounds every length before allocating and
+//!   verifies every hash.
+//! - [`apply`] checks everything before writing (a refused delta changes nothing),
+//!   refuses a delta that would empty a non-empty tree unless
+//!   [`ApplyOptions::allow_mass_delete`], assembles files in a staging directory inside
+//!   the root (reading the old tree before changing it), then renames them into place,
+//!   fsyncs, and sets directory modes and mtimes last. All writes go through directory
+//!   handles opened with `O_NOFOLLOW` from the root, so nothing is written outside it.
+//!   [`ApplyOptions::prefix`] applies below a subdirectory, e.g.
+//!   `.offload-conflicts/<name>/` for a fenced copy's late changes.
+//!
+//! # Rules worth knowing
+//!
+//! - A deleted directory that still holds paths the delta does not know about (ignored or
+//!   created meanwhile) is kept and reported in [`ApplyReport::kept_dirs`]; a directory
+//!   that a file or symlink replaces must hold only paths the delta deletes, or the
+//!   delta is refused. Unknown data is never removed.
+//! - Setuid, setgid and sticky bits are never carried; owners are not carried.
+//! - Absolute symlinks (e.g. a virtualenv's `python -> /usr/bin/python3`) are not synced:
+//!   they are listed in [`Scan::skipped`].
+
+mod apply;
+mod chunk;
+mod delta;
+mod error;
+mod manifest;
+mod path;
+mod rooted;
+mod scan;
+mod source;
+mod wire;
+
+pub use apply::{ApplyOptions, ApplyReport, apply};
+pub use chunk::{
+    AVG_CHUNK_SIZE, ChunkId, ChunkRef, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, NORMALIZATION, chunk_bytes,
+    cut_points, for_each_chunk,
+};
+pub use delta::{Delta, diff};
+pub use error::SyncError;
+pub use manifest::{Entry, EntryKind, Limits, MANIFEST_VERSION, Manifest};
+pub use path::{
+    CONFLICTS_DIR, MAX_COMPONENT_LEN, MAX_PATH_LEN, RelPath, TEMP_PREFIX, check_symlink_target,
+};
+pub use scan::{IGNORE_FILE, Scan, ScanOptions, ScanStats, Skipped, scan};
+pub use source::{Chain, ChunkSource, ChunkStore, MemoryChunks, TreeChunks, verify_chunk};
+pub use wire::{decode_chunks, encode_chunks};

@@ -1,0 +1,291 @@
+//! `scan`: walk a workspace into a `Manifest`, honouring `.offloadignore` and reusing the
+//! chunk lists of files that have not changed since the previous scan.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::chunk::{ChunkId, ChunkRef, for_each_chunk};
+use crate::error::SyncError;
+use crate::manifest::{Entry, EntryKind, Limits, LocalStat, Manifest, StatCache};
+use crate::path::{CONFLICTS_DIR, RelPath, TEMP_PREFIX, check_symlink_target};
+
+/// Name of the per-directory ignore file, in gitignore syntax.
+pub const IGNORE_FILE: &str = ".offloadignore";
+
+/// A file whose mtime is this close to (or after) the start of the scan that recorded it
+/// is read again next time: it may have changed within the timestamp granularity.
+const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+/// How to scan.
+#[derive(Clone, Debug, Default)]
+pub struct ScanOptions {
+    pub limits: Limits,
+}
+
+/// A path the scan left out, and why. Left-out paths are absent from the manifest, so the
+/// other side deletes what it had there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Counters of one scan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    pub files: u64,
+    /// Files whose chunk list came from the previous manifest without reading them.
+    pub reused_files: u64,
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
+}
+
+/// The result of a scan.
+#[derive(Clone, Debug)]
+pub struct Scan {
+    pub manifest: Manifest,
+    pub skipped: Vec<Skipped>,
+    /// Problems that did not stop the scan, such as a bad line in an ignore file.
+    pub warnings: Vec<String>,
+    pub stats: ScanStats,
+}
+
+/// Walks `root` into a manifest.
+///
+/// Hidden files are included; only `.offloadignore` files (gitignore syntax, any depth)
+/// exclude paths: no `.gitignore`, global or parent ignore files. `.offload-conflicts/` at
+/// the top and `.offload-tmp-*` names are never included. Symlinks are recorded, never
+/// followed. Device files, FIFOs, sockets, names that are not valid [`RelPath`]s and
+/// symlinks with absolute or escaping targets are left out and listed in
+/// [`Scan::skipped`]. A file whose size and mtime (and, when `previous` came from a scan
+/// in this process, device, inode and ctime) equal those in `previous` keeps its chunk
+/// list without being read. I/O errors (an unreadable directory or file) are fatal: a
+/// path left out silently would be deleted on the other side.
+pub fn scan(
+    root: &Path,
+    opts: &ScanOptions,
+    previous: Option<&Manifest>,
+) -> Result<Scan, SyncError> {
+    let scan_started_ns = now_ns();
+    let prev_files: HashMap<&RelPath, (&Entry, u64, &[ChunkRef])> = previous
+        .map(|m| {
+            m.entries
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EntryKind::File { size, chunks } => Some((&e.path, (e, *size, &chunks[..]))),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let prev_cache = previous.and_then(|m| m.stat_cache.as_ref());
+
+    let walker = ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .add_custom_ignore_filename(IGNORE_FILE)
+        .follow_links(false)
+        .filter_entry(|e| {
+            let name = e.file_name().to_string_lossy();
+            !(name.starts_with(TEMP_PREFIX) || (e.depth() == 1 && name == CONFLICTS_DIR))
+        })
+        .build();
+
+    let mut entries = Vec::new();
+    let mut skipped = Vec::new();
+    let mut warnings = Vec::new();
+    let mut stats = ScanStats::default();
+    let mut cache = StatCache {
+        scan_started_ns,
+        files: HashMap::new(),
+    };
+
+    for item in walker {
+        let dent = match item {
+            Ok(d) => d,
+            Err(err) => {
+                if let Some(io) = err.io_error() {
+                    let io = std::io::Error::new(io.kind(), err.to_string());
+                    return Err(SyncError::io("walk", root, io));
+                }
+                warnings.push(err.to_string());
+                continue;
+            }
+        };
+        if dent.depth() == 0 {
+            continue;
+        }
+        let full = dent.path();
+        let rel = match rel_path(root, full) {
+            Ok(rel) => rel,
+            Err(reason) => {
+                skipped.push(Skipped {
+                    path: full.strip_prefix(root).unwrap_or(full).to_owned(),
+                    reason,
+                });
+                continue;
+            }
+        };
+        let meta = full
+            .symlink_metadata()
+            .map_err(|e| SyncError::io("stat", full, e))?;
+        let file_type = meta.file_type();
+        let mtime_ns = mtime_ns(&meta);
+        let mode = meta.permissions().mode() & 0o777;
+        let kind = if file_type.is_dir() {
+            EntryKind::Dir
+        } else if file_type.is_symlink() {
+            let target =
+                std::fs::read_link(full).map_err(|e| SyncError::io("read link", full, e))?;
+            let Some(target) = target.to_str().map(str::to_owned) else {
+                skipped.push(skip(&rel, "symlink target is not UTF-8"));
+                continue;
+            };
+            if let Err(reason) = check_symlink_target(&rel, &target) {
+                skipped.push(skip(&rel, reason));
+                continue;
+            }
+            entries.push(Entry {
+                path: rel,
+                kind: EntryKind::Symlink { target },
+                mode: 0o777,
+                mtime_ns,
+            });
+            continue;
+        } else if file_type.is_file() {
+            stats.files += 1;
+            let local = local_stat(&meta);
+            let size = meta.len();
+            let reusable = prev_files.get(&rel).and_then(|(prev, prev_size, chunks)| {
+                let same = *prev_size == size
+                    && prev.mtime_ns == mtime_ns
+                    && match prev_cache {
+                        Some(c) => {
+                            c.files.get(&rel) == Some(&local)
+                                && mtime_ns < c.scan_started_ns - RACY_WINDOW_NS
+                        }
+                        None => true,
+                    };
+                same.then(|| chunks.to_vec())
+            });
+            match reusable {
+                Some(chunks) => {
+                    stats.reused_files += 1;
+                    cache.files.insert(rel.clone(), local);
+                    EntryKind::File { size, chunks }
+                }
+                None => {
+                    let (chunks, read, unchanged) = chunk_file(full, &meta)?;
+                    stats.hashed_files += 1;
+                    stats.hashed_bytes += read;
+                    if unchanged {
+                        cache.files.insert(rel.clone(), local);
+                    }
+                    EntryKind::File { size: read, chunks }
+                }
+            }
+        } else {
+            skipped.push(skip(&rel, "not a regular file, directory or symlink"));
+            continue;
+        };
+        entries.push(Entry {
+            path: rel,
+            kind,
+            mode,
+            mtime_ns,
+        });
+        if entries.len() > opts.limits.max_entries {
+            return Err(SyncError::InvalidManifest {
+                reason: format!("tree has more than {} entries", opts.limits.max_entries),
+            });
+        }
+    }
+
+    let mut manifest = Manifest::new(entries);
+    manifest.stat_cache = Some(cache);
+    Ok(Scan {
+        manifest,
+        skipped,
+        warnings,
+        stats,
+    })
+}
+
+fn skip(rel: &RelPath, reason: &str) -> Skipped {
+    Skipped {
+        path: PathBuf::from(rel.as_str()),
+        reason: reason.to_owned(),
+    }
+}
+
+fn rel_path(root: &Path, full: &Path) -> Result<RelPath, String> {
+    let rel = full
+        .strip_prefix(root)
+        .map_err(|_| "path is not below the root".to_owned())?;
+    let mut parts = Vec::new();
+    for component in rel.components() {
+        match component {
+            std::path::Component::Normal(c) => {
+                parts.push(c.to_str().ok_or_else(|| "name is not UTF-8".to_owned())?)
+            }
+            _ => return Err("unexpected path component".to_owned()),
+        }
+    }
+    RelPath::new(parts.join("/")).map_err(|e| e.to_string())
+}
+
+fn mtime_ns(meta: &Metadata) -> i64 {
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
+}
+
+fn local_stat(meta: &Metadata) -> LocalStat {
+    LocalStat {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        ctime_ns: meta
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.ctime_nsec()),
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Reads and chunks one file. Returns the chunks, the bytes read and whether the file
+/// looked unchanged across the read (only then may the next scan trust its stat).
+fn chunk_file(path: &Path, before: &Metadata) -> Result<(Vec<ChunkRef>, u64, bool), SyncError> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SyncError::io("open", path, e.into()))?;
+    let file = File::from(fd);
+    let mut chunks = Vec::new();
+    let read = for_each_chunk(&file, |bytes| {
+        chunks.push(ChunkRef {
+            id: ChunkId::of(bytes),
+            len: bytes.len() as u32,
+        });
+        Ok::<(), std::io::Error>(())
+    })
+    .map_err(|e| SyncError::io("read", path, e))?;
+    let after = file
+        .metadata()
+        .map_err(|e| SyncError::io("stat", path, e))?;
+    let unchanged = after.len() == read
+        && mtime_ns(&after) == mtime_ns(before)
+        && local_stat(&after) == local_stat(before);
+    Ok((chunks, read, unchanged))
+}

@@ -1,0 +1,635 @@
+//! A private `dockerd` per test, started, reached and torn down without touching the host's.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rustix::process::Signal;
+use tempfile::TempDir;
+
+use crate::busybox::{self, IMAGE_PATH};
+use crate::command;
+use crate::process;
+
+/// How long `dockerd` gets to answer `/_ping` after it is spawned (usually under a second).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `dockerd` gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+/// Budget for one `docker` CLI call made by the helpers.
+const DOCKER_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest unix socket path the kernel takes (`sun_path` is 108 bytes with the NUL); the
+/// containerd sockets under the exec root are the longest ones an engine creates.
+const MAX_SOCKET_PATH: usize = 107;
+const LONGEST_SOCKET_SUFFIX: &str = "/exec/containerd/containerd.sock.ttrpc";
+const LOG_TAIL_LINES: usize = 40;
+
+/// Stops the engine if the test process dies without running `Drop` (panic=abort, SIGKILL
+/// from a test runner's timeout). Its stdin is a pipe whose only writer is the test process:
+/// a "stop" line means the test cleans up itself, end of file means the test process is gone.
+/// It lives in its own process group so a runner's group-wide signal does not kill it first.
+const WATCHDOG: &str = r#"
+trap '' HUP INT TERM
+if read -r line && [ "$line" = stop ]; then exit 0; fi
+dockerd=$1 dir=$2 keep=$3
+alive() {
+    s=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
+    [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
+}
+kill -TERM "$dockerd" 2>/dev/null
+i=0
+while alive "$dockerd" && [ "$i" -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
+kill -KILL "$dockerd" 2>/dev/null
+containerd=$(cat "$dir/exec/containerd/containerd.pid" 2>/dev/null)
+if [ -n "$containerd" ] && grep -q "$dir/" "/proc/$containerd/cmdline" 2>/dev/null; then
+    kill -KILL "$containerd" 2>/dev/null
+fi
+for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = "$$" ] && continue
+    grep -q "$dir/exec/containerd/containerd.sock" "$p/cmdline" 2>/dev/null || continue
+    for c in /proc/[0-9]*; do
+        ppid=$(sed 's/^.*) . //' "$c/stat" 2>/dev/null | cut -d' ' -f1)
+        [ "$ppid" = "$pid" ] && kill -KILL "${c#/proc/}" 2>/dev/null
+    done
+    kill -KILL "$pid" 2>/dev/null
+done
+cut -d' ' -f2 /proc/mounts | grep "^$dir/" | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
+umount -l "$dir" 2>/dev/null
+[ "$keep" = 1 ] || rm -rf "$dir"
+"#;
+
+/// A private Docker engine: its own `dockerd` (which starts its own `containerd`) with data
+/// root, exec root, pidfile, trust key, config file, log and socket in one directory under
+/// `/tmp`, so engines in parallel tests and processes never share state.
+///
+/// The engine has no bridge, no iptables rules and no images: run containers with
+/// `--network none` and bring images with [`Engine::import_busybox`].
+///
+/// Dropping it removes its containers, stops `dockerd` (SIGTERM, then SIGKILL), kills any
+/// containerd or shim left behind, unmounts leftovers and deletes the directory. If the test
+/// process dies without dropping it, a small watchdog process does the same.
+pub struct Engine {
+    name: String,
+    dir: Option<TempDir>,
+    root: PathBuf,
+    socket: PathBuf,
+    host: String,
+    log_path: PathBuf,
+    dockerd: Child,
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+impl Engine {
+    /// Starts a `dockerd` named `name` (used in the directory name, the engine label
+    /// `offload.testkit.engine` and error messages) and waits until its API answers.
+    pub fn start(name: &str) -> anyhow::Result<Engine> {
+        let started = Instant::now();
+        let dir = engine_dir(name)?;
+        let root = dir.path().to_path_buf();
+        let socket = root.join("docker.sock");
+        let host = format!("unix://{}", socket.display());
+        let log_path = root.join("dockerd.log");
+
+        // Its own trust key: by default every dockerd writes /etc/docker/key.json, so engines
+        // would race to create it and then report the same engine ID.
+        let config_path = root.join("daemon.json");
+        let key_path = root.join("key.json");
+        fs::write(
+            &config_path,
+            format!(
+                "{{\"deprecated-key-path\": \"{}\"}}\n",
+                json_escape(&key_path.to_string_lossy())
+            ),
+        )
+        .with_context(|| format!("failed to write {}", config_path.display()))?;
+
+        let log = File::create(&log_path)
+            .with_context(|| format!("failed to create {}", log_path.display()))?;
+        let log_err = log
+            .try_clone()
+            .with_context(|| format!("failed to open {} twice", log_path.display()))?;
+
+        let mut cmd = Command::new(dockerd_program());
+        cmd.arg("--config-file")
+            .arg(&config_path)
+            .arg("--data-root")
+            .arg(root.join("data"))
+            .arg("--exec-root")
+            .arg(root.join("exec"))
+            .arg("--pidfile")
+            .arg(root.join("dockerd.pid"))
+            .arg("--host")
+            .arg(&host)
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+                "--ip-forward=false",
+                "--userland-proxy=false",
+                "--shutdown-timeout=5",
+                "--log-level=info",
+            ])
+            .arg("--label")
+            .arg(format!("offload.testkit.engine={name}"))
+            .env("PATH", daemon_search_path())
+            // Neither systemd nor a client configuration of the caller must leak in.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let dockerd = cmd
+            .spawn()
+            .with_context(|| format!("failed to spawn `{}`", command::describe(&cmd)))?;
+
+        let mut engine = Engine {
+            name: name.to_owned(),
+            dir: Some(dir),
+            root,
+            socket,
+            host,
+            log_path,
+            dockerd,
+            watchdog: None,
+        };
+        engine.watchdog = match engine.spawn_watchdog() {
+            Ok(watchdog) => Some(watchdog),
+            Err(err) => return Err(err.context(engine.failure("could not start its watchdog"))),
+        };
+        if let Err(err) = engine.wait_ready(started + START_TIMEOUT) {
+            return Err(err.context(engine.failure("failed to start")));
+        }
+        Ok(engine)
+    }
+
+    /// The name given to [`Engine::start`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `unix:///tmp/offload-eng-…/docker.sock`, for `DOCKER_HOST`, `-H` or bollard.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The engine's API socket.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The engine's directory (data root, exec root, log, socket).
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// The `dockerd` log (containerd logs into it too).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The PID of `dockerd`.
+    pub fn pid(&self) -> u32 {
+        self.dockerd.id()
+    }
+
+    /// The last `lines` lines of the `dockerd` log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&self.log_path) {
+            let _ = file.read_to_string(&mut text);
+        }
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A `docker` CLI command aimed at this engine (`-H` and `DOCKER_HOST` set, the caller's
+    /// contexts and client configuration ignored), ready for more arguments.
+    pub fn docker<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(docker_program());
+        cmd.arg("--host")
+            .arg(&self.host)
+            .args(args)
+            .env("DOCKER_HOST", &self.host)
+            .env("DOCKER_CONFIG", self.root.join("client"))
+            .env("DOCKER_CLI_HINTS", "false")
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH");
+        cmd
+    }
+
+    /// Runs `docker <args>` against this engine and returns its stdout; fails with its stderr
+    /// if it exits non-zero, or if it takes more than two minutes.
+    pub fn docker_output<I, S>(&self, args: I) -> anyhow::Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        command::run_ok(&mut self.docker(args), None, DOCKER_CALL_TIMEOUT)
+            .with_context(|| format!("docker call on engine {:?} failed", self.name))
+    }
+
+    /// Full IDs of all containers on this engine, running or not.
+    pub fn container_ids(&self) -> anyhow::Result<Vec<String>> {
+        let out = self.docker_output(["ps", "--all", "--quiet", "--no-trunc"])?;
+        Ok(out.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// Imports the busybox rootfs (see [`crate::busybox_rootfs_tar`]) as `tag`, with
+    /// `CMD ["/bin/sh"]`, a `PATH` and `WORKDIR /`; returns the image ID. Does nothing but
+    /// look the ID up if `tag` exists already.
+    pub fn import_busybox(&self, tag: &str) -> anyhow::Result<String> {
+        if let Some(id) = self.image_id(tag)? {
+            return Ok(id);
+        }
+        let rootfs = busybox::busybox_rootfs_tar()?;
+        self.import_rootfs(
+            tag,
+            rootfs,
+            &[
+                r#"CMD ["/bin/sh"]"#,
+                &format!("ENV PATH={IMAGE_PATH}"),
+                "WORKDIR /",
+            ],
+        )
+    }
+
+    /// `docker import`s a rootfs tar as `tag` with the given Dockerfile `changes`; returns
+    /// the image ID.
+    pub fn import_rootfs(
+        &self,
+        tag: &str,
+        rootfs_tar: Vec<u8>,
+        changes: &[&str],
+    ) -> anyhow::Result<String> {
+        let mut args: Vec<String> = vec!["import".into()];
+        for change in changes {
+            args.push("--change".into());
+            args.push((*change).into());
+        }
+        args.push("-".into());
+        args.push(tag.into());
+        let out = command::run_ok(
+            &mut self.docker(&args),
+            Some(rootfs_tar),
+            DOCKER_CALL_TIMEOUT,
+        )
+        .with_context(|| format!("failed to import {tag} into engine {:?}", self.name))?;
+        let id = out.trim();
+        if !id.starts_with("sha256:") {
+            bail!("docker import of {tag} printed {id:?} instead of an image ID");
+        }
+        Ok(id.to_owned())
+    }
+
+    /// The ID of image `reference`, or `None` if the engine does not have it.
+    pub fn image_id(&self, reference: &str) -> anyhow::Result<Option<String>> {
+        let out = command::run(
+            &mut self.docker(["image", "inspect", "--format", "{{.Id}}", reference]),
+            None,
+            DOCKER_CALL_TIMEOUT,
+        )?;
+        if out.status.success() {
+            return Ok(Some(out.stdout.trim().to_owned()));
+        }
+        if out.stderr.to_lowercase().contains("no such image") {
+            return Ok(None);
+        }
+        bail!(
+            "failed to inspect image {reference} on engine {:?}: {}",
+            self.name,
+            out.stderr.trim_end()
+        )
+    }
+
+    fn spawn_watchdog(&self) -> anyhow::Result<(Child, ChildStdin)> {
+        let keep = if keep_dirs() { "1" } else { "0" };
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("offload-testkit-watchdog")
+            .arg(self.dockerd.id().to_string())
+            .arg(&self.root)
+            .arg(keep)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("failed to spawn the engine watchdog (/bin/sh)")?;
+        match child.stdin.take() {
+            Some(stdin) => Ok((child, stdin)),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the engine watchdog has no stdin pipe")
+            }
+        }
+    }
+
+    fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        loop {
+            if let Some(status) = self
+                .dockerd
+                .try_wait()
+                .context("failed to check on dockerd")?
+            {
+                bail!("dockerd exited during startup ({status})");
+            }
+            let attempt = ping(&self.socket);
+            let Err(last_error) = attempt else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "dockerd did not answer on {} within {START_TIMEOUT:?} (last error: {last_error:#})",
+                    self.socket.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// An error context naming the engine, its directory and the end of its log.
+    fn failure(&self, what: &str) -> String {
+        let tail = self.log_tail(LOG_TAIL_LINES);
+        let log = if tail.trim().is_empty() {
+            format!("{} is empty", self.log_path.display())
+        } else {
+            format!(
+                "last {LOG_TAIL_LINES} lines of {}:\n{tail}\n",
+                self.log_path.display()
+            )
+        };
+        let kept = if keep_dirs() {
+            ""
+        } else {
+            ", removed again; set OFFLOAD_TESTKIT_KEEP=1 to keep it"
+        };
+        format!(
+            "engine {:?} {what} (dir {}{kept}); {log}",
+            self.name,
+            self.root.display()
+        )
+    }
+
+    fn remove_containers(&self) {
+        let Ok(ids) = self.container_ids() else {
+            return;
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let mut args = vec!["rm".to_owned(), "--force".into(), "--volumes".into()];
+        args.extend(ids);
+        let _ = command::run(&mut self.docker(&args), None, Duration::from_secs(60));
+    }
+
+    fn stop_dockerd(&mut self) {
+        if matches!(self.dockerd.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let containerd = self.containerd_pid();
+        let log_offset = fs::metadata(&self.log_path).map_or(0, |m| m.len());
+        process::signal(self.dockerd.id(), Signal::TERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            match self.dockerd.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) if Instant::now() >= deadline => break,
+                // Once its shutdown is complete and containerd is gone, dockerd only idles in
+                // a gRPC reconnect backoff for about a second before it exits; skip that.
+                Ok(None)
+                    if containerd.is_some_and(|pid| !process::is_alive(pid))
+                        && self
+                            .log_since(log_offset)
+                            .contains("Daemon shutdown complete") =>
+                {
+                    break;
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let _ = self.dockerd.kill();
+        let _ = self.dockerd.wait();
+    }
+
+    /// The PID of this engine's containerd, if it is running.
+    fn containerd_pid(&self) -> Option<u32> {
+        let pid_file = self.root.join("exec/containerd/containerd.pid");
+        let pid = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+        // The pidfile may be stale and its PID reused by an unrelated process.
+        let ours = format!("{}/", self.root.display());
+        process::cmdline(pid)
+            .is_some_and(|c| c.contains(&ours))
+            .then_some(pid)
+    }
+
+    /// What dockerd logged after byte `offset` of its log.
+    fn log_since(&self, offset: u64) -> String {
+        use std::io::{Seek, SeekFrom};
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&self.log_path)
+            && file.seek(SeekFrom::Start(offset)).is_ok()
+        {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// containerd and shims outlive a dockerd that had to be killed.
+    fn stop_leftovers(&self) {
+        if let Some(pid) = self.containerd_pid() {
+            process::terminate(pid, Duration::from_secs(5));
+        }
+        let address = format!("{}/exec/containerd/containerd.sock", self.root.display());
+        for shim in process::find_by_cmdline(&address) {
+            // Killing a container's init takes its whole PID namespace down with it.
+            for init in process::children_of(shim) {
+                process::signal(init, Signal::KILL);
+            }
+            process::terminate(shim, Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some((mut child, mut stdin)) = self.watchdog.take() {
+            let _ = stdin.write_all(b"stop\n");
+            drop(stdin);
+            let _ = child.wait();
+        }
+        if matches!(self.dockerd.try_wait(), Ok(None)) {
+            self.remove_containers();
+        }
+        self.stop_dockerd();
+        self.stop_leftovers();
+        process::unmount_below(&self.root);
+        if let Some(dir) = self.dir.take() {
+            if keep_dirs() {
+                let _ = dir.keep();
+            } else {
+                let _ = dir.close();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("pid", &self.dockerd.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh directory like `/tmp/offload-eng-cloud-Ab12Cd`; the random suffix (created with
+/// O_EXCL) keeps engines of parallel processes apart.
+fn engine_dir(name: &str) -> anyhow::Result<TempDir> {
+    if name.is_empty() {
+        bail!("an engine needs a non-empty name");
+    }
+    let short: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(12)
+        .collect();
+    let parent = std::env::var_os("OFFLOAD_TESTKIT_TMP")
+        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("offload-eng-{short}-"))
+        .rand_bytes(6)
+        .tempdir_in(&parent)
+        .with_context(|| {
+            format!(
+                "failed to create an engine directory in {}",
+                parent.display()
+            )
+        })?;
+    let longest = dir.path().as_os_str().len() + LONGEST_SOCKET_SUFFIX.len();
+    if longest > MAX_SOCKET_PATH {
+        bail!(
+            "engine directory {} is too long for unix sockets ({longest} > {MAX_SOCKET_PATH} bytes); \
+             point OFFLOAD_TESTKIT_TMP at a shorter directory",
+            dir.path().display()
+        );
+    }
+    Ok(dir)
+}
+
+/// One `GET /_ping` over the socket; dockerd answers only once it is fully initialised.
+fn ping(socket: &Path) -> anyhow::Result<()> {
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("failed to connect to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let status = reply.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("/_ping answered {status:?}");
+    }
+    Ok(())
+}
+
+fn dockerd_program() -> OsString {
+    program(
+        "OFFLOAD_TESTKIT_DOCKERD",
+        &["/usr/sbin/dockerd", "/usr/bin/dockerd"],
+        "dockerd",
+    )
+}
+
+fn docker_program() -> OsString {
+    program(
+        "OFFLOAD_TESTKIT_DOCKER",
+        &["/usr/local/bin/docker", "/usr/bin/docker"],
+        "docker",
+    )
+}
+
+fn program(env: &str, candidates: &[&str], fallback: &str) -> OsString {
+    if let Some(path) = std::env::var_os(env) {
+        return path;
+    }
+    candidates
+        .iter()
+        .find(|c| Path::new(c).exists())
+        .map_or_else(|| fallback.into(), |c| c.into())
+}
+
+/// dockerd finds `containerd`, `containerd-shim-runc-v2`, `runc` and `docker-init` on PATH,
+/// which a test runner's environment may have trimmed.
+fn daemon_search_path() -> OsString {
+    let mut path = std::env::var_os("PATH").unwrap_or_default();
+    if !path.is_empty() {
+        path.push(":");
+    }
+    path.push("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path
+}
+
+fn keep_dirs() -> bool {
+    std::env::var_os("OFFLOAD_TESTKIT_KEEP").is_some_and(|v| v == "1")
+}
+
+fn json_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_dirs_are_short_unique_and_named() {
+        let a = engine_dir("cloud engine/1").expect("dir");
+        let b = engine_dir("cloud engine/1").expect("dir");
+        assert_ne!(a.path(), b.path());
+        let name = a
+            .path()
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with("offload-eng-cloud-engine-"), "{name}");
+        assert!(a.path().as_os_str().len() + LONGEST_SOCKET_SUFFIX.len() <= MAX_SOCKET_PATH);
+    }
+
+    #[test]
+    fn engines_can_move_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Engine>();
+    }
+
+    #[test]
+    fn empty_names_are_rejected() {
+        assert!(engine_dir("").is_err());
+    }
+
+    #[test]
+    fn ping_fails_without_a_daemon() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = ping(&dir.path().join("absent.sock")).expect_err("nothing listens");
+        assert!(format!("{err:#}").contains("failed to connect"), "{err:#}");
+    }
+}

@@ -1,0 +1,171 @@
+//! The command line, as DESIGN.md §9 fixes it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "offload",
+    version,
+    about = "Move containers between a busy cloud host and your own machine, without losing work"
+)]
+pub struct Cli {
+    /// Config file: the server's TOML for `offload server`, otherwise the client's
+    /// credentials (default: $OFFLOAD_CONFIG, then ~/.config/offload/config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    pub fn default_log_level(&self) -> &'static str {
+        match self.command {
+            Command::Server(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the offload server on the cloud host.
+    Server(ServerArgs),
+    /// Administration on the server host.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Join a server with a token from its operator and store the credentials.
+    Join {
+        /// e.g. https://cloud.example.org:7443
+        server_url: String,
+        /// The join token printed by `offload admin token create`.
+        token: String,
+    },
+    /// Create a container in the cloud and print its id.
+    Start(StartArgs),
+    /// Start a stopped container again.
+    Restart {
+        /// Container id or name.
+        id: String,
+    },
+    /// List your containers.
+    Ls {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show one container.
+    Show {
+        /// Container id or name.
+        id: String,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Open a shell in a container, wherever it runs; `-- CMD...` runs one command.
+    Shell {
+        /// Container id or name.
+        id: String,
+        /// Allocate a terminal for CMD too (a shell without CMD always gets one when
+        /// stdin is a terminal).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Command and arguments.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Stop a container; its workspace stays.
+    Stop {
+        /// Container id or name.
+        id: String,
+    },
+    /// Remove a container and its workspace.
+    Rm {
+        /// Container id or name.
+        id: String,
+    },
+    /// Show offload at work on this machine: server, user, container, cleanup.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address of the HTTPS API [default: 0.0.0.0:7443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// State, certificates and workspaces [default: /var/lib/offload].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Docker Engine API endpoint of the cloud engine [default: $DOCKER_HOST, then the
+    /// local socket].
+    #[arg(long, value_name = "URI")]
+    pub docker_host: Option<String>,
+    /// Network for user containers: default, none, or an engine network name.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when a container stops [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub stop_grace: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a single-use join token for a user; prints it on the last line.
+    Create {
+        /// User name (created if new).
+        #[arg(long)]
+        user: String,
+        /// Give the user the admin role.
+        #[arg(long)]
+        admin: bool,
+        /// The server's data directory [default: /var/lib/offload].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Seconds the token stays valid [default: 86400].
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u64>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Image reference.
+    pub image: String,
+    /// A name to use instead of the id.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// CPU limit in cores.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory limit, e.g. 512m or 2g.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Command to run instead of the image's default.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Docker Engine API endpoint for the cloud side [default: $DOCKER_HOST].
+    #[arg(long, value_name = "URI")]
+    pub docker_host: Option<String>,
+    /// A locally available image to run.
+    #[arg(long, default_value = "offload-demo/busybox:latest")]
+    pub image: String,
+}

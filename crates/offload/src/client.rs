@@ -1,0 +1,289 @@
+//! The client side of the API: the stored credentials, the HTTPS client that trusts only
+//! the server's CA, and the join flow that pins that CA.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use offload_core::api::{ApiError, JoinRequest, JoinResponse};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What `offload join` stores: where the server is, how to trust it, who we are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub server: String,
+    pub user: String,
+    pub admin: bool,
+    pub token: String,
+    pub ca_pem: String,
+}
+
+/// The config file to use: `--config`, then `OFFLOAD_CONFIG`, then the user's config dir.
+pub fn config_path(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag {
+        return Ok(path.to_owned());
+    }
+    if let Some(path) = std::env::var_os("OFFLOAD_CONFIG").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .context("cannot find a config directory: set HOME, XDG_CONFIG_HOME or OFFLOAD_CONFIG")?;
+    Ok(base.join("offload").join("config.toml"))
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!(
+                    "no offload credentials at {}; run `offload join SERVER_URL TOKEN` first",
+                    path.display()
+                )
+            } else {
+                anyhow::anyhow!("cannot read {}: {e}", path.display())
+            }
+        })?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Writes the file with mode 0600, atomically.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let text = toml::to_string(self)?;
+        let tmp = path.with_extension("toml.tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Builds a rustls client configuration that trusts exactly `ca_pem`.
+pub fn rustls_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.context("invalid CA certificate in the config")?)
+            .context("unusable CA certificate in the config")?;
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+fn http_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    let cert = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+        .context("invalid CA certificate in the config")?;
+    Ok(reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()?)
+}
+
+/// An authenticated connection to the server.
+pub struct Api {
+    pub config: ClientConfig,
+    http: reqwest::Client,
+}
+
+/// A failed call: the server's own sentence, or why the server could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{}", .body.error)]
+    Api { status: u16, body: ApiError },
+    #[error("cannot reach the offload server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("unexpected answer from the server ({status}): {text}")]
+    Unexpected { status: u16, text: String },
+}
+
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+impl Api {
+    pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
+        let http = http_client(&config.ca_pem)?;
+        Ok(Api { config, http })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.server.trim_end_matches('/'))
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: String,
+    ) -> Result<Option<T>, CallError> {
+        let response = request
+            .bearer_auth(&self.config.token)
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable {
+                url: url.clone(),
+                reason: describe_reqwest(&e),
+            })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| CallError::Unreachable {
+            url,
+            reason: describe_reqwest(&e),
+        })?;
+        if status.is_success() {
+            if bytes.is_empty() {
+                return Ok(None);
+            }
+            return serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CallError::Unexpected {
+                    status: status.as_u16(),
+                    text: e.to_string(),
+                });
+        }
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(body) => Err(CallError::Api {
+                status: status.as_u16(),
+                body,
+            }),
+            Err(_) => Err(CallError::Unexpected {
+                status: status.as_u16(),
+                text: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            }),
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        let url = self.url(path);
+        self.send(self.http.get(&url), url.clone())
+            .await?
+            .ok_or(CallError::Unexpected {
+                status: 200,
+                text: "empty body".into(),
+            })
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CallError> {
+        let url = self.url(path);
+        self.send(self.http.post(&url).json(body), url.clone())
+            .await?
+            .ok_or(CallError::Unexpected {
+                status: 200,
+                text: "empty body".into(),
+            })
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), CallError> {
+        let url = self.url(path);
+        self.send::<serde_json::Value>(self.http.delete(&url), url.clone())
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Validates a server URL as the user typed it.
+pub fn parse_server_url(raw: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(raw).with_context(|| format!("invalid server URL {raw:?}"))?;
+    if url.scheme() != "https" {
+        bail!("the server URL must start with https:// (got {raw:?})");
+    }
+    if url.host_str().is_none() {
+        bail!("the server URL {raw:?} names no host");
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `offload join`: fetch the CA, check it against the token's fingerprint, and only then
+/// send the secret over a connection that trusts that CA alone.
+pub async fn join(server: &str, token: &str) -> anyhow::Result<ClientConfig> {
+    let server = parse_server_url(server)?;
+    let token = offload_server::auth::JoinToken::parse(token)?;
+    // Unauthenticated fetch: what we get is checked against the pinned fingerprint below
+    // before anything secret crosses.
+    let insecure = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let ca_url = format!("{server}/v1/ca");
+    let response = insecure
+        .get(&ca_url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {server}: {}", describe_reqwest(&e)))?;
+    if !response.status().is_success() {
+        bail!(
+            "{server} did not serve its CA certificate ({}); is it an offload server?",
+            response.status()
+        );
+    }
+    let ca_pem = response.text().await?;
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .context("the server sent an invalid CA certificate")?;
+    let fingerprint = hex::encode(Sha256::digest(ca_der.as_ref()));
+    if fingerprint != token.ca_fingerprint {
+        bail!(
+            "the server's CA fingerprint {fingerprint} does not match the token's {}; refusing to join (wrong server, or someone in between)",
+            token.ca_fingerprint
+        );
+    }
+    let http = http_client(&ca_pem)?;
+    let url = format!("{server}/v1/join");
+    let response = http
+        .post(&url)
+        .json(&JoinRequest {
+            secret: token.secret.clone(),
+        })
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {server}: {}", describe_reqwest(&e)))?;
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<ApiError>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| status.to_string());
+        bail!("the server refused the join token: {message} (tokens are single-use and expire)");
+    }
+    let joined: JoinResponse =
+        serde_json::from_slice(&bytes).context("unexpected answer to the join")?;
+    Ok(ClientConfig {
+        server,
+        user: joined.user,
+        admin: joined.admin,
+        token: joined.token,
+        ca_pem,
+    })
+}

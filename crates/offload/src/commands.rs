@@ -1,0 +1,212 @@
+//! Each subcommand: parse, one library call, print.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use offload_core::UserName;
+use offload_core::api::{ContainerView, StartRequest};
+use offload_server::ServerConfig;
+
+use crate::cli::{AdminCommand, Cli, Command, Output, ServerArgs, TokenCommand};
+use crate::client::{Api, ClientConfig, config_path};
+use crate::shell::urlencode;
+
+/// Runs the command; returns the process exit code.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let config = cli.config;
+    match cli.command {
+        Command::Server(args) => {
+            offload_server::run(server_config(config.as_deref(), args)?).await?;
+            Ok(0)
+        }
+        Command::Admin(AdminCommand::Token(TokenCommand::Create {
+            user,
+            admin,
+            data_dir,
+            ttl,
+        })) => {
+            let user = UserName::parse(&user)?;
+            let defaults = ServerConfig::default();
+            let data_dir = data_dir.unwrap_or(defaults.data_dir);
+            let token = offload_server::create_join_token(
+                &data_dir,
+                &user,
+                admin,
+                ttl.unwrap_or(defaults.join_token_ttl_secs),
+            )?;
+            eprintln!(
+                "join token for {user}{} (single use, expires in {} s):",
+                if admin { " (admin)" } else { "" },
+                ttl.unwrap_or(defaults.join_token_ttl_secs)
+            );
+            println!("{token}");
+            Ok(0)
+        }
+        Command::Join { server_url, token } => {
+            let path = config_path(config.as_deref())?;
+            let joined = crate::client::join(&server_url, &token).await?;
+            joined.save(&path)?;
+            println!(
+                "joined {} as {}; credentials saved to {}",
+                joined.server,
+                joined.user,
+                path.display()
+            );
+            Ok(0)
+        }
+        Command::Start(args) => {
+            let api = connect(config.as_deref())?;
+            let request = StartRequest {
+                image: args.image,
+                name: args.name,
+                cpus: args.cpus,
+                memory: args.memory,
+                command: args.command,
+            };
+            let view: ContainerView = api.post("/v1/containers", &request).await?;
+            println!("{}", view.id);
+            Ok(0)
+        }
+        Command::Restart { id } => {
+            let api = connect(config.as_deref())?;
+            let view: ContainerView = api
+                .post(
+                    &format!("/v1/containers/{}/start", urlencode(&id)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("{}", view.id);
+            Ok(0)
+        }
+        Command::Ls { output } => {
+            let api = connect(config.as_deref())?;
+            let views: Vec<ContainerView> = api.get("/v1/containers").await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
+                Output::Table => print_table(&views),
+            }
+            Ok(0)
+        }
+        Command::Show { id, output } => {
+            let api = connect(config.as_deref())?;
+            let view: ContainerView = api
+                .get(&format!("/v1/containers/{}", urlencode(&id)))
+                .await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+                Output::Table => print_details(&view),
+            }
+            Ok(0)
+        }
+        Command::Shell { id, tty, command } => {
+            let api = connect(config.as_deref())?;
+            crate::shell::run(&api, &id, command, tty).await
+        }
+        Command::Stop { id } => {
+            let api = connect(config.as_deref())?;
+            let view: ContainerView = api
+                .post(
+                    &format!("/v1/containers/{}/stop", urlencode(&id)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("{}", view.id);
+            Ok(0)
+        }
+        Command::Rm { id } => {
+            let api = connect(config.as_deref())?;
+            api.delete(&format!("/v1/containers/{}", urlencode(&id)))
+                .await?;
+            println!("{id}");
+            Ok(0)
+        }
+        Command::Demo(args) => crate::demo::run(args).await,
+    }
+}
+
+fn connect(flag: Option<&Path>) -> anyhow::Result<Api> {
+    let path = config_path(flag)?;
+    Api::new(ClientConfig::load(&path)?)
+}
+
+/// Defaults, then the file, then `OFFLOAD_*` environment variables (through clap), then
+/// flags.
+fn server_config(file: Option<&Path>, args: ServerArgs) -> anyhow::Result<ServerConfig> {
+    let mut config = match file {
+        Some(path) => ServerConfig::from_file(path)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(host) = args.docker_host {
+        config.docker_host = Some(host);
+    }
+    if let Some(network) = args.network {
+        config.network = network;
+    }
+    if let Some(grace) = args.stop_grace {
+        config.stop_grace_secs = grace;
+    }
+    config.data_dir = absolute(&config.data_dir)?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    Ok(std::env::current_dir()
+        .context("cannot resolve the data directory")?
+        .join(path))
+}
+
+fn short(id: Option<&str>) -> String {
+    id.map(|i| i.chars().take(12).collect())
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+fn print_table(views: &[ContainerView]) {
+    println!(
+        "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}",
+        "ID", "NAME", "IMAGE", "LOCATION", "STATE", "GEN", "RUNTIME ID"
+    );
+    for v in views {
+        println!(
+            "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}",
+            v.id,
+            v.name,
+            v.image,
+            v.location.as_str(),
+            v.state.as_str(),
+            v.generation,
+            short(v.runtime_id.as_deref())
+        );
+    }
+}
+
+fn print_details(v: &ContainerView) {
+    println!("id:          {}", v.id);
+    println!("name:        {}", v.name);
+    println!("owner:       {}", v.owner);
+    println!("image:       {}", v.image);
+    if !v.command.is_empty() {
+        println!("command:     {}", v.command.join(" "));
+    }
+    println!("location:    {}", v.location.as_str());
+    println!("state:       {}", v.state.as_str());
+    println!("generation:  {}", v.generation);
+    println!("runtime id:  {}", v.runtime_id.as_deref().unwrap_or("-"));
+    println!(
+        "limits:      {} cpus, {}",
+        v.cpus,
+        offload_core::size::format_bytes(v.memory_bytes)
+    );
+    if let Some(reason) = &v.reason {
+        println!("reason:      {reason}");
+    }
+}

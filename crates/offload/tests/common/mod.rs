@@ -1,0 +1,220 @@
+//! Harness for end-to-end tests: a private Docker engine, the real `offload server` on it,
+//! and users who joined with real tokens.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use offload_testkit::Engine;
+
+pub const IMAGE: &str = "offload-test/busybox:latest";
+
+pub fn offload_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_offload")
+}
+
+/// A cloud: one engine and one offload server on it.
+pub struct Cloud {
+    pub server: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub engine: Engine,
+}
+
+impl Cloud {
+    pub fn start(name: &str) -> Cloud {
+        let engine = Engine::start(name).expect("engine starts");
+        engine.import_busybox(IMAGE).expect("busybox image imports");
+        Cloud::on_engine(engine)
+    }
+
+    pub fn on_engine(engine: Engine) -> Cloud {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("server");
+        let mut cloud = Cloud {
+            server: None,
+            url: String::new(),
+            data_dir,
+            dir,
+            engine,
+        };
+        cloud.start_server();
+        cloud
+    }
+
+    /// Starts (or restarts) the server process and waits until it listens.
+    pub fn start_server(&mut self) {
+        let port = if self.url.is_empty() {
+            0
+        } else {
+            self.url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("port in url")
+        };
+        std::fs::create_dir_all(self.dir.path()).expect("dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
+        let mut child = Command::new(offload_bin())
+            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--network", "none", "--stop-grace", "1"])
+            .args(["--docker-host", self.engine.host()])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("OFFLOAD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("server spawns");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("offload server listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => self.url = url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", self.server_log());
+            }
+        }
+        self.server = Some(child);
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` of the server.
+    pub fn kill_server(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Creates a join token on the server host.
+    pub fn token(&self, user: &str, admin: bool) -> String {
+        let mut cmd = Command::new(offload_bin());
+        cmd.args(["admin", "token", "create", "--user", user, "--data-dir"])
+            .arg(&self.data_dir);
+        if admin {
+            cmd.arg("--admin");
+        }
+        let out = cmd.output().expect("token create runs");
+        assert!(out.status.success(), "token create: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("token line")
+            .trim()
+            .to_owned()
+    }
+
+    /// A user who joined this server.
+    pub fn user(&self, name: &str) -> User {
+        let user = User {
+            config: self.dir.path().join(format!("{name}.toml")),
+        };
+        let token = self.token(name, false);
+        user.ok(&["join", &self.url, &token]);
+        user
+    }
+
+    pub fn workspace(&self, id: &str) -> PathBuf {
+        self.data_dir.join("workspaces").join(id)
+    }
+
+    /// `docker inspect` of a container on this cloud's engine, as JSON.
+    pub fn inspect(&self, runtime_id: &str) -> serde_json::Value {
+        let out = self
+            .engine
+            .docker_output(["inspect", runtime_id])
+            .expect("docker inspect");
+        let mut list: Vec<serde_json::Value> = serde_json::from_str(&out).expect("inspect json");
+        list.remove(0)
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A joined client.
+pub struct User {
+    pub config: PathBuf,
+}
+
+impl User {
+    pub fn at(config: &Path) -> User {
+        User {
+            config: config.to_owned(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(offload_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("offload runs")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "offload {args:?} failed ({:?}): {}",
+            out.status.code(),
+            stderr(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ls(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["ls", "-o", "json"])).expect("ls json")
+    }
+
+    pub fn show(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["show", id, "-o", "json"])).expect("show json")
+    }
+
+    /// Starts a long-running busybox container and returns its id.
+    pub fn start_sleeper(&self, name: &str) -> String {
+        self.ok(&["start", "--name", name, IMAGE, "--", "sleep", "86400"])
+            .trim()
+            .to_owned()
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
