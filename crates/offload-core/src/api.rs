@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{ContainerRecord, Location, State};
+use crate::{ContainerRecord, Location, MoveDirection, MoveReport, MoveStep, State};
 
 /// Every error the API returns: one sentence and a stable machine-readable code.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -51,6 +51,42 @@ pub struct ContainerView {
     pub reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The move in flight, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<MoveStatus>,
+    /// How the last move ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_move: Option<MoveReport>,
+}
+
+/// A move in flight, as `show` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MoveStatus {
+    pub direction: MoveDirection,
+    pub step: MoveStep,
+    pub started_at: i64,
+    /// The agent's latest progress report: phase, bytes done and total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// Progress of a long step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    pub phase: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Body of `POST /v1/containers/{id}/move`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    pub to: Location,
+    /// Move to the cloud even though the edge's agent is unreachable; the edge copy is
+    /// fenced and its late changes kept as a conflict set when it returns.
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl From<&ContainerRecord> for ContainerView {
@@ -70,6 +106,8 @@ impl From<&ContainerRecord> for ContainerView {
             reason: r.reason.clone(),
             created_at: r.created_at,
             updated_at: r.updated_at,
+            moving: None,
+            last_move: r.last_move.clone(),
         }
     }
 }

@@ -5,12 +5,16 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod agent;
 pub mod api;
 pub mod container;
 pub mod id;
 pub mod size;
+pub mod token;
 
-pub use container::{ContainerRecord, Location, State};
+pub use container::{
+    ContainerRecord, Location, MoveDirection, MoveRecord, MoveReport, MoveStep, State,
+};
 pub use id::{ContainerId, ImageRef, Name, UserName, ValidationError};
 pub use size::parse_memory;
 

@@ -8,14 +8,15 @@ use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
+    InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptions,
+    RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 
 use crate::{
-    ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec, ImageInfo, NetworkMode,
-    Result, RuntimeContainer, RuntimeError,
+    ByteStream, ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec, HostInfo,
+    ImageInfo, NetworkMode, Result, RuntimeContainer, RuntimeError, UsageReading,
 };
 
 /// A Docker Engine API endpoint.
@@ -159,10 +160,104 @@ impl ContainerRuntime for DockerRuntime {
             Ok(info) => Ok(Some(ImageInfo {
                 id: info.id.unwrap_or_default(),
                 architecture: info.architecture,
+                repo_digests: info.repo_digests.unwrap_or_default(),
+                size: info.size.unwrap_or(0).max(0) as u64,
             })),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(engine_err("image inspect")(e)),
         }
+    }
+
+    async fn host_info(&self) -> Result<HostInfo> {
+        let info = self.docker.info().await.map_err(engine_err("info"))?;
+        Ok(HostInfo {
+            cpus: info.ncpu.unwrap_or(1).max(1) as f64,
+            memory_bytes: info.mem_total.unwrap_or(0).max(0) as u64,
+            architecture: match info.architecture.as_deref() {
+                Some("x86_64") => "amd64".to_owned(),
+                Some("aarch64") => "arm64".to_owned(),
+                Some(other) => other.to_owned(),
+                None => std::env::consts::ARCH.to_owned(),
+            },
+        })
+    }
+
+    async fn images(&self) -> Result<Vec<String>> {
+        let list = self
+            .docker
+            .list_images(None::<ListImagesOptions>)
+            .await
+            .map_err(engine_err("image list"))?;
+        Ok(list
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|t| t != "<none>:<none>")
+            .collect())
+    }
+
+    async fn export_image(&self, image: &str) -> Result<ByteStream> {
+        // Fail early and clearly for a missing image instead of mid-stream.
+        if self.image(image).await?.is_none() {
+            return Err(RuntimeError::ImageUnavailable {
+                image: image.to_owned(),
+                message: "not on this engine".to_owned(),
+            });
+        }
+        let stream = self
+            .docker
+            .export_image(image)
+            .map(|chunk| chunk.map_err(|e| std::io::Error::other(describe(&e))));
+        Ok(Box::pin(stream))
+    }
+
+    async fn load_image(&self, archive: ByteStream) -> Result<()> {
+        let options = ImportImageOptionsBuilder::new().quiet(true).build();
+        let mut progress = self.docker.import_image_stream(options, archive, None);
+        while let Some(step) = progress.next().await {
+            step.map_err(engine_err("image load"))?;
+        }
+        Ok(())
+    }
+
+    async fn usage(&self, runtime_id: &str) -> Result<UsageReading> {
+        let options = StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(false)
+            .build();
+        let mut stream = self.docker.stats(runtime_id, Some(options));
+        let stats = match stream.next().await {
+            Some(Ok(stats)) => stats,
+            Some(Err(e)) if is_not_found(&e) => {
+                return Err(RuntimeError::NotFound {
+                    id: runtime_id.to_owned(),
+                });
+            }
+            Some(Err(e)) => return Err(engine_err("stats")(e)),
+            None => {
+                return Err(RuntimeError::Engine {
+                    action: "stats",
+                    message: "no reading".to_owned(),
+                });
+            }
+        };
+        let cpu = stats.cpu_stats.unwrap_or_default();
+        let memory = stats.memory_stats.unwrap_or_default();
+        // Page cache counts in `usage`; what the container needs is usage minus cache.
+        let cache = memory
+            .stats
+            .as_ref()
+            .and_then(|s| {
+                s.get("total_inactive_file")
+                    .or_else(|| s.get("inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        Ok(UsageReading {
+            cpu_total_ns: cpu.cpu_usage.and_then(|u| u.total_usage).unwrap_or(0),
+            system_total_ns: cpu.system_cpu_usage.unwrap_or(0),
+            online_cpus: cpu.online_cpus.unwrap_or(1),
+            memory_bytes: memory.usage.unwrap_or(0).saturating_sub(cache),
+        })
     }
 
     async fn pull(&self, image: &str) -> Result<()> {

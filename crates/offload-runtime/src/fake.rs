@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::{
-    ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec, ImageInfo, Result,
-    RuntimeContainer, RuntimeError,
+    ByteStream, ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec, HostInfo,
+    ImageInfo, Result, RuntimeContainer, RuntimeError, UsageReading,
 };
 
 /// A call the fake received.
@@ -27,6 +27,7 @@ struct Inner {
     calls: Vec<Call>,
     next_id: u64,
     fail_runs: bool,
+    usage: BTreeMap<String, UsageReading>,
 }
 
 /// A fake engine: containers are records, exec echoes its command.
@@ -54,8 +55,15 @@ impl FakeRuntime {
             ImageInfo {
                 id,
                 architecture: Some("amd64".to_owned()),
+                repo_digests: Vec::new(),
+                size: 1 << 20,
             },
         );
+    }
+
+    /// Sets what `usage` reports for the container named `name`.
+    pub fn set_usage(&self, name: &str, reading: UsageReading) {
+        self.lock().usage.insert(name.to_owned(), reading);
     }
 
     /// Makes every later `run` fail.
@@ -103,6 +111,61 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn image(&self, image: &str) -> Result<Option<ImageInfo>> {
         Ok(self.lock().images.get(image).cloned())
+    }
+
+    async fn host_info(&self) -> Result<HostInfo> {
+        Ok(HostInfo {
+            cpus: 4.0,
+            memory_bytes: 8 << 30,
+            architecture: "amd64".to_owned(),
+        })
+    }
+
+    async fn images(&self) -> Result<Vec<String>> {
+        Ok(self.lock().images.keys().cloned().collect())
+    }
+
+    async fn export_image(&self, image: &str) -> Result<ByteStream> {
+        if !self.lock().images.contains_key(image) {
+            return Err(RuntimeError::ImageUnavailable {
+                image: image.to_owned(),
+                message: "no such image".to_owned(),
+            });
+        }
+        let archive = bytes::Bytes::from(format!("image:{image}"));
+        Ok(Box::pin(futures::stream::iter([Ok(archive)])))
+    }
+
+    async fn load_image(&self, mut archive: ByteStream) -> Result<()> {
+        use futures::StreamExt;
+        let mut data = Vec::new();
+        while let Some(chunk) = archive.next().await {
+            data.extend_from_slice(&chunk.map_err(|e| RuntimeError::Engine {
+                action: "image load",
+                message: e.to_string(),
+            })?);
+        }
+        let text = String::from_utf8_lossy(&data).into_owned();
+        match text.strip_prefix("image:") {
+            Some(image) => {
+                self.add_image(image);
+                Ok(())
+            }
+            None => Err(RuntimeError::Engine {
+                action: "image load",
+                message: "not an image archive".to_owned(),
+            }),
+        }
+    }
+
+    async fn usage(&self, runtime_id: &str) -> Result<UsageReading> {
+        let inner = self.lock();
+        match inner.containers.get(runtime_id) {
+            Some((spec, true)) => Ok(inner.usage.get(&spec.name).copied().unwrap_or_default()),
+            _ => Err(RuntimeError::NotFound {
+                id: runtime_id.to_owned(),
+            }),
+        }
     }
 
     async fn pull(&self, image: &str) -> Result<()> {

@@ -8,6 +8,7 @@
 
 mod docker;
 pub mod fake;
+pub mod relay;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -103,7 +104,34 @@ pub struct RuntimeContainer {
 pub struct ImageInfo {
     pub id: String,
     pub architecture: Option<String>,
+    /// Registry digests: empty for an image that was built or loaded locally.
+    pub repo_digests: Vec<String>,
+    /// Bytes on disk.
+    pub size: u64,
 }
+
+/// What the engine's host offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostInfo {
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub architecture: String,
+}
+
+/// One reading of a container's resource use, as the engine's stats report it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct UsageReading {
+    /// Container CPU time, nanoseconds.
+    pub cpu_total_ns: u64,
+    /// Host CPU time, nanoseconds (all CPUs).
+    pub system_total_ns: u64,
+    pub online_cpus: u32,
+    pub memory_bytes: u64,
+}
+
+/// A stream of bytes (an image archive).
+pub type ByteStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send>>;
 
 /// A command to run in a container.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -136,6 +164,21 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// The image's id if the engine has it locally.
     async fn image(&self, image: &str) -> Result<Option<ImageInfo>>;
+
+    /// What the engine's host offers.
+    async fn host_info(&self) -> Result<HostInfo>;
+
+    /// Tags of every image the engine has.
+    async fn images(&self) -> Result<Vec<String>>;
+
+    /// The image as a `docker save` archive.
+    async fn export_image(&self, image: &str) -> Result<ByteStream>;
+
+    /// Loads a `docker save` archive.
+    async fn load_image(&self, archive: ByteStream) -> Result<()>;
+
+    /// One reading of a running container's CPU and memory use.
+    async fn usage(&self, runtime_id: &str) -> Result<UsageReading>;
 
     /// Pulls `image` from its registry.
     async fn pull(&self, image: &str) -> Result<()>;

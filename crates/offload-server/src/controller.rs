@@ -6,16 +6,20 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use offload_core::api::StartRequest;
+use offload_core::MoveRecord;
+use offload_core::api::{ContainerView, MoveStatus, StartRequest};
 use offload_core::{
     ContainerId, ContainerRecord, ImageRef, Location, Name, State, WORKSPACE_MOUNT, labels,
     parse_memory,
 };
 use offload_runtime::{ContainerRuntime, ContainerSpec, NetworkMode, RuntimeContainer};
 use offload_store::{Principal, Store, StoreError};
+use offload_sync::protocol::{PushReport, PushRequest};
 
 use crate::config::{Limits, MIN_MEMORY, ServerConfig};
 use crate::error::ActionError;
+use crate::hub::AgentHub;
+use crate::workspace::Workspaces;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
@@ -35,6 +39,9 @@ pub struct Controller {
     workspaces: PathBuf,
     /// One lock per container, so actions on the same container do not interleave.
     locks: Mutex<HashMap<ContainerId, Arc<tokio::sync::Mutex<()>>>>,
+    pub(crate) hub: Arc<AgentHub>,
+    pub(crate) sync: Arc<Workspaces>,
+    pub(crate) started_at: std::time::Instant,
 }
 
 impl Controller {
@@ -49,6 +56,10 @@ impl Controller {
         let network = NetworkMode::parse(&config.network)
             .ok_or_else(|| ActionError::BadRequest("invalid network setting".into()))?;
         let workspaces = config.data_dir.join("workspaces");
+        let sync = Arc::new(Workspaces::new(
+            workspaces.clone(),
+            config.data_dir.join("staging"),
+        ));
         std::fs::create_dir_all(&workspaces).map_err(|e| {
             ActionError::Internal(format!("cannot create {}: {e}", workspaces.display()))
         })?;
@@ -60,6 +71,9 @@ impl Controller {
             network,
             workspaces,
             locks: Mutex::new(HashMap::new()),
+            hub: Arc::new(AgentHub::new()),
+            sync,
+            started_at: std::time::Instant::now(),
         })
     }
 
@@ -81,7 +95,7 @@ impl Controller {
         Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
     }
 
-    async fn lock(&self, id: &ContainerId) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock(&self, id: &ContainerId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(id.clone()).or_default().clone()
@@ -223,6 +237,7 @@ impl Controller {
             reason: None,
             created_at: at,
             updated_at: at,
+            last_move: None,
         };
         let _guard = self.lock(&record.id).await;
         let inserted = record.clone();
@@ -375,6 +390,7 @@ impl Controller {
         }
         let id = record.id.clone();
         self.db(move |s| s.delete_container(&id)).await?;
+        self.sync.forget(&record.id);
         let workspace = self.workspace_dir(&record.id);
         if let Err(e) = std::fs::remove_dir_all(&workspace)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -384,18 +400,18 @@ impl Controller {
         Ok(())
     }
 
-    async fn reload(&self, id: &ContainerId) -> Result<ContainerRecord, ActionError> {
+    pub(crate) async fn reload(&self, id: &ContainerId) -> Result<ContainerRecord, ActionError> {
         let key = id.clone();
         self.db(move |s| s.container(&key))
             .await?
             .ok_or_else(|| ActionError::NotFound(id.to_string()))
     }
 
-    fn grace(&self) -> Duration {
+    pub(crate) fn grace(&self) -> Duration {
         Duration::from_secs(u64::from(self.config.stop_grace_secs))
     }
 
-    async fn engine_containers_of(
+    pub(crate) async fn engine_containers_of(
         &self,
         id: &ContainerId,
     ) -> Result<Vec<RuntimeContainer>, ActionError> {
@@ -422,16 +438,88 @@ impl Controller {
                 record.state.as_str()
             )));
         }
-        match (&record.location, &record.runtime_id) {
-            (Location::Cloud, Some(id)) => {
+        match &record.runtime_id {
+            Some(id) => {
                 let id = id.clone();
                 Ok((record, id))
             }
-            _ => Err(ActionError::Unavailable(format!(
-                "container {} runs at the edge and its agent is not connected",
+            None => Err(ActionError::Conflict(format!(
+                "container {} has no engine container",
                 record.id
             ))),
         }
+    }
+
+    /// The API view of a container, with the move in flight if any.
+    pub async fn view(&self, record: &ContainerRecord) -> Result<ContainerView, ActionError> {
+        let id = record.id.clone();
+        let mv = self.db(move |s| s.move_of(&id)).await?;
+        Ok(self.view_with(record, mv.as_ref()))
+    }
+
+    /// Views of several containers.
+    pub async fn views(
+        &self,
+        records: &[ContainerRecord],
+    ) -> Result<Vec<ContainerView>, ActionError> {
+        let moves = self.db(|s| s.moves()).await?;
+        Ok(records
+            .iter()
+            .map(|r| self.view_with(r, moves.iter().find(|m| m.container_id == r.id)))
+            .collect())
+    }
+
+    fn view_with(&self, record: &ContainerRecord, mv: Option<&MoveRecord>) -> ContainerView {
+        let mut view = ContainerView::from(record);
+        view.moving = mv.map(|m| MoveStatus {
+            direction: m.direction,
+            step: m.step,
+            started_at: m.started_at,
+            progress: self.hub.progress(&record.id),
+        });
+        view
+    }
+
+    /// Applies a push from the edge copy (I2: answered only once durable). A push from a
+    /// copy whose generation is no longer current is refused, unless it is a fenced
+    /// copy's conflict set, which lands under `.offload-conflicts/`.
+    pub async fn push(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        req: PushRequest,
+    ) -> Result<PushReport, ActionError> {
+        let record = self.find(who, id_or_name).await?;
+        if req.conflict {
+            if req.generation >= record.generation {
+                return Err(ActionError::BadRequest(
+                    "a conflict set comes only from a stale generation".into(),
+                ));
+            }
+            let name = format!(
+                "{}/edge-generation-{}-{}",
+                offload_sync::CONFLICTS_DIR,
+                req.generation,
+                now()
+            );
+            let prefix = offload_sync::RelPath::new(name)
+                .map_err(|e| ActionError::Internal(e.to_string()))?;
+            let report = self.sync.apply(&record.id, req.delta, Some(prefix)).await?;
+            let detail = format!(
+                "late changes of generation {} kept in {}",
+                req.generation,
+                report.conflict_dir.as_deref().unwrap_or("?")
+            );
+            let _ = self.save(&record, "conflict", &detail).await;
+            return Ok(report);
+        }
+        if record.location != Location::Edge || req.generation != record.generation {
+            return Err(ActionError::StaleGeneration {
+                pushed: req.generation,
+                current: record.generation,
+            });
+        }
+        self.sync.apply(&record.id, req.delta, None).await
     }
 
     /// Brings the store in line with the cloud engine after a start or a crash (I4):
@@ -449,7 +537,9 @@ impl Controller {
         for found in records {
             let _guard = self.lock(&found.id).await;
             let mut record = self.reload(&found.id).await?;
-            if record.location != Location::Cloud {
+            if record.location != Location::Cloud || record.state == State::Moving {
+                // Moves in flight are settled by `resume_interrupted_moves`.
+                by_id.remove(record.id.as_str());
                 continue;
             }
             let mut candidates = by_id.remove(record.id.as_str()).unwrap_or_default();

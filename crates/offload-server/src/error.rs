@@ -20,6 +20,8 @@ pub enum ActionError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("generation {pushed} is not the container's current generation {current}")]
+    StaleGeneration { pushed: u64, current: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -33,7 +35,7 @@ impl ActionError {
             ActionError::Unauthenticated | ActionError::InvalidToken => StatusCode::UNAUTHORIZED,
             ActionError::Forbidden => StatusCode::FORBIDDEN,
             ActionError::NotFound(_) => StatusCode::NOT_FOUND,
-            ActionError::Conflict(_) => StatusCode::CONFLICT,
+            ActionError::Conflict(_) | ActionError::StaleGeneration { .. } => StatusCode::CONFLICT,
             ActionError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ActionError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -47,6 +49,7 @@ impl ActionError {
             ActionError::Forbidden => "forbidden",
             ActionError::NotFound(_) => "not_found",
             ActionError::Conflict(_) => "conflict",
+            ActionError::StaleGeneration { .. } => "stale_generation",
             ActionError::Unavailable(_) => "unavailable",
             ActionError::Internal(_) => "internal",
         }

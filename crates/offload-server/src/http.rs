@@ -3,14 +3,18 @@
 
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use offload_core::api::{ApiError, ContainerView, JoinRequest, JoinResponse, StartRequest, WhoAmI};
+use offload_core::api::{
+    ApiError, ContainerView, JoinRequest, JoinResponse, MoveRequest, StartRequest, WhoAmI,
+};
 use offload_store::{Principal, TokenKind};
+use offload_sync::protocol::{ChunkList, PushReport, PushRequest};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -46,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(show_container, remove_container))
         .routes(routes!(stop_container))
         .routes(routes!(restart_container))
+        .routes(routes!(move_container))
+        .routes(routes!(container_image))
         .routes(routes!(join))
         .routes(routes!(ca_certificate))
         .routes(routes!(whoami))
@@ -62,6 +68,15 @@ pub fn router(state: AppState) -> Router {
         "/v1/containers/{id}/exec",
         axum::routing::get(crate::exec::exec_socket),
     )
+    .route(
+        "/v1/agent",
+        axum::routing::get(crate::agent_ws::agent_socket),
+    )
+    .route(
+        "/v1/agent/exec/{session}",
+        axum::routing::get(crate::agent_ws::agent_exec_socket),
+    )
+    .nest("/v1/containers/{id}/workspace", sync_routes())
     .fallback(|| async {
         error_response(
             StatusCode::NOT_FOUND,
@@ -151,7 +166,7 @@ async fn list_containers(
     Caller(who): Caller,
 ) -> Result<Json<Vec<ContainerView>>, ActionError> {
     let records = state.ctl.list(&who).await?;
-    Ok(Json(records.iter().map(ContainerView::from).collect()))
+    Ok(Json(state.ctl.views(&records).await?))
 }
 
 /// Creates a container in the cloud and starts it.
@@ -178,7 +193,7 @@ async fn show_container(
     Path(id): Path<String>,
 ) -> Result<Json<ContainerView>, ActionError> {
     let record = state.ctl.find(&who, &id).await?;
-    Ok(Json(ContainerView::from(&record)))
+    Ok(Json(state.ctl.view(&record).await?))
 }
 
 /// Removes a container and its workspace.
@@ -269,4 +284,150 @@ async fn whoami(Caller(who): Caller) -> Json<WhoAmI> {
         user: who.user.to_string(),
         admin: who.admin,
     })
+}
+
+/// Moves a container to the edge or back to the cloud. The move runs in the background;
+/// `GET /v1/containers/{id}` shows its progress and, when it ends, its report.
+#[utoipa::path(post, path = "/v1/containers/{id}/move", tag = "moves", request_body = MoveRequest,
+    params(("id" = String, Path, description = "container id or name")),
+    responses((status = 202, body = ContainerView), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+async fn move_container(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<MoveRequest>,
+) -> Result<(StatusCode, Json<ContainerView>), ActionError> {
+    let record = state.ctl.request_move(&who, &id, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(state.ctl.view(&record).await?)))
+}
+
+/// The workspace sync endpoints the agent uses (see `offload_sync::protocol`). Their
+/// bodies are larger than other API calls: chunk lists, deltas and chunk batches.
+fn sync_routes() -> Router<AppState> {
+    let json_limit = DefaultBodyLimit::max(16 << 20);
+    Router::new()
+        .route("/manifest", axum::routing::get(workspace_manifest))
+        .route(
+            "/fetch",
+            axum::routing::post(workspace_fetch).layer(json_limit.clone()),
+        )
+        .route(
+            "/missing",
+            axum::routing::post(workspace_missing).layer(json_limit.clone()),
+        )
+        .route(
+            "/push",
+            axum::routing::post(workspace_push).layer(json_limit),
+        )
+        .route(
+            "/chunks",
+            axum::routing::post(workspace_upload).layer(DefaultBodyLimit::max(
+                crate::workspace::MAX_BATCH_BYTES + (1 << 20),
+            )),
+        )
+}
+
+/// The manifest of the cloud copy of a workspace.
+async fn workspace_manifest(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ActionError> {
+    let record = state.ctl.find(&who, &id).await?;
+    let manifest = state.ctl.sync.manifest(&record.id).await?;
+    Ok(Json(manifest.as_ref()).into_response())
+}
+
+/// Chunks of the cloud copy, encoded as a batch.
+async fn workspace_fetch(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    ApiJson(list): ApiJson<ChunkList>,
+) -> Result<Response, ActionError> {
+    let record = state.ctl.find(&who, &id).await?;
+    let batch = state.ctl.sync.fetch(&record.id, list).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        batch,
+    )
+        .into_response())
+}
+
+/// Which of the listed chunks the cloud side lacks.
+async fn workspace_missing(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    ApiJson(list): ApiJson<ChunkList>,
+) -> Result<Json<ChunkList>, ActionError> {
+    let record = state.ctl.find(&who, &id).await?;
+    Ok(Json(state.ctl.sync.missing(&record.id, list).await?))
+}
+
+/// Uploads a batch of chunks for a later push.
+async fn workspace_upload(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ActionError> {
+    let record = state.ctl.find(&who, &id).await?;
+    if record.location != offload_core::Location::Edge {
+        return Err(ActionError::Conflict(format!(
+            "container {} is not at the edge; nothing may be pushed to it",
+            record.id
+        )));
+    }
+    state.ctl.sync.upload(&record.id, body.to_vec()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Applies changes from the edge; answers once they are durably in place.
+async fn workspace_push(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<PushReport>, ActionError> {
+    let request: PushRequest = serde_json::from_slice(&body)
+        .map_err(|e| ActionError::BadRequest(format!("invalid push: {e}")))?;
+    Ok(Json(state.ctl.push(&who, &id, request).await?))
+}
+
+/// The container's image as a `docker save` archive, for an edge that cannot pull it.
+#[utoipa::path(get, path = "/v1/containers/{id}/image", tag = "sync",
+    params(("id" = String, Path, description = "container id or name")),
+    responses((status = 200, description = "image archive", content_type = "application/x-tar")))]
+async fn container_image(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ActionError> {
+    let record = state.ctl.find(&who, &id).await?;
+    let size = state
+        .ctl
+        .runtime()
+        .image(record.image.as_str())
+        .await
+        .ok()
+        .flatten()
+        .map(|i| i.size);
+    let stream = state
+        .ctl
+        .runtime()
+        .export_image(record.image.as_str())
+        .await?;
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/x-tar"),
+    );
+    if let Some(size) = size
+        && let Ok(value) = axum::http::HeaderValue::from_str(&size.to_string())
+    {
+        response.headers_mut().insert("x-offload-image-size", value);
+    }
+    Ok(response)
 }

@@ -3,14 +3,18 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod agent_ws;
 pub mod auth;
 pub mod config;
 pub mod controller;
 pub mod error;
 mod exec;
 pub mod http;
+pub mod hub;
 mod listener;
+mod mover;
 pub mod tls;
+pub mod workspace;
 
 use std::path::Path;
 use std::sync::Arc;

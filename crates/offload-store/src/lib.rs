@@ -10,7 +10,10 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use offload_core::{ContainerId, ContainerRecord, ImageRef, Location, Name, State, UserName};
+use offload_core::{
+    ContainerId, ContainerRecord, ImageRef, Location, MoveDirection, MoveRecord, MoveStep, Name,
+    State, UserName,
+};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 /// Errors from the store.
@@ -106,6 +109,16 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX events_by_container ON events (container_id, seq);",
+    // 2: moves in flight, and how the last move of each container ended.
+    "CREATE TABLE moves (
+        container_id TEXT PRIMARY KEY REFERENCES containers(id) ON DELETE CASCADE,
+        direction TEXT NOT NULL,
+        step TEXT NOT NULL,
+        from_generation INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        timings TEXT NOT NULL
+    );
+    ALTER TABLE containers ADD COLUMN last_move TEXT;",
 ];
 
 /// The server's state database.
@@ -261,20 +274,102 @@ impl Store {
     /// Writes the mutable fields of a container record.
     pub fn update_container(&self, record: &ContainerRecord) -> Result<()> {
         self.conn().execute(
-            "UPDATE containers SET location = ?2, state = ?3, generation = ?4, runtime_id = ?5,
-                 reason = ?6, updated_at = ?7
-             WHERE id = ?1",
+            UPDATE_CONTAINER,
+            rusqlite::params_from_iter(update_params(record).iter()),
+        )?;
+        Ok(())
+    }
+
+    /// Starts a move: the record (now `moving`) and the move row, in one transaction.
+    pub fn begin_move(&self, record: &ContainerRecord, mv: &MoveRecord) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            UPDATE_CONTAINER,
+            rusqlite::params_from_iter(update_params(record).iter()),
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO moves (container_id, direction, step, from_generation,
+                 started_at, timings) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
-                record.id.as_str(),
-                record.location.as_str(),
-                record.state.as_str(),
-                record.generation as i64,
-                record.runtime_id,
-                record.reason,
-                record.updated_at,
+                mv.container_id.as_str(),
+                mv.direction.as_str(),
+                mv.step.as_str(),
+                mv.from_generation as i64,
+                mv.started_at,
+                serde_json::to_string(&mv.timings).unwrap_or_else(|_| "{}".into()),
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records the step a move is about to take, and the timings so far.
+    pub fn update_move(&self, mv: &MoveRecord) -> Result<()> {
+        self.conn().execute(
+            "UPDATE moves SET step = ?2, timings = ?3 WHERE container_id = ?1",
+            params![
+                mv.container_id.as_str(),
+                mv.step.as_str(),
+                serde_json::to_string(&mv.timings).unwrap_or_else(|_| "{}".into()),
             ],
         )?;
         Ok(())
+    }
+
+    /// Ends a move: the record's new state and the removal of the move row, together.
+    pub fn finish_move(&self, record: &ContainerRecord) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            UPDATE_CONTAINER,
+            rusqlite::params_from_iter(update_params(record).iter()),
+        )?;
+        tx.execute(
+            "DELETE FROM moves WHERE container_id = ?1",
+            params![record.id.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every move in flight.
+    pub fn moves(&self) -> Result<Vec<MoveRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT container_id, direction, step, from_generation, started_at, timings FROM moves",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, direction, step, from_generation, started_at, timings) = row?;
+            out.push(MoveRecord {
+                container_id: ContainerId::parse(&id)
+                    .map_err(|_| corrupt("moves.container_id", &id))?,
+                direction: MoveDirection::parse(&direction)
+                    .ok_or_else(|| corrupt("moves.direction", &direction))?,
+                step: MoveStep::parse(&step).ok_or_else(|| corrupt("moves.step", &step))?,
+                from_generation: from_generation as u64,
+                started_at,
+                timings: serde_json::from_str(&timings)
+                    .map_err(|_| corrupt("moves.timings", &timings))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The move in flight for one container.
+    pub fn move_of(&self, id: &ContainerId) -> Result<Option<MoveRecord>> {
+        Ok(self.moves()?.into_iter().find(|m| &m.container_id == id))
     }
 
     /// A container by id.
@@ -386,7 +481,29 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 const COLUMNS: &str = "id, name, owner, image, command, cpus, memory_bytes, location, state, \
-                       generation, runtime_id, reason, created_at, updated_at";
+                       generation, runtime_id, reason, created_at, updated_at, last_move";
+
+const UPDATE_CONTAINER: &str = "UPDATE containers SET location = ?2, state = ?3, generation = ?4,
+         runtime_id = ?5, reason = ?6, updated_at = ?7, last_move = ?8
+     WHERE id = ?1";
+
+fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 8] {
+    [
+        Box::new(record.id.as_str()),
+        Box::new(record.location.as_str()),
+        Box::new(record.state.as_str()),
+        Box::new(record.generation as i64),
+        Box::new(record.runtime_id.as_deref()),
+        Box::new(record.reason.as_deref()),
+        Box::new(record.updated_at),
+        Box::new(
+            record
+                .last_move
+                .as_ref()
+                .and_then(|m| serde_json::to_string(m).ok()),
+        ),
+    ]
+}
 
 struct RawContainer {
     id: String,
@@ -403,6 +520,7 @@ struct RawContainer {
     reason: Option<String>,
     created_at: i64,
     updated_at: i64,
+    last_move: Option<String>,
 }
 
 fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
@@ -421,6 +539,7 @@ fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
         reason: row.get(11)?,
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
+        last_move: row.get(14)?,
     })
 }
 
@@ -458,6 +577,13 @@ impl RawContainer {
             reason: self.reason,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            last_move: match self.last_move {
+                Some(text) => Some(
+                    serde_json::from_str(&text)
+                        .map_err(|_| corrupt("containers.last_move", text))?,
+                ),
+                None => None,
+            },
         })
     }
 }
@@ -486,6 +612,7 @@ mod tests {
             reason: None,
             created_at: 1,
             updated_at: 1,
+            last_move: None,
         }
     }
 
@@ -539,6 +666,38 @@ mod tests {
         assert_eq!(store.containers(None).unwrap().len(), 2);
         store.delete_container(&a.id).unwrap();
         assert!(store.container(&a.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn moves_begin_step_and_finish_atomically() {
+        let store = Store::open_in_memory().unwrap();
+        store.upsert_user(&user("alice"), false, 0).unwrap();
+        let mut rec = record("alice", "box");
+        store.insert_container(&rec).unwrap();
+        rec.state = State::Moving;
+        let mut mv = MoveRecord {
+            container_id: rec.id.clone(),
+            direction: MoveDirection::ToEdge,
+            step: MoveStep::Preparing,
+            from_generation: 1,
+            started_at: 5,
+            timings: Default::default(),
+        };
+        store.begin_move(&rec, &mv).unwrap();
+        assert_eq!(
+            store.container(&rec.id).unwrap().unwrap().state,
+            State::Moving
+        );
+        mv.step = MoveStep::StoppingCloud;
+        mv.timings.precopy_ms = Some(12);
+        store.update_move(&mv).unwrap();
+        assert_eq!(store.move_of(&rec.id).unwrap(), Some(mv.clone()));
+        rec.state = State::Running;
+        rec.location = Location::Edge;
+        rec.generation = 2;
+        store.finish_move(&rec).unwrap();
+        assert!(store.moves().unwrap().is_empty());
+        assert_eq!(store.container(&rec.id).unwrap().unwrap(), rec);
     }
 
     #[test]

@@ -76,6 +76,7 @@ mod delta;
 mod error;
 mod manifest;
 mod path;
+pub mod protocol;
 mod rooted;
 mod scan;
 mod source;

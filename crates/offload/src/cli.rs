@@ -24,7 +24,7 @@ pub struct Cli {
 impl Cli {
     pub fn default_log_level(&self) -> &'static str {
         match self.command {
-            Command::Server(_) => "info",
+            Command::Server(_) | Command::Agent(_) => "info",
             _ => "warn",
         }
     }
@@ -92,8 +92,55 @@ pub enum Command {
         /// Container id or name.
         id: String,
     },
-    /// Show offload at work on this machine: server, user, container, cleanup.
+    /// Run the agent on your machine: it runs containers moved here and syncs their
+    /// workspaces back to the cloud.
+    Agent(AgentArgs),
+    /// Move a container to your machine (edge) or back to the cloud.
+    Move {
+        /// Container id or name.
+        id: String,
+        /// Where to.
+        #[arg(long, value_enum)]
+        to: Target,
+        /// To the cloud even though the agent is unreachable: the cloud copy starts from
+        /// the last synced files; the edge copy's later changes are kept as a conflict set.
+        #[arg(long)]
+        force: bool,
+        /// Return at once instead of following the move.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Show offload at work on this machine: server, user, container, move, cleanup.
     Demo(DemoArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    Edge,
+    Cloud,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Docker Engine API endpoint of this machine's engine [default: $DOCKER_HOST, then
+    /// the local socket].
+    #[arg(long, value_name = "URI")]
+    pub docker_host: Option<String>,
+    /// Workspaces, chunk cache and state [default: ~/.local/share/offload].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Network for containers run here: default, none, or an engine network name.
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    /// Seconds between SIGTERM and SIGKILL when a container stops here.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub stop_grace: u32,
+    /// Accept the server's requests to move containers here without asking.
+    #[arg(long)]
+    pub auto_accept: bool,
+    /// Let the server move containers back when the cloud has room again.
+    #[arg(long)]
+    pub auto_return: bool,
 }
 
 #[derive(Args, Debug)]

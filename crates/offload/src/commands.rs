@@ -7,9 +7,12 @@ use offload_core::UserName;
 use offload_core::api::{ContainerView, StartRequest};
 use offload_server::ServerConfig;
 
-use crate::cli::{AdminCommand, Cli, Command, Output, ServerArgs, TokenCommand};
-use crate::client::{Api, ClientConfig, config_path};
+use offload_core::Location;
+use offload_core::api::MoveRequest;
+
+use crate::cli::{AdminCommand, Cli, Command, Output, ServerArgs, Target, TokenCommand};
 use crate::shell::urlencode;
+use offload_agent::client::{Api, ClientConfig, config_path};
 
 /// Runs the command; returns the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
@@ -44,7 +47,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Join { server_url, token } => {
             let path = config_path(config.as_deref())?;
-            let joined = crate::client::join(&server_url, &token).await?;
+            let joined = offload_agent::client::join(&server_url, &token).await?;
             joined.save(&path)?;
             println!(
                 "joined {} as {}; credentials saved to {}",
@@ -119,6 +122,48 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 .await?;
             println!("{id}");
             Ok(0)
+        }
+        Command::Agent(args) => {
+            let client = ClientConfig::load(&config_path(config.as_deref())?)?;
+            let data_dir = match args.data_dir {
+                Some(dir) => absolute(&dir)?,
+                None => offload_agent::default_data_dir()?,
+            };
+            let options = offload_agent::AgentOptions {
+                docker_host: args.docker_host,
+                data_dir,
+                network: args.network,
+                stop_grace_secs: args.stop_grace,
+                preferences: offload_agent::Preferences {
+                    auto_accept: args.auto_accept,
+                    auto_return: args.auto_return,
+                },
+            };
+            offload_agent::run(client, options).await?;
+            Ok(0)
+        }
+        Command::Move {
+            id,
+            to,
+            force,
+            detach,
+        } => {
+            let api = connect(config.as_deref())?;
+            let request = MoveRequest {
+                to: match to {
+                    Target::Edge => Location::Edge,
+                    Target::Cloud => Location::Cloud,
+                },
+                force,
+            };
+            let view: ContainerView = api
+                .post(&format!("/v1/containers/{}/move", urlencode(&id)), &request)
+                .await?;
+            if detach {
+                println!("{}", view.id);
+                return Ok(0);
+            }
+            crate::progress::follow_move(&api, &view.id).await
         }
         Command::Demo(args) => crate::demo::run(args).await,
     }
@@ -208,5 +253,29 @@ fn print_details(v: &ContainerView) {
     );
     if let Some(reason) = &v.reason {
         println!("reason:      {reason}");
+    }
+    if let Some(m) = &v.moving {
+        println!(
+            "moving:      {} ({})",
+            m.direction.target().as_str(),
+            m.step.as_str()
+        );
+    }
+    if let Some(m) = &v.last_move {
+        println!(
+            "last move:   to the {}, {}{} (generation {} -> {})",
+            m.direction.target().as_str(),
+            m.outcome.replace('_', " "),
+            if m.forced { ", forced" } else { "" },
+            m.from_generation,
+            m.to_generation
+        );
+        if let Some(reason) = &m.reason {
+            println!("             {reason}");
+        }
+        println!(
+            "             {}",
+            crate::progress::describe_timings(&m.timings)
+        );
     }
 }

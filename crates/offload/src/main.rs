@@ -1,9 +1,9 @@
 //! `offload`: one binary for the server, the agent and every user command.
 
 mod cli;
-mod client;
 mod commands;
 mod demo;
+mod progress;
 mod shell;
 
 use std::process::ExitCode;

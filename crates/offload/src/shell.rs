@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::client::{Api, rustls_config};
+use offload_agent::client::{Api, rustls_config};
 
 /// Puts the terminal in raw mode until dropped.
 struct RawTerminal {

@@ -104,6 +104,7 @@ fn http_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
 }
 
 /// An authenticated connection to the server.
+#[derive(Clone)]
 pub struct Api {
     pub config: ClientConfig,
     http: reqwest::Client,
@@ -128,6 +129,16 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+impl CallError {
+    /// The API's error code, when the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            CallError::Api { body, .. } => Some(&body.code),
+            _ => None,
+        }
+    }
 }
 
 impl Api {
@@ -205,6 +216,107 @@ impl Api {
             })
     }
 
+    /// POSTs JSON and returns the raw answer (a chunk batch).
+    pub async fn post_for_bytes<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<bytes::Bytes, CallError> {
+        let url = self.url(path);
+        let response = self.raw(self.http.post(&url).json(body), &url).await?;
+        response.bytes().await.map_err(|e| CallError::Unreachable {
+            url,
+            reason: describe_reqwest(&e),
+        })
+    }
+
+    /// POSTs raw bytes and expects no answer body.
+    pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<(), CallError> {
+        let url = self.url(path);
+        let request = self
+            .http
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        self.raw(request, &url).await.map(|_| ())
+    }
+
+    /// GETs a streaming answer (an image archive).
+    pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response, CallError> {
+        let url = self.url(path);
+        self.raw(self.http.get(&url), &url).await
+    }
+
+    async fn raw(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, CallError> {
+        let response = request
+            .bearer_auth(&self.config.token)
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable {
+                url: url.to_owned(),
+                reason: describe_reqwest(&e),
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = response.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(body) => Err(CallError::Api {
+                status: status.as_u16(),
+                body,
+            }),
+            Err(_) => Err(CallError::Unexpected {
+                status: status.as_u16(),
+                text: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+            }),
+        }
+    }
+
+    /// A WebSocket to the server, authenticated, trusting only the server's CA.
+    pub async fn websocket(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = self.url(path).replacen("https://", "wss://", 1);
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .context("invalid server URL")?;
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.config.token)
+                .parse()
+                .context("invalid token in the config")?,
+        );
+        let connector = tokio_tungstenite::Connector::Rustls(rustls_config(&self.config.ca_pem)?);
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector))
+            .await
+        {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().as_deref().unwrap_or_default();
+                match serde_json::from_slice::<ApiError>(body) {
+                    Ok(e) => bail!("{}", e.error),
+                    Err(_) => bail!("the server refused the connection ({})", response.status()),
+                }
+            }
+            Err(e) => bail!(
+                "cannot reach the offload server at {}: {e}",
+                self.config.server
+            ),
+        }
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), CallError> {
         let url = self.url(path);
         self.send::<serde_json::Value>(self.http.delete(&url), url.clone())
@@ -229,7 +341,7 @@ pub fn parse_server_url(raw: &str) -> anyhow::Result<String> {
 /// send the secret over a connection that trusts that CA alone.
 pub async fn join(server: &str, token: &str) -> anyhow::Result<ClientConfig> {
     let server = parse_server_url(server)?;
-    let token = offload_server::auth::JoinToken::parse(token)?;
+    let token = offload_core::token::JoinToken::parse(token)?;
     // Unauthenticated fetch: what we get is checked against the pinned fingerprint below
     // before anything secret crosses.
     let insecure = reqwest::Client::builder()

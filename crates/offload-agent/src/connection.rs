@@ -1,0 +1,196 @@
+//! The agent's link to the server: one WebSocket, reconnected with backoff and jitter,
+//! carrying the hello, commands and their replies, progress, and exec relays.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use offload_core::agent::{AgentMessage, ServerMessage};
+use offload_runtime::relay::{Frame, relay_exec};
+use rand::RngExt;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::edge::Edge;
+use crate::sync::ProgressSink;
+
+/// What the user chose when starting the agent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Preferences {
+    pub auto_accept: bool,
+    pub auto_return: bool,
+}
+
+fn to_frame(message: Message) -> Option<Frame> {
+    match message {
+        Message::Text(text) => Some(Frame::Text(text.to_string())),
+        Message::Binary(data) => Some(Frame::Binary(data.to_vec())),
+        Message::Close(_) => Some(Frame::Close),
+        _ => None,
+    }
+}
+
+fn from_frame(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(text) => Message::Text(text.into()),
+        Frame::Binary(data) => Message::Binary(data.into()),
+        Frame::Close => Message::Close(None),
+    }
+}
+
+/// Keeps the link up forever. Containers keep running and syncing (when possible)
+/// while the server is unreachable.
+pub async fn run(edge: Arc<Edge>, preferences: Preferences) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = std::time::Instant::now();
+        match session(&edge, preferences).await {
+            Ok(()) => tracing::info!("the server closed the connection"),
+            Err(e) => tracing::warn!(error = %e, "connection to the server failed"),
+        }
+        edge.set_progress_sink(None);
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
+        let jitter = rand::rng().random_range(0.5..1.5);
+        let wait = backoff.mul_f64(jitter);
+        tracing::info!(seconds = wait.as_secs_f64(), "reconnecting");
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn session(edge: &Arc<Edge>, preferences: Preferences) -> anyhow::Result<()> {
+    let socket = edge.api.websocket("/v1/agent").await?;
+    let (mut sink, mut stream) = socket.split();
+    let hello = AgentMessage::Hello {
+        capacity: edge.capacity().await,
+        images: edge.runtime.images().await.unwrap_or_default(),
+        containers: edge.containers().await,
+        auto_accept: preferences.auto_accept,
+        auto_return: preferences.auto_return,
+    };
+    sink.send(Message::Text(serde_json::to_string(&hello)?.into()))
+        .await?;
+    tracing::info!(server = %edge.api.config.server, "connected");
+    eprintln!("offload agent: connected to {}", edge.api.config.server);
+
+    let (tx, mut outbox) = mpsc::unbounded_channel::<AgentMessage>();
+    let progress_tx = tx.clone();
+    let sink_fn: ProgressSink = Arc::new(move |m| {
+        let _ = progress_tx.send(m);
+    });
+    edge.set_progress_sink(Some(sink_fn));
+
+    let writer = tokio::spawn(async move {
+        while let Some(message) = outbox.recv().await {
+            let Ok(text) = serde_json::to_string(&message) else {
+                continue;
+            };
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    // Report container state changes (a container that stopped, a push that caught up).
+    let status_edge = edge.clone();
+    let status_tx = tx.clone();
+    let status = tokio::spawn(async move {
+        let mut last = Vec::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = status_edge.containers().await;
+            if now != last {
+                if status_tx
+                    .send(AgentMessage::Status {
+                        containers: now.clone(),
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+                last = now;
+            }
+        }
+    });
+
+    let result = loop {
+        // The server pings every 15 s; silence for a minute means the link is dead.
+        let message = match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => break Err(e.into()),
+            Ok(None) => break Ok(()),
+            Err(_) => break Err(anyhow::anyhow!("no word from the server for 60 s")),
+        };
+        let Message::Text(text) = message else {
+            continue;
+        };
+        match serde_json::from_str::<ServerMessage>(&text) {
+            Ok(ServerMessage::Request { request, command }) => {
+                let edge = edge.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let reply = match edge.execute(command).await {
+                        Ok(reply) => AgentMessage::Reply {
+                            request,
+                            ok: Some(reply),
+                            error: None,
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "command failed");
+                            AgentMessage::Reply {
+                                request,
+                                ok: None,
+                                error: Some(format!("{e:#}")),
+                            }
+                        }
+                    };
+                    let _ = tx.send(reply);
+                });
+            }
+            Ok(ServerMessage::OpenExec {
+                session,
+                container_id,
+            }) => {
+                let edge = edge.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = exec_relay(&edge, &session, &container_id).await {
+                        tracing::warn!(error = %e, "exec relay failed");
+                    }
+                });
+            }
+            Ok(ServerMessage::Notice { text }) => {
+                eprintln!("offload: {text}");
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring a malformed message from the server"),
+        }
+    };
+    status.abort();
+    writer.abort();
+    result
+}
+
+async fn exec_relay(edge: &Arc<Edge>, session: &str, container_id: &str) -> anyhow::Result<()> {
+    let socket = edge
+        .api
+        .websocket(&format!("/v1/agent/exec/{session}"))
+        .await?;
+    let (sink, stream) = socket.split();
+    let runtime_id = edge.runtime_id(container_id);
+    let stream = stream.filter_map(|m| async move { m.ok().and_then(to_frame) });
+    let mut sink = Box::pin(sink.with(|f: Frame| async move {
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(from_frame(f))
+    }));
+    let Some(runtime_id) = runtime_id else {
+        let error = offload_core::api::ExecControl::Error {
+            error: format!("this edge does not run container {container_id}"),
+            code: "not_found".into(),
+        };
+        sink.send(Frame::Text(serde_json::to_string(&error)?))
+            .await?;
+        return Ok(());
+    };
+    relay_exec(Box::pin(stream), sink, edge.runtime.clone(), runtime_id).await;
+    Ok(())
+}

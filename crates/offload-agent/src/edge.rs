@@ -1,0 +1,695 @@
+//! The edge: containers this agent runs for the server, their workspaces, their state on
+//! disk, and the commands of a move.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use offload_core::agent::{
+    AgentMessage, Command, EdgeCapacity, EdgeContainer, EdgeSpec, Reply, Timings,
+};
+use offload_core::{WORKSPACE_MOUNT, labels};
+use offload_runtime::{ContainerRuntime, ContainerSpec, NetworkMode};
+use offload_sync::Manifest;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::client::Api;
+use crate::sync::{self, ProgressSink, PushError};
+
+/// A container this agent holds, as kept on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Held {
+    pub spec: EdgeSpec,
+    pub generation: u64,
+    pub runtime_id: Option<String>,
+}
+
+/// Settings of an agent.
+#[derive(Debug, Clone)]
+pub struct EdgeOptions {
+    pub data_dir: PathBuf,
+    pub network: NetworkMode,
+    pub stop_grace_secs: u32,
+    /// How often the workspace is rescanned for changes even without watcher events.
+    pub rescan: Duration,
+}
+
+struct Running {
+    held: Held,
+    /// Stops the container's sync loop.
+    stop: watch::Sender<bool>,
+    synced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The edge's containers and how to reach the server and the local engine.
+pub struct Edge {
+    pub api: Api,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub options: EdgeOptions,
+    held: Mutex<HashMap<String, Running>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One push at a time per container: the sync loop and a final push never overlap.
+    pushes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    progress: Mutex<Option<ProgressSink>>,
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().context("state path has no parent")?;
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn ms(since: Instant) -> Option<u64> {
+    Some(since.elapsed().as_millis() as u64)
+}
+
+impl Edge {
+    pub fn new(api: Api, runtime: Arc<dyn ContainerRuntime>, options: EdgeOptions) -> Arc<Self> {
+        Arc::new(Edge {
+            api,
+            runtime,
+            options,
+            held: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            pushes: Mutex::new(HashMap::new()),
+            progress: Mutex::new(None),
+        })
+    }
+
+    pub fn set_progress_sink(&self, sink: Option<ProgressSink>) {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = sink;
+    }
+
+    fn report(&self, message: AgentMessage) {
+        if let Some(sink) = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            sink(message);
+        }
+    }
+
+    fn sink(&self) -> Option<ProgressSink> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn workspace(&self, id: &str) -> PathBuf {
+        self.options.data_dir.join("workspaces").join(id)
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.options.data_dir.join("chunks")
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.options
+            .data_dir
+            .join("state")
+            .join(format!("{id}.json"))
+    }
+
+    fn acked_path(&self, id: &str) -> PathBuf {
+        self.options
+            .data_dir
+            .join("state")
+            .join(format!("{id}.acked.json"))
+    }
+
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        Self::lock_in(&self.locks, id).await
+    }
+
+    async fn lock_in(
+        map: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+        id: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    fn save_held(&self, held: &Held) -> anyhow::Result<()> {
+        write_atomic(
+            &self.state_path(&held.spec.id),
+            &serde_json::to_vec_pretty(held)?,
+        )
+    }
+
+    fn save_acked(&self, id: &str, manifest: &Manifest) -> anyhow::Result<()> {
+        write_atomic(&self.acked_path(id), &manifest.to_json()?)
+    }
+
+    fn load_acked(&self, id: &str) -> anyhow::Result<Manifest> {
+        let bytes = std::fs::read(self.acked_path(id))
+            .with_context(|| format!("no acknowledged manifest for {id}"))?;
+        Ok(Manifest::from_json(
+            &bytes,
+            &offload_sync::Limits::default(),
+        )?)
+    }
+
+    fn forget_state(&self, id: &str) {
+        let _ = std::fs::remove_file(self.state_path(id));
+        let _ = std::fs::remove_file(self.acked_path(id));
+    }
+
+    /// Loads the containers held before a restart and resumes their sync.
+    pub async fn restore(self: &Arc<Self>) -> anyhow::Result<()> {
+        let dir = self.options.data_dir.join("state");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".json") || name.ends_with(".acked.json") {
+                continue;
+            }
+            let held: Held = match std::fs::read(entry.path())
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice(&b)?))
+            {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "ignoring unreadable state");
+                    continue;
+                }
+            };
+            tracing::info!(id = %held.spec.id, generation = held.generation, "resuming");
+            self.track(held);
+        }
+        Ok(())
+    }
+
+    /// What this edge offers, for the hello.
+    pub async fn capacity(&self) -> EdgeCapacity {
+        let info = self.runtime.host_info().await.ok();
+        let free_disk_bytes = rustix::fs::statvfs(&self.options.data_dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(0);
+        EdgeCapacity {
+            cpus: info.as_ref().map_or(1.0, |i| i.cpus),
+            memory_bytes: info.as_ref().map_or(0, |i| i.memory_bytes),
+            free_disk_bytes,
+            architecture: info
+                .map_or_else(|| std::env::consts::ARCH.to_owned(), |i| i.architecture),
+            hostname: rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
+
+    /// The containers held, with what the engine says of them.
+    pub async fn containers(&self) -> Vec<EdgeContainer> {
+        let held: Vec<(Held, bool)> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|r| {
+                (
+                    r.held.clone(),
+                    r.synced.load(std::sync::atomic::Ordering::SeqCst),
+                )
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (h, synced) in held {
+            let running = match &h.runtime_id {
+                Some(id) => matches!(self.runtime.inspect(id).await, Ok(Some(c)) if c.running),
+                None => false,
+            };
+            out.push(EdgeContainer {
+                id: h.spec.id.clone(),
+                generation: h.generation,
+                runtime_id: h.runtime_id.clone(),
+                running,
+                synced,
+            });
+        }
+        out
+    }
+
+    /// The engine id of a held container.
+    pub fn runtime_id(&self, id: &str) -> Option<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .and_then(|r| r.held.runtime_id.clone())
+    }
+
+    /// Carries out a command from the server.
+    pub async fn execute(self: &Arc<Self>, command: Command) -> anyhow::Result<Reply> {
+        match command {
+            Command::Prepare { spec } => {
+                let _guard = self.lock(&spec.id).await;
+                self.prepare(&spec).await
+            }
+            Command::Finalize { spec, generation } => {
+                let _guard = self.lock(&spec.id).await;
+                self.finalize(spec, generation).await
+            }
+            Command::Abort { container_id } => {
+                let _guard = self.lock(&container_id).await;
+                self.abort(&container_id).await
+            }
+            Command::StopForReturn {
+                container_id,
+                generation,
+            } => {
+                let _guard = self.lock(&container_id).await;
+                self.stop_for_return(&container_id, generation).await
+            }
+            Command::Release { container_id } => {
+                let _guard = self.lock(&container_id).await;
+                self.release(&container_id).await
+            }
+            Command::Fence {
+                container_id,
+                generation,
+            } => {
+                let _guard = self.lock(&container_id).await;
+                self.fence(&container_id, generation).await
+            }
+        }
+    }
+
+    /// Image present (by id), then the workspace pre-copied.
+    async fn prepare(&self, spec: &EdgeSpec) -> anyhow::Result<Reply> {
+        let mut timings = Timings::default();
+        let image_started = Instant::now();
+        timings.image = Some(self.ensure_image(spec).await?.to_owned());
+        timings.image_ms = ms(image_started);
+        let copy_started = Instant::now();
+        let sink = self.sink();
+        let pulled = sync::pull(
+            &self.api,
+            &spec.id,
+            &self.workspace(&spec.id),
+            &self.cache(),
+            sink.as_ref().map(|s| (s, spec.id.as_str())),
+        )
+        .await
+        .context("pre-copy of the workspace failed")?;
+        timings.precopy_ms = ms(copy_started);
+        timings.bytes = pulled.bytes;
+        Ok(Reply::Prepared { timings })
+    }
+
+    /// Makes the engine hold the cloud's image: present, pulled, or streamed from the
+    /// server when it has no registry to come from.
+    async fn ensure_image(&self, spec: &EdgeSpec) -> anyhow::Result<&'static str> {
+        let matches =
+            |info: Option<offload_runtime::ImageInfo>| info.is_some_and(|i| i.id == spec.image_id);
+        if matches(self.runtime.image(&spec.image).await?) {
+            return Ok("present");
+        }
+        if spec.image_pullable {
+            match self.runtime.pull(&spec.image).await {
+                Ok(()) if matches(self.runtime.image(&spec.image).await?) => return Ok("pulled"),
+                Ok(()) => {
+                    tracing::info!(image = %spec.image, "the registry's image differs from the cloud's; streaming it")
+                }
+                Err(e) => {
+                    tracing::info!(image = %spec.image, error = %e, "pull failed; streaming the image from the server")
+                }
+            }
+        }
+        let response = self
+            .api
+            .get_stream(&format!("/v1/containers/{}/image", spec.id))
+            .await?;
+        let total = response
+            .headers()
+            .get("x-offload-image-size")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0u64);
+        let sink = self.sink();
+        let id = spec.id.clone();
+        let mut done = 0u64;
+        let mut last = Instant::now();
+        let stream = response.bytes_stream().map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            done += chunk.len() as u64;
+            if let Some(sink) = &sink
+                && last.elapsed() > Duration::from_millis(200)
+            {
+                last = Instant::now();
+                sink(AgentMessage::Progress {
+                    container_id: id.clone(),
+                    phase: "image".to_owned(),
+                    done,
+                    total,
+                });
+            }
+            Ok(chunk)
+        });
+        self.runtime
+            .load_image(Box::pin(stream))
+            .await
+            .context("loading the image streamed from the server failed")?;
+        if !matches(self.runtime.image(&spec.image).await?) {
+            bail!(
+                "the image loaded from the server is not {} ({})",
+                spec.image,
+                spec.image_id
+            );
+        }
+        Ok("streamed")
+    }
+
+    fn container_spec(&self, spec: &EdgeSpec, generation: u64) -> ContainerSpec {
+        ContainerSpec {
+            name: format!("offload-{}", spec.id),
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: Vec::new(),
+            cpus: spec.cpus,
+            memory_bytes: spec.memory_bytes,
+            workspace: self.workspace(&spec.id),
+            workspace_target: WORKSPACE_MOUNT.to_owned(),
+            labels: BTreeMap::from([
+                (labels::ID.to_owned(), spec.id.clone()),
+                (labels::OWNER.to_owned(), spec.owner.clone()),
+                (labels::GENERATION.to_owned(), generation.to_string()),
+            ]),
+            network: self.options.network.clone(),
+            stop_grace_secs: self.options.stop_grace_secs,
+        }
+    }
+
+    async fn remove_engine_containers(&self, id: &str) -> anyhow::Result<()> {
+        for c in self.runtime.list_labelled(labels::ID).await? {
+            if c.labels.get(labels::ID).map(String::as_str) == Some(id) {
+                self.runtime.remove(&c.runtime_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cloud copy stopped: last delta, then start here at `generation`.
+    async fn finalize(self: &Arc<Self>, spec: EdgeSpec, generation: u64) -> anyhow::Result<Reply> {
+        let mut timings = Timings::default();
+        self.stop_tracking(&spec.id);
+        let sync_started = Instant::now();
+        let pulled = sync::pull(
+            &self.api,
+            &spec.id,
+            &self.workspace(&spec.id),
+            &self.cache(),
+            None,
+        )
+        .await
+        .context("the final delta failed")?;
+        timings.final_sync_ms = ms(sync_started);
+        timings.bytes = pulled.bytes;
+        self.save_acked(&spec.id, &pulled.manifest)?;
+
+        let start_started = Instant::now();
+        self.remove_engine_containers(&spec.id).await?;
+        // The workspace must be writable for whatever user the image runs as.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                self.workspace(&spec.id),
+                std::fs::Permissions::from_mode(0o777),
+            )?;
+        }
+        let runtime_id = self
+            .runtime
+            .run(&self.container_spec(&spec, generation))
+            .await
+            .context("starting the container at the edge failed")?;
+        timings.start_ms = ms(start_started);
+        let held = Held {
+            spec,
+            generation,
+            runtime_id: Some(runtime_id.clone()),
+        };
+        if let Err(e) = self.save_held(&held) {
+            let _ = self.runtime.remove(&runtime_id).await;
+            return Err(e.context("cannot record the edge container"));
+        }
+        self.track(held);
+        Ok(Reply::Started {
+            runtime_id,
+            timings,
+        })
+    }
+
+    async fn abort(&self, id: &str) -> anyhow::Result<Reply> {
+        let known = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id);
+        if !known {
+            self.remove_engine_containers(id).await?;
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Moving back: stop, push everything, confirm.
+    async fn stop_for_return(self: &Arc<Self>, id: &str, generation: u64) -> anyhow::Result<Reply> {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|r| r.held.clone())
+            .with_context(|| format!("this agent does not hold container {id}"))?;
+        if held.generation != generation {
+            bail!(
+                "this agent holds generation {} of {id}, not {generation}",
+                held.generation
+            );
+        }
+        self.stop_tracking(id);
+        let mut timings = Timings::default();
+        let stop_started = Instant::now();
+        if let Some(runtime_id) = &held.runtime_id {
+            self.runtime
+                .stop(
+                    runtime_id,
+                    Duration::from_secs(u64::from(self.options.stop_grace_secs)),
+                )
+                .await?;
+        }
+        timings.stop_ms = ms(stop_started);
+        let sync_started = Instant::now();
+        match self.push_changes(&held).await {
+            Ok(bytes) => timings.bytes = bytes,
+            Err(e) => {
+                // Leave the user a running container here, as before.
+                if let Some(runtime_id) = &held.runtime_id {
+                    let _ = self.runtime.start(runtime_id).await;
+                }
+                self.track(held);
+                return Err(anyhow::anyhow!("the final push failed: {e}"));
+            }
+        }
+        timings.final_sync_ms = ms(sync_started);
+        // Stays held (stopped, synced) until the server releases it.
+        self.track_stopped(held);
+        Ok(Reply::Stopped { timings })
+    }
+
+    /// One push of everything that changed since the last acknowledgement.
+    async fn push_changes(&self, held: &Held) -> Result<u64, PushError> {
+        let id = &held.spec.id;
+        let _pushing = Self::lock_in(&self.pushes, id).await;
+        let acked = Arc::new(self.load_acked(id)?);
+        let current = sync::scan(&self.workspace(id), Some(acked.clone())).await?;
+        let delta = offload_sync::diff(&acked, &current);
+        if delta.is_empty() {
+            return Ok(0);
+        }
+        let (_, bytes) = sync::push(
+            &self.api,
+            id,
+            &self.workspace(id),
+            &current,
+            delta,
+            held.generation,
+            false,
+        )
+        .await?;
+        self.save_acked(id, &current)?;
+        Ok(bytes)
+    }
+
+    async fn release(&self, id: &str) -> anyhow::Result<Reply> {
+        self.stop_tracking(id);
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.remove_engine_containers(id).await?;
+        self.forget_state(id);
+        Ok(Reply::Done)
+    }
+
+    /// This copy is stale: stop it and hand its late changes over as a conflict set.
+    async fn fence(&self, id: &str, generation: u64) -> anyhow::Result<Reply> {
+        self.stop_tracking(id);
+        let _pushing = Self::lock_in(&self.pushes, id).await;
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|r| r.held.clone());
+        let Some(held) = held else {
+            self.remove_engine_containers(id).await?;
+            return Ok(Reply::Done);
+        };
+        if held.generation >= generation {
+            bail!("not stale: this copy runs generation {}", held.generation);
+        }
+        if let Some(runtime_id) = &held.runtime_id {
+            let _ = self.runtime.stop(runtime_id, Duration::from_secs(1)).await;
+        }
+        let acked = Arc::new(self.load_acked(id)?);
+        let current = sync::scan(&self.workspace(id), Some(acked.clone())).await?;
+        let late = sync::conflict_delta(&acked, &current);
+        if !late.is_empty() {
+            sync::push(
+                &self.api,
+                id,
+                &self.workspace(id),
+                &current,
+                late,
+                held.generation,
+                true,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("keeping the late changes failed: {e}"))?;
+            tracing::warn!(%id, "this copy was fenced; its late changes are under .offload-conflicts/ in the cloud workspace");
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.remove_engine_containers(id).await?;
+        self.forget_state(id);
+        Ok(Reply::Done)
+    }
+
+    fn stop_tracking(&self, id: &str) {
+        if let Some(running) = self.held.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            let _ = running.stop.send(true);
+        }
+    }
+
+    /// Holds a stopped container without a sync loop.
+    fn track_stopped(&self, held: Held) {
+        let (stop, _) = watch::channel(true);
+        let id = held.spec.id.clone();
+        let running = Running {
+            held,
+            stop,
+            synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        };
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, running);
+    }
+
+    /// Holds a container and runs its sync loop.
+    fn track(self: &Arc<Self>, held: Held) {
+        let (stop, stopped) = watch::channel(false);
+        let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let id = held.spec.id.clone();
+        let previous = self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            Running {
+                held: held.clone(),
+                stop,
+                synced: synced.clone(),
+            },
+        );
+        if let Some(previous) = previous {
+            let _ = previous.stop.send(true);
+        }
+        let edge = self.clone();
+        tokio::spawn(async move { edge.sync_loop(held, stopped, synced).await });
+    }
+
+    /// Pushes changes while the container runs here: on watcher events (debounced) and on
+    /// a periodic rescan, retrying with backoff while the server is unreachable.
+    async fn sync_loop(
+        self: Arc<Self>,
+        held: Held,
+        mut stopped: watch::Receiver<bool>,
+        synced: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::sync::atomic::Ordering;
+        let id = held.spec.id.clone();
+        let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
+        let _watcher = crate::watch::watch(&self.workspace(&id), tx);
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            match self.push_changes(&held).await {
+                Ok(bytes) => {
+                    if !synced.swap(true, Ordering::SeqCst) || bytes > 0 {
+                        tracing::debug!(%id, bytes, "workspace synced");
+                    }
+                    backoff = Duration::from_millis(500);
+                }
+                Err(PushError::Stale) => {
+                    tracing::warn!(%id, "the server runs a newer generation of this container; waiting to be fenced");
+                    synced.store(false, Ordering::SeqCst);
+                    self.report(AgentMessage::Status {
+                        containers: self.containers().await,
+                    });
+                    backoff = Duration::from_secs(5);
+                }
+                Err(PushError::Other(e)) => {
+                    synced.store(false, Ordering::SeqCst);
+                    tracing::debug!(%id, error = %e, "push failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(15));
+                }
+            }
+            let wait = if synced.load(Ordering::SeqCst) {
+                self.options.rescan
+            } else {
+                backoff
+            };
+            tokio::select! {
+                _ = stopped.changed() => {}
+                _ = events.recv() => {
+                    // Debounce: let a burst of writes settle.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while events.try_recv().is_ok() {}
+                    synced.store(false, Ordering::SeqCst);
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The agent protocol: JSON text messages on the agent's WebSocket (`/v1/agent`).
+//!
+//! The agent opens with [`AgentMessage::Hello`]; the server sends [`ServerMessage`]s, and
+//! commands that need an answer carry a request number the agent's
+//! [`AgentMessage::Reply`] repeats. Bulk data (workspace chunks, images) does not travel
+//! here but over HTTPS endpoints, so a large transfer never delays a command.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// What an edge can offer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeCapacity {
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub free_disk_bytes: u64,
+    /// Architecture as the engine names it (`amd64`, `arm64`).
+    pub architecture: String,
+    pub hostname: String,
+}
+
+/// One offload container the agent holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeContainer {
+    pub id: String,
+    pub generation: u64,
+    pub runtime_id: Option<String>,
+    pub running: bool,
+    /// Every change under its workspace is acknowledged by the server.
+    pub synced: bool,
+}
+
+/// Agent to server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMessage {
+    Hello {
+        capacity: EdgeCapacity,
+        /// Image references the edge engine has.
+        images: Vec<String>,
+        containers: Vec<EdgeContainer>,
+        auto_accept: bool,
+        auto_return: bool,
+    },
+    /// The answer to a [`ServerMessage::Request`].
+    Reply {
+        request: u64,
+        #[serde(default)]
+        ok: Option<Reply>,
+        #[serde(default)]
+        error: Option<String>,
+    },
+    /// A step of a long command advanced.
+    Progress {
+        container_id: String,
+        phase: String,
+        done: u64,
+        total: u64,
+    },
+    /// The current state of the agent's containers, sent when it changes.
+    Status { containers: Vec<EdgeContainer> },
+}
+
+/// Server to agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerMessage {
+    /// A command to carry out and answer.
+    Request { request: u64, command: Command },
+    /// Open an exec relay: dial `/v1/agent/exec/{session}` and run the request there.
+    OpenExec {
+        session: String,
+        container_id: String,
+    },
+    /// Something for the user to read (shown by the agent).
+    Notice { text: String },
+}
+
+/// What a container needs to run at the edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSpec {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub image: String,
+    /// The cloud engine's image id: the edge must run the same image.
+    pub image_id: String,
+    /// Whether the image came from a registry (has a repo digest), so the edge can pull it.
+    pub image_pullable: bool,
+    pub command: Vec<String>,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+}
+
+/// Commands the server gives an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Make the image present and pre-copy the workspace while the cloud copy runs.
+    Prepare { spec: EdgeSpec },
+    /// The cloud copy has stopped: fetch the final delta and start at `generation`.
+    Finalize { spec: EdgeSpec, generation: u64 },
+    /// A move down failed: remove whatever was started for it.
+    Abort { container_id: String },
+    /// Moving back: stop the edge copy and push every last change.
+    StopForReturn {
+        container_id: String,
+        generation: u64,
+    },
+    /// The cloud runs the container now: drop the edge copy (the workspace stays as a
+    /// cache for the next offload).
+    Release { container_id: String },
+    /// The edge copy is stale (`generation` is newer): stop it, keep its late changes as
+    /// a conflict set.
+    Fence {
+        container_id: String,
+        generation: u64,
+    },
+}
+
+/// Durations of the steps of a move, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Timings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precopy_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_sync_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+    /// What the user waited: stop + final sync + start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Workspace bytes that crossed during the move.
+    #[serde(default)]
+    pub bytes: u64,
+    /// How the image got there: `present`, `pulled` or `streamed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// Answers to commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    Prepared {
+        timings: Timings,
+    },
+    Started {
+        runtime_id: String,
+        timings: Timings,
+    },
+    Stopped {
+        timings: Timings,
+    },
+    Done,
+}

@@ -1,0 +1,94 @@
+//! Following a move from the CLI: a progress bar fed by the server's view of the move.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::bail;
+use offload_agent::client::Api;
+use offload_core::agent::Timings;
+use offload_core::api::ContainerView;
+use offload_core::size::format_bytes;
+
+/// One line on the phases of a move.
+pub fn describe_timings(t: &Timings) -> String {
+    let s = |ms: Option<u64>| ms.map_or("-".to_owned(), |ms| format!("{:.2}s", ms as f64 / 1000.0));
+    let mut parts = Vec::new();
+    if t.image_ms.is_some() {
+        parts.push(format!(
+            "image {} ({})",
+            s(t.image_ms),
+            t.image.as_deref().unwrap_or("?")
+        ));
+    }
+    if t.precopy_ms.is_some() {
+        parts.push(format!("pre-copy {}", s(t.precopy_ms)));
+    }
+    parts.push(format!("stop {}", s(t.stop_ms)));
+    parts.push(format!("final sync {}", s(t.final_sync_ms)));
+    parts.push(format!("start {}", s(t.start_ms)));
+    parts.push(format!("downtime {}", s(t.downtime_ms)));
+    parts.push(format!("total {}", s(t.total_ms)));
+    parts.push(format!("{} transferred", format_bytes(t.bytes)));
+    parts.join(", ")
+}
+
+/// Polls the container until its move ends; draws progress when stderr is a terminal.
+/// Exit code 0 when the move reached its target, 1 when it was rolled back.
+pub async fn follow_move(api: &Api, id: &str) -> anyhow::Result<i32> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let path = format!("/v1/containers/{id}");
+    let view = loop {
+        let view: ContainerView = api.get(&path).await?;
+        let Some(moving) = &view.moving else {
+            break view;
+        };
+        if let Some(bar) = &bar {
+            match &moving.progress {
+                Some(p) => {
+                    bar.set_message(format!("{} ({})", moving.step.as_str(), p.phase));
+                    bar.set_length(p.total.max(p.done));
+                    bar.set_position(p.done);
+                }
+                None => bar.set_message(moving.step.as_str().to_owned()),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let Some(report) = &view.last_move else {
+        bail!("the move of {id} ended without a report");
+    };
+    if report.outcome == "done" {
+        println!(
+            "{} is at the {} (generation {}): {}",
+            view.id,
+            view.location.as_str(),
+            view.generation,
+            describe_timings(&report.timings)
+        );
+        Ok(0)
+    } else {
+        eprintln!(
+            "error: the move of {} was rolled back: {}; it is {} in the {}",
+            view.id,
+            report.reason.as_deref().unwrap_or("no reason given"),
+            view.state.as_str(),
+            view.location.as_str()
+        );
+        Ok(1)
+    }
+}
