@@ -218,3 +218,141 @@ pub fn stderr(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// An edge machine: its own engine and an `offload agent` for one user.
+pub struct Edge {
+    pub agent: Option<Child>,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub engine: Engine,
+}
+
+impl Edge {
+    /// Starts an edge engine (without the test image) and an agent for `user`.
+    pub fn start(name: &str, user: &User) -> Edge {
+        let engine = Engine::start(name).expect("edge engine starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut edge = Edge {
+            agent: None,
+            config: user.config.clone(),
+            data_dir: dir.path().join("agent"),
+            dir,
+            engine,
+        };
+        edge.start_agent();
+        edge
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn connections(&self) -> usize {
+        self.log().matches("offload agent: connected to").count()
+    }
+
+    /// Starts the agent and waits until it is connected.
+    pub fn start_agent(&mut self) {
+        let before = self.connections();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("agent log");
+        let child = Command::new(offload_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["agent", "--network", "none", "--stop-grace", "1"])
+            .args(["--docker-host", self.engine.host()])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("OFFLOAD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent spawns");
+        self.agent = Some(child);
+        offload_testkit::wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+            self.connections() > before
+        })
+        .unwrap_or_else(|_| panic!("agent did not connect; log:\n{}", self.log()));
+    }
+
+    /// `kill -9` of the agent.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn workspace(&self, id: &str) -> PathBuf {
+        self.data_dir.join("workspaces").join(id)
+    }
+
+    /// Engine ids of the containers running on this edge.
+    pub fn running(&self) -> Vec<String> {
+        running_on(&self.engine)
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+/// Full engine ids of the running containers of an engine.
+pub fn running_on(engine: &Engine) -> Vec<String> {
+    engine
+        .docker_output(["ps", "-q", "--no-trunc"])
+        .map(|out| out.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until `f` holds, polling; panics with `what` after `secs`.
+pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    offload_testkit::wait_until(Duration::from_secs(secs), Duration::from_millis(100), &mut f)
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// Everything under a directory: relative path -> (kind, mode, content hash or target),
+/// leaving out offload's own conflict directory.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let entry = entry.expect("entry");
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .into_owned();
+            if rel.starts_with(".offload-conflicts") {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).expect("meta");
+            let mode = meta.permissions().mode() & 0o777;
+            let value = if meta.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&path).expect("link").display())
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                format!("dir {mode:o}")
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                format!("file {mode:o} {}", blake3::hash(&bytes))
+            };
+            out.insert(rel, value);
+        }
+    }
+    out
+}

@@ -1,0 +1,187 @@
+//! End to end: moving containers between two real Docker engines (cloud and edge), with
+//! the real server and agent, files crossing both ways.
+
+mod common;
+
+use common::{Cloud, Edge, IMAGE, eventually, running_on, stderr, stdout, tree};
+
+/// Fills the workspace from inside the container: a 50 MB file, 2,000 small files, a
+/// symlink, an executable and an empty directory.
+fn fill_workspace(user: &common::User, id: &str) {
+    let script = r#"
+        set -e
+        cd /workspace
+        dd if=/dev/urandom of=big.bin bs=1M count=50 2>/dev/null
+        mkdir -p small/a small/b empty/dir
+        i=0
+        while [ $i -lt 2000 ]; do
+            echo "file $i $(date +%N)" > small/$((i % 2 == 0 ? 0 : 1))-$i.txt
+            i=$((i + 1))
+        done
+        mv small/0-* small/a/ 2>/dev/null || true
+        printf '#!/bin/sh\necho run\n' > tool.sh
+        chmod 755 tool.sh
+        ln -s small/a/0-0.txt link
+    "#;
+    let out = user.run(&["shell", id, "--", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn move_to_edge_and_back_three_times_without_losing_files() {
+    let cloud = Cloud::start("m-cloud");
+    let alice = cloud.user("alice");
+    let edge = Edge::start("m-edge", &alice);
+    let id = alice.start_sleeper("work");
+    fill_workspace(&alice, &id);
+    let cloud_ws = cloud.workspace(&id);
+    assert!(tree(&cloud_ws).len() > 2000);
+    assert!(
+        edge.engine.image_id(IMAGE).expect("inspect").is_none(),
+        "the edge starts without the image"
+    );
+
+    for round in 1..=3 {
+        // Down to the edge.
+        let out = alice.run(&["move", &id, "--to", "edge"]);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}", stderr(&out));
+        let shown = alice.show(&id);
+        assert_eq!(shown["location"], "edge", "{shown}");
+        assert_eq!(shown["state"], "running");
+        assert_eq!(shown["generation"], (2 * round) as u64);
+        let runtime_id = shown["runtime_id"].as_str().expect("rid").to_owned();
+        assert_eq!(edge.running(), vec![runtime_id.clone()], "runs at the edge");
+        assert!(running_on(&cloud.engine).is_empty(), "nothing runs in the cloud");
+        assert!(edge.engine.image_id(IMAGE).expect("inspect").is_some());
+        assert_eq!(tree(&cloud_ws), tree(&edge.workspace(&id)), "round {round}");
+        let timings = &shown["last_move"]["timings"];
+        assert!(timings["downtime_ms"].as_u64().is_some(), "{shown}");
+        if round == 1 {
+            assert_eq!(timings["image"], "streamed", "{shown}");
+        } else {
+            assert_eq!(timings["image"], "present");
+        }
+
+        // Work at the edge reaches the cloud copy within seconds.
+        let line = format!("edited at the edge in round {round}");
+        let out = alice.run(&["shell", &id, "--", "sh", "-c", &format!("echo '{line}' > /workspace/notes.txt; rm small/b/1-1.txt 2>/dev/null; true")]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let cloud_notes = cloud_ws.join("notes.txt");
+        eventually(20, "the edit to reach the cloud", || {
+            std::fs::read_to_string(&cloud_notes).is_ok_and(|t| t.trim() == line)
+        });
+
+        // Back to the cloud, which sees the edge's changes.
+        let out = alice.run(&["move", &id, "--to", "cloud"]);
+        assert_eq!(out.status.code(), Some(0), "round {round}: {}", stderr(&out));
+        let shown = alice.show(&id);
+        assert_eq!(shown["location"], "cloud");
+        assert_eq!(shown["state"], "running");
+        assert_eq!(shown["generation"], (2 * round + 1) as u64);
+        assert!(edge.running().is_empty(), "the edge copy stopped");
+        assert_eq!(running_on(&cloud.engine).len(), 1);
+        let out = alice.run(&["shell", &id, "--", "cat", "/workspace/notes.txt"]);
+        assert_eq!(stdout(&out).trim(), line);
+        assert!(!cloud_ws.join("small/b/1-1.txt").exists(), "deletions cross too");
+    }
+}
+
+#[test]
+fn a_move_to_a_stopped_edge_engine_fails_and_the_cloud_copy_keeps_running() {
+    let cloud = Cloud::start("f-cloud");
+    let alice = cloud.user("alice");
+    let edge = Edge::start("f-edge", &alice);
+    let id = alice.start_sleeper("work");
+    let before = alice.show(&id)["runtime_id"].clone();
+    // The edge machine's engine goes away; its agent stays connected.
+    if let Some(pid) = rustix::process::Pid::from_raw(edge.engine.pid() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let out = alice.run(&["move", &id, "--to", "edge"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    let shown = alice.show(&id);
+    assert_eq!(shown["location"], "cloud");
+    assert_eq!(shown["state"], "running");
+    assert_eq!(shown["runtime_id"], before, "the cloud copy was never stopped");
+    assert_eq!(shown["last_move"]["outcome"], "rolled_back");
+    assert!(shown["last_move"]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    let out = alice.run(&["shell", &id, "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn a_forced_return_fences_the_unreachable_edge_and_keeps_its_late_edits() {
+    let cloud = Cloud::start("x-cloud");
+    let alice = cloud.user("alice");
+    let mut edge = Edge::start("x-edge", &alice);
+    let id = alice.start_sleeper("work");
+    alice.ok(&["shell", &id, "--", "sh", "-c", "echo original > /workspace/doc.txt"]);
+    alice.ok(&["move", &id, "--to", "edge"]);
+    let edge_rid = alice.show(&id)["runtime_id"].as_str().expect("rid").to_owned();
+
+    // The laptop drops off the network: the container keeps running there.
+    edge.kill_agent();
+    eventually(30, "the container to show as unreachable", || {
+        alice.show(&id)["state"] == "unreachable"
+    });
+    assert_eq!(edge.running(), vec![edge_rid.clone()]);
+    let out = alice.run(&["move", &id, "--to", "cloud"]);
+    assert_eq!(out.status.code(), Some(1), "without --force the agent is needed");
+
+    alice.ok(&["move", &id, "--to", "cloud", "--force"]);
+    let shown = alice.show(&id);
+    assert_eq!(shown["location"], "cloud");
+    assert_eq!(shown["state"], "running");
+    assert_eq!(shown["generation"], 3);
+    assert_eq!(
+        std::fs::read_to_string(cloud.workspace(&id).join("doc.txt")).expect("doc"),
+        "original\n"
+    );
+
+    // Meanwhile the user kept working on the laptop.
+    edge.engine
+        .docker_output(["exec", &edge_rid, "sh", "-c", "echo late edit > /workspace/doc.txt"])
+        .expect("edit at the edge");
+    edge.start_agent();
+    eventually(30, "the stale edge copy to stop", || edge.running().is_empty());
+    let conflicts = cloud.workspace(&id).join(".offload-conflicts");
+    let kept = offload_testkit::wait_until(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || {
+            conflict_files(&conflicts)
+                .iter()
+                .any(|(name, text)| name.ends_with("doc.txt") && text == "late edit\n")
+        },
+    );
+    assert!(
+        kept.is_ok(),
+        "the late edit is kept as a conflict; found {:?}\nagent log:\n{}\nserver log:\n{}",
+        conflict_files(&conflicts),
+        edge.log(),
+        cloud.server_log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(cloud.workspace(&id).join("doc.txt")).expect("doc"),
+        "original\n",
+        "the late edit does not overwrite the cloud's copy"
+    );
+    assert_eq!(running_on(&cloud.engine).len(), 1, "exactly one copy runs");
+}
+
+fn conflict_files(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for set in entries.flatten() {
+        if let Ok(files) = std::fs::read_dir(set.path()) {
+            for f in files.flatten() {
+                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                out.push((f.path().to_string_lossy().into_owned(), text));
+            }
+        }
+    }
+    out
+}
