@@ -422,7 +422,7 @@ fn print_report(args: &Args, fs_type: &str, results: &[Measured]) {
         phase_rows.push(vec![
             m.title.clone(),
             report::bytes(o.manifest_bytes),
-            format!("{} in {}", o.chunks_fetched, o.requests.saturating_sub(2)),
+            format!("{} / {}", o.chunks_fetched, o.requests.saturating_sub(2)),
             format!(
                 "{} ({} read)",
                 report::secs(o.sender_scan),
@@ -432,6 +432,7 @@ fn print_report(args: &Args, fs_type: &str, results: &[Measured]) {
             report::secs(o.delta_at),
             report::secs(o.chunks_at),
             report::secs(o.apply),
+            report::bytes(r.file_list),
             report::secs(r.rsync),
         ]);
         if m.kind == Kind::FreshTree
@@ -490,19 +491,20 @@ fn print_report(args: &Args, fs_type: &str, results: &[Measured]) {
         println!();
     }
 
-    println!("### Where offload's bytes and time go (median run)\n");
+    println!("### Where the bytes and time go (median run)\n");
     print!(
         "{}",
         report::table(
             &[
                 "Scenario",
                 "manifest/delta JSON",
-                "chunks in requests",
+                "chunks / requests",
                 "sender scan",
                 "receiver scan",
                 "delta ready at",
                 "chunks in at",
                 "apply (fsync)",
+                "rsync file list",
                 "rsync alone, no sync",
             ],
             &phase_rows,

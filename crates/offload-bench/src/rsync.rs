@@ -17,6 +17,9 @@ pub struct RsyncRun {
     pub to_receiver: u64,
     /// "Total bytes received": from the receiver back to the sender (block checksums).
     pub to_sender: u64,
+    /// "File list size": of `to_receiver`, the list of every path and its attributes,
+    /// which rsync sends whole each time.
+    pub file_list: u64,
     /// rsync alone, until its last byte is written (not yet durable).
     pub rsync: Duration,
     /// rsync plus a `sync`, so the data is on disk as offload's fsynced apply leaves it.
@@ -36,35 +39,34 @@ pub fn transfer(rsh: &Path, src: &Path, dst: &Path) -> Result<RsyncRun> {
     flush_all()?;
     let wall = start.elapsed();
     let stats = String::from_utf8_lossy(&output.stdout);
-    let (to_receiver, to_sender) = parse_stats(&stats)
-        .with_context(|| format!("unexpected rsync --stats output:\n{stats}"))?;
+    let parse = |label| {
+        stat(&stats, label).with_context(|| format!("unexpected rsync --stats output:\n{stats}"))
+    };
     Ok(RsyncRun {
-        to_receiver,
-        to_sender,
+        to_receiver: parse("Total bytes sent:")?,
+        to_sender: parse("Total bytes received:")?,
+        file_list: parse("File list size:")?,
         rsync,
         wall,
     })
 }
 
-/// Reads "Total bytes sent" and "Total bytes received" out of `--stats` output (numbers
-/// may carry thousands separators).
-pub fn parse_stats(stats: &str) -> Result<(u64, u64)> {
-    let field = |label: &str| -> Result<u64> {
-        let line = stats
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .with_context(|| format!("no {label:?} line"))?;
-        let digits: String = line
-            .trim()
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || matches!(c, ',' | '.' | '\''))
-            .filter(char::is_ascii_digit)
-            .collect();
-        digits
-            .parse()
-            .with_context(|| format!("{label:?} is not a number: {line:?}"))
-    };
-    Ok((field("Total bytes sent:")?, field("Total bytes received:")?))
+/// Reads the number after `label` (e.g. `"Total bytes sent:"`) out of `--stats` output;
+/// numbers may carry thousands separators.
+pub fn stat(stats: &str, label: &str) -> Result<u64> {
+    let line = stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .with_context(|| format!("no {label:?} line"))?;
+    let digits: String = line
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, ',' | '.' | '\''))
+        .filter(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .with_context(|| format!("{label:?} is not a number: {line:?}"))
 }
 
 #[cfg(test)]
@@ -78,13 +80,15 @@ mod tests {
                     Total bytes sent: 1,000,350\n\
                     Total bytes received: 35\n\n\
                     sent 1,000,350 bytes  received 35 bytes  2,000,770.00 bytes/sec\n";
-        assert_eq!(parse_stats(text)?, (1_000_350, 35));
+        assert_eq!(stat(text, "Total bytes sent:")?, 1_000_350);
+        assert_eq!(stat(text, "Total bytes received:")?, 35);
+        assert_eq!(stat(text, "Literal data:")?, 1_000_000);
         Ok(())
     }
 
     #[test]
     fn refuses_output_without_totals() {
-        assert!(parse_stats("sent 10 bytes  received 3 bytes").is_err());
-        assert!(parse_stats("Total bytes sent: many\nTotal bytes received: 3").is_err());
+        assert!(stat("sent 10 bytes  received 3 bytes", "Total bytes sent:").is_err());
+        assert!(stat("Total bytes sent: many", "Total bytes sent:").is_err());
     }
 }

@@ -165,6 +165,32 @@ fn bad_input_gets_a_json_4xx_and_the_server_keeps_answering() {
         .await;
         assert_error(s, &body, 400);
 
+        // The sync endpoints refuse stale generations and hostile input.
+        let ws = |p: &str| c(&format!("/v1/containers/{id}/workspace/{p}"));
+        let push = |body: Value| a.http.post(ws("push")).bearer_auth(&a.token).json(&body);
+        let empty_delta = json!({"upserts": [], "deletes": []});
+        let (s, body) = answer(push(json!({"generation": 1, "delta": empty_delta}))).await;
+        assert_error(s, &body, 409);
+        assert_eq!(body["code"], "stale_generation");
+        let (s, body) = answer(push(json!({"generation": 1, "delta": empty_delta, "conflict": true}))).await;
+        assert_error(s, &body, 400);
+        for hostile in ["../escape", "/etc/passwd", "a/../../b", "x\u{0}y"] {
+            let delta = json!({"upserts": [{"path": hostile, "kind": "dir", "mode": 493, "mtime_ns": 0}], "deletes": []});
+            let (s, body) = answer(push(json!({"generation": 0, "delta": delta, "conflict": true}))).await;
+            assert_error(s, &body, 400);
+        }
+        let (s, body) = answer(a.http.post(ws("chunks")).bearer_auth(&a.token).body(vec![7u8; 100])).await;
+        assert_error(s, &body, 400);
+        let (s, body) = answer(a.http.post(ws("fetch")).bearer_auth(&a.token).json(&json!({"ids": ["zz"]}))).await;
+        assert_error(s, &body, 422);
+        let (s, body) = answer(b.http.get(ws("manifest")).bearer_auth(&b.token)).await;
+        assert_error(s, &body, 404);
+        let (s, body) = answer(b.http.get(c(&format!("/v1/containers/{id}/image"))).bearer_auth(&b.token)).await;
+        assert_error(s, &body, 404);
+        let (s, body) = answer(a.http.post(c(&format!("/v1/containers/{id}/move"))).bearer_auth(&a.token).json(&json!({"to": "edge"}))).await;
+        assert_error(s, &body, 409);
+        assert!(body["error"].as_str().unwrap_or("").contains("agent"), "{body}");
+
         // The OpenAPI document describes the API.
         let (s, doc) = answer(a.http.get(c("/v1/openapi.json"))).await;
         assert_eq!(s, 200);
@@ -183,6 +209,15 @@ fn bad_input_gets_a_json_4xx_and_the_server_keeps_answering() {
     let body = raw.split("\r\n\r\n").nth(1).expect("body");
     let json: Value = serde_json::from_str(body).expect("json body");
     assert_eq!(json["code"], "https_required");
+
+    // Nothing was written beside the workspace.
+    let workspaces: Vec<_> = std::fs::read_dir(cloud.data_dir.join("workspaces"))
+        .expect("workspaces")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(workspaces.len(), 1, "{workspaces:?}");
+    assert!(!cloud.data_dir.join("escape").exists());
 
     // After all of that, the server still answers and nothing changed.
     let list = alice.ls();

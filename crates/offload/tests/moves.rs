@@ -44,14 +44,22 @@ fn move_to_edge_and_back_three_times_without_losing_files() {
     for round in 1..=3 {
         // Down to the edge.
         let out = alice.run(&["move", &id, "--to", "edge"]);
-        assert_eq!(out.status.code(), Some(0), "round {round}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: {}",
+            stderr(&out)
+        );
         let shown = alice.show(&id);
         assert_eq!(shown["location"], "edge", "{shown}");
         assert_eq!(shown["state"], "running");
         assert_eq!(shown["generation"], (2 * round) as u64);
         let runtime_id = shown["runtime_id"].as_str().expect("rid").to_owned();
         assert_eq!(edge.running(), vec![runtime_id.clone()], "runs at the edge");
-        assert!(running_on(&cloud.engine).is_empty(), "nothing runs in the cloud");
+        assert!(
+            running_on(&cloud.engine).is_empty(),
+            "nothing runs in the cloud"
+        );
         assert!(edge.engine.image_id(IMAGE).expect("inspect").is_some());
         assert_eq!(tree(&cloud_ws), tree(&edge.workspace(&id)), "round {round}");
         let timings = &shown["last_move"]["timings"];
@@ -64,7 +72,14 @@ fn move_to_edge_and_back_three_times_without_losing_files() {
 
         // Work at the edge reaches the cloud copy within seconds.
         let line = format!("edited at the edge in round {round}");
-        let out = alice.run(&["shell", &id, "--", "sh", "-c", &format!("echo '{line}' > /workspace/notes.txt; rm small/b/1-1.txt 2>/dev/null; true")]);
+        let out = alice.run(&[
+            "shell",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            &format!("echo '{line}' > /workspace/notes.txt; rm small/b/1-1.txt 2>/dev/null; true"),
+        ]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         let cloud_notes = cloud_ws.join("notes.txt");
         eventually(20, "the edit to reach the cloud", || {
@@ -73,7 +88,12 @@ fn move_to_edge_and_back_three_times_without_losing_files() {
 
         // Back to the cloud, which sees the edge's changes.
         let out = alice.run(&["move", &id, "--to", "cloud"]);
-        assert_eq!(out.status.code(), Some(0), "round {round}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: {}",
+            stderr(&out)
+        );
         let shown = alice.show(&id);
         assert_eq!(shown["location"], "cloud");
         assert_eq!(shown["state"], "running");
@@ -82,7 +102,10 @@ fn move_to_edge_and_back_three_times_without_losing_files() {
         assert_eq!(running_on(&cloud.engine).len(), 1);
         let out = alice.run(&["shell", &id, "--", "cat", "/workspace/notes.txt"]);
         assert_eq!(stdout(&out).trim(), line);
-        assert!(!cloud_ws.join("small/b/1-1.txt").exists(), "deletions cross too");
+        assert!(
+            !cloud_ws.join("small/b/1-1.txt").exists(),
+            "deletions cross too"
+        );
     }
 }
 
@@ -103,9 +126,16 @@ fn a_move_to_a_stopped_edge_engine_fails_and_the_cloud_copy_keeps_running() {
     let shown = alice.show(&id);
     assert_eq!(shown["location"], "cloud");
     assert_eq!(shown["state"], "running");
-    assert_eq!(shown["runtime_id"], before, "the cloud copy was never stopped");
+    assert_eq!(
+        shown["runtime_id"], before,
+        "the cloud copy was never stopped"
+    );
     assert_eq!(shown["last_move"]["outcome"], "rolled_back");
-    assert!(shown["last_move"]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(
+        shown["last_move"]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
     let out = alice.run(&["shell", &id, "--", "true"]);
     assert_eq!(out.status.code(), Some(0));
 }
@@ -116,9 +146,19 @@ fn a_forced_return_fences_the_unreachable_edge_and_keeps_its_late_edits() {
     let alice = cloud.user("alice");
     let mut edge = Edge::start("x-edge", &alice);
     let id = alice.start_sleeper("work");
-    alice.ok(&["shell", &id, "--", "sh", "-c", "echo original > /workspace/doc.txt"]);
+    alice.ok(&[
+        "shell",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo original > /workspace/doc.txt",
+    ]);
     alice.ok(&["move", &id, "--to", "edge"]);
-    let edge_rid = alice.show(&id)["runtime_id"].as_str().expect("rid").to_owned();
+    let edge_rid = alice.show(&id)["runtime_id"]
+        .as_str()
+        .expect("rid")
+        .to_owned();
 
     // The laptop drops off the network: the container keeps running there.
     edge.kill_agent();
@@ -127,7 +167,11 @@ fn a_forced_return_fences_the_unreachable_edge_and_keeps_its_late_edits() {
     });
     assert_eq!(edge.running(), vec![edge_rid.clone()]);
     let out = alice.run(&["move", &id, "--to", "cloud"]);
-    assert_eq!(out.status.code(), Some(1), "without --force the agent is needed");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "without --force the agent is needed"
+    );
 
     alice.ok(&["move", &id, "--to", "cloud", "--force"]);
     let shown = alice.show(&id);
@@ -141,10 +185,18 @@ fn a_forced_return_fences_the_unreachable_edge_and_keeps_its_late_edits() {
 
     // Meanwhile the user kept working on the laptop.
     edge.engine
-        .docker_output(["exec", &edge_rid, "sh", "-c", "echo late edit > /workspace/doc.txt"])
+        .docker_output([
+            "exec",
+            &edge_rid,
+            "sh",
+            "-c",
+            "echo late edit > /workspace/doc.txt",
+        ])
         .expect("edit at the edge");
     edge.start_agent();
-    eventually(30, "the stale edge copy to stop", || edge.running().is_empty());
+    eventually(30, "the stale edge copy to stop", || {
+        edge.running().is_empty()
+    });
     let conflicts = cloud.workspace(&id).join(".offload-conflicts");
     let kept = offload_testkit::wait_until(
         std::time::Duration::from_secs(30),
@@ -170,6 +222,20 @@ fn a_forced_return_fences_the_unreachable_edge_and_keeps_its_late_edits() {
     assert_eq!(running_on(&cloud.engine).len(), 1, "exactly one copy runs");
 }
 
+/// Running engine containers of one offload container.
+fn copies(engine: &offload_testkit::Engine, id: &str) -> Vec<String> {
+    engine
+        .docker_output([
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=offload.id={id}"),
+        ])
+        .map(|out| out.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 fn conflict_files(dir: &std::path::Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -184,4 +250,91 @@ fn conflict_files(dir: &std::path::Path) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+#[test]
+fn killing_the_agent_mid_push_leaves_no_partial_file_and_the_next_push_completes() {
+    let cloud = Cloud::start("k-cloud");
+    let alice = cloud.user("alice");
+    let mut edge = Edge::start("k-edge", &alice);
+    let id = alice.start_sleeper("work");
+    alice.ok(&["move", &id, "--to", "edge"]);
+
+    // A large file appears at the edge; the agent starts pushing it and is killed.
+    let data: Vec<u8> = (0..150u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let expected = blake3::hash(&data);
+    std::fs::write(edge.workspace(&id).join("big.dat"), &data).expect("write at the edge");
+    let staging = cloud.data_dir.join("staging").join(&id);
+    eventually(30, "the push to start", || {
+        std::fs::read_dir(&staging).is_ok_and(|mut d| d.next().is_some())
+    });
+    edge.kill_agent();
+
+    let target = cloud.workspace(&id).join("big.dat");
+    if let Ok(bytes) = std::fs::read(&target) {
+        assert_eq!(
+            blake3::hash(&bytes),
+            expected,
+            "no partial file under its real name"
+        );
+    }
+    // Nothing half-written is visible anywhere in the workspace either.
+    for (path, _) in tree(&cloud.workspace(&id)) {
+        assert!(!path.contains("big.dat") || path == "big.dat", "{path}");
+    }
+
+    edge.start_agent();
+    eventually(60, "the next push to complete", || {
+        std::fs::read(&target).is_ok_and(|b| blake3::hash(&b) == expected)
+    });
+}
+
+#[test]
+fn killing_the_server_mid_move_leaves_exactly_one_copy_and_the_state_says_where() {
+    let mut cloud = Cloud::start("s-cloud");
+    let alice = cloud.user("alice");
+    let edge = Edge::start("s-edge", &alice);
+    for (round, wait_for_step) in [(0, "preparing"), (1, "finalizing")] {
+        let id = alice.start_sleeper(&format!("work{round}"));
+        // Enough data that the pre-copy takes a moment.
+        alice.ok(&[
+            "shell",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "dd if=/dev/urandom of=/workspace/blob bs=1M count=150 2>/dev/null",
+        ]);
+        alice.ok(&["move", &id, "--to", "edge", "--detach"]);
+        let step_reached = offload_testkit::wait_until(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_millis(20),
+            || alice.show(&id)["moving"]["step"] == wait_for_step,
+        );
+        cloud.kill_server();
+        cloud.start_server();
+        if step_reached.is_err() {
+            eprintln!("step {wait_for_step} passed too quickly; checking the outcome anyway");
+        }
+        eventually(120, "the interrupted move to settle", || {
+            alice.show(&id)["state"] != "moving"
+        });
+        let shown = alice.show(&id);
+        let runtime_id = shown["runtime_id"].as_str().expect("rid").to_owned();
+        let here = match shown["location"].as_str() {
+            Some("cloud") => &cloud.engine,
+            _ => &edge.engine,
+        };
+        assert!(
+            copies(here, &id).contains(&runtime_id),
+            "runs where the state says: {shown}"
+        );
+        assert_eq!(shown["state"], "running", "{shown}");
+        // The edge may still be stopping a fenced copy for a moment.
+        eventually(60, "exactly one copy to run", || {
+            copies(&cloud.engine, &id).len() + copies(&edge.engine, &id).len() == 1
+        });
+    }
 }

@@ -318,8 +318,12 @@ pub fn running_on(engine: &Engine) -> Vec<String> {
 
 /// Waits until `f` holds, polling; panics with `what` after `secs`.
 pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    offload_testkit::wait_until(Duration::from_secs(secs), Duration::from_millis(100), &mut f)
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    offload_testkit::wait_until(
+        Duration::from_secs(secs),
+        Duration::from_millis(100),
+        &mut f,
+    )
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 /// Everything under a directory: relative path -> (kind, mode, content hash or target),
@@ -343,7 +347,10 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
             let meta = std::fs::symlink_metadata(&path).expect("meta");
             let mode = meta.permissions().mode() & 0o777;
             let value = if meta.file_type().is_symlink() {
-                format!("link {}", std::fs::read_link(&path).expect("link").display())
+                format!(
+                    "link {}",
+                    std::fs::read_link(&path).expect("link").display()
+                )
             } else if meta.is_dir() {
                 stack.push(path.clone());
                 format!("dir {mode:o}")
