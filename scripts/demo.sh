@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh: on a fresh Debian 12 machine with the Rust toolchain, installs what is missing,
-# builds offload and runs `offload demo` on a private Docker engine, then cleans up.
+# builds offload and runs `offload demo` on two private Docker engines (cloud and edge),
+# then cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,12 +13,15 @@ image=offload-demo/busybox:latest
 work=$(mktemp -d /tmp/offload-demo.XXXXXX)
 cleanup() {
     stop_engine "$work/cloud"
+    stop_engine "$work/edge"
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "starting a private cloud engine (dockerd) under $work/cloud"
+echo "starting two private engines (dockerd): the cloud's and the laptop's, under $work"
 cloud=$(start_engine "$work/cloud")
+edge=$(start_engine "$work/edge")
+# Only the cloud has the image: the move has to bring it to the edge.
 import_busybox "$cloud" "$image"
 
-target/release/offload demo --docker-host "$cloud" --image "$image"
+target/release/offload demo --docker-host "$cloud" --edge-docker-host "$edge" --image "$image"

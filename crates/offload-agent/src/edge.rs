@@ -381,7 +381,7 @@ impl Edge {
 
     fn container_spec(&self, spec: &EdgeSpec, generation: u64) -> ContainerSpec {
         ContainerSpec {
-            name: format!("offload-{}", spec.id),
+            name: format!("offload-edge-{}", spec.id),
             image: spec.image.clone(),
             command: spec.command.clone(),
             env: Vec::new(),
@@ -393,6 +393,7 @@ impl Edge {
                 (labels::ID.to_owned(), spec.id.clone()),
                 (labels::OWNER.to_owned(), spec.owner.clone()),
                 (labels::GENERATION.to_owned(), generation.to_string()),
+                (labels::EDGE.to_owned(), "true".to_owned()),
             ]),
             network: self.options.network.clone(),
             stop_grace_secs: self.options.stop_grace_secs,
@@ -400,7 +401,7 @@ impl Edge {
     }
 
     async fn remove_engine_containers(&self, id: &str) -> anyhow::Result<()> {
-        for c in self.runtime.list_labelled(labels::ID).await? {
+        for c in self.runtime.list_labelled(labels::EDGE).await? {
             if c.labels.get(labels::ID).map(String::as_str) == Some(id) {
                 self.runtime.remove(&c.runtime_id).await?;
             }

@@ -432,7 +432,6 @@ fn print_report(args: &Args, fs_type: &str, results: &[Measured]) {
             report::secs(o.delta_at),
             report::secs(o.chunks_at),
             report::secs(o.apply),
-            report::bytes(r.file_list),
             report::secs(r.rsync),
         ]);
         if m.kind == Kind::FreshTree
@@ -504,7 +503,6 @@ fn print_report(args: &Args, fs_type: &str, results: &[Measured]) {
                 "delta ready at",
                 "chunks in at",
                 "apply (fsync)",
-                "rsync file list",
                 "rsync alone, no sync",
             ],
             &phase_rows,

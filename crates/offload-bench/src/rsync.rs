@@ -17,9 +17,6 @@ pub struct RsyncRun {
     pub to_receiver: u64,
     /// "Total bytes received": from the receiver back to the sender (block checksums).
     pub to_sender: u64,
-    /// "File list size": of `to_receiver`, the list of every path and its attributes,
-    /// which rsync sends whole each time.
-    pub file_list: u64,
     /// rsync alone, until its last byte is written (not yet durable).
     pub rsync: Duration,
     /// rsync plus a `sync`, so the data is on disk as offload's fsynced apply leaves it.
@@ -45,7 +42,6 @@ pub fn transfer(rsh: &Path, src: &Path, dst: &Path) -> Result<RsyncRun> {
     Ok(RsyncRun {
         to_receiver: parse("Total bytes sent:")?,
         to_sender: parse("Total bytes received:")?,
-        file_list: parse("File list size:")?,
         rsync,
         wall,
     })

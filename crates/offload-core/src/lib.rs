@@ -26,6 +26,9 @@ pub mod labels {
     pub const OWNER: &str = "offload.owner";
     /// The move generation (fencing number) the engine container was started for.
     pub const GENERATION: &str = "offload.generation";
+    /// Marks a container an agent started, so an engine playing both sides keeps the
+    /// cloud's and the edge's containers apart.
+    pub const EDGE: &str = "offload.edge";
 }
 
 /// Where a container's workspace is mounted inside the container.

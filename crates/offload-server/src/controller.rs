@@ -420,7 +420,10 @@ impl Controller {
             .list_labelled(labels::ID)
             .await?
             .into_iter()
-            .filter(|c| c.labels.get(labels::ID).map(String::as_str) == Some(id.as_str()))
+            .filter(|c| {
+                c.labels.get(labels::ID).map(String::as_str) == Some(id.as_str())
+                    && !c.labels.contains_key(labels::EDGE)
+            })
             .collect())
     }
 
@@ -527,7 +530,8 @@ impl Controller {
     pub async fn reconcile(&self) -> Result<ReconcileReport, ActionError> {
         let engine = self.runtime.list_labelled(labels::ID).await?;
         let mut by_id: HashMap<String, Vec<RuntimeContainer>> = HashMap::new();
-        for c in engine {
+        // An agent's containers (on an engine that plays both sides) are not ours.
+        for c in engine.into_iter().filter(|c| !c.labels.contains_key(labels::EDGE)) {
             if let Some(id) = c.labels.get(labels::ID) {
                 by_id.entry(id.clone()).or_default().push(c);
             }

@@ -212,6 +212,10 @@ pub struct DemoArgs {
     /// Docker Engine API endpoint for the cloud side [default: $DOCKER_HOST].
     #[arg(long, value_name = "URI")]
     pub docker_host: Option<String>,
+    /// Docker Engine API endpoint for the edge side [default: the cloud's engine plays
+    /// both sides].
+    #[arg(long, value_name = "URI")]
+    pub edge_docker_host: Option<String>,
     /// A locally available image to run.
     #[arg(long, default_value = "offload-demo/busybox:latest")]
     pub image: String,

@@ -94,6 +94,42 @@ async fn start_server(
     Ok((child, url))
 }
 
+/// Starts `offload agent` for the demo's user and waits until it is connected.
+async fn start_agent(demo: &Demo, docker_host: &str) -> anyhow::Result<Child> {
+    let mut child = Command::new(&demo.exe)
+        .arg("--config")
+        .arg(demo.client())
+        .args(["agent", "--network", "none", "--stop-grace", "1"])
+        .args(["--docker-host", docker_host])
+        .arg("--data-dir")
+        .arg(demo.dir.path().join("agent"))
+        .env("OFFLOAD_LOG", "warn")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start offload agent")?;
+    let stderr = child.stderr.take().context("no agent stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("connected to") {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+        bail!("the agent exited before connecting")
+    })
+    .await
+    .context("the agent did not connect within 60 s")??;
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            println!("          agent: {line}");
+        }
+    });
+    Ok(child)
+}
+
 async fn stop(child: &mut Child) {
     if let Some(pid) = child
         .id()
@@ -132,11 +168,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     };
     let data_dir = demo.dir.path().join("server");
 
+    let edge_host = args
+        .edge_docker_host
+        .clone()
+        .unwrap_or_else(|| docker_host.clone());
     demo.say(&format!(
         "starting offload server on the cloud engine {docker_host}"
     ));
     let (mut server, url) = start_server(&demo, &docker_host, &data_dir).await?;
-    let result = story(&demo, &url, &data_dir, &args.image).await;
+    let mut agent = None;
+    let result = story(&demo, &url, &data_dir, &args.image, &edge_host, &mut agent).await;
+    if let Some(agent) = agent.as_mut() {
+        demo.say("stopping the agent");
+        stop(agent).await;
+    }
     demo.say("stopping the server");
     stop(&mut server).await;
     match result {
@@ -148,7 +193,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     }
 }
 
-async fn story(demo: &Demo, url: &str, data_dir: &Path, image: &str) -> anyhow::Result<()> {
+async fn story(
+    demo: &Demo,
+    url: &str,
+    data_dir: &Path,
+    image: &str,
+    edge_host: &str,
+    agent: &mut Option<Child>,
+) -> anyhow::Result<()> {
     demo.say(&format!("server is up at {url}"));
     demo.say("the operator creates a join token for user alice");
     let out = demo
@@ -172,6 +224,9 @@ async fn story(demo: &Demo, url: &str, data_dir: &Path, image: &str) -> anyhow::
     demo.say("alice joins: her client checks the server's CA against the token first");
     demo.offload(&["join", url, &token]).await?;
 
+    demo.say(&format!("alice starts the agent on her laptop (engine {edge_host})"));
+    *agent = Some(start_agent(demo, edge_host).await?);
+
     demo.say("alice starts a container in the cloud");
     let id = demo
         .offload(&[
@@ -182,6 +237,9 @@ async fn story(demo: &Demo, url: &str, data_dir: &Path, image: &str) -> anyhow::
         .trim()
         .to_owned();
     let result = work(demo, &id, data_dir).await;
+    if result.is_err() && demo.offload(&["show", &id]).await.is_ok_and(|s| s.contains("edge")) {
+        let _ = demo.offload(&["move", &id, "--to", "cloud"]).await;
+    }
     demo.say("alice removes her container");
     let removed = demo.offload(&["rm", &id]).await;
     result.and(removed.map(|_| ()))
@@ -207,6 +265,43 @@ async fn work(demo: &Demo, id: &str, data_dir: &Path) -> anyhow::Result<()> {
         file.display(),
         text.trim()
     ));
+
+    demo.say("the cloud is busy: alice moves her container to her laptop");
+    demo.offload(&["move", id, "--to", "edge"]).await?;
+    demo.offload(&["ls"]).await?;
+    demo.say("the same files are there, and her shell now runs on the laptop");
+    demo.offload(&["shell", id, "--", "sh", "-c", "cat /workspace/hello.txt; hostname"]).await?;
+
+    demo.say("she edits a file at the edge; the agent streams it back to the cloud");
+    let edited = Instant::now();
+    demo.offload(&[
+        "shell",
+        id,
+        "--",
+        "sh",
+        "-c",
+        "echo 'edited on the laptop' >> /workspace/hello.txt",
+    ])
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.contains("edited on the laptop") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the edit did not reach the cloud copy within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    demo.say(&format!(
+        "the cloud copy has the edit {:.2}s later",
+        edited.elapsed().as_secs_f64()
+    ));
+
+    demo.say("the cloud has room again: the container moves back");
+    demo.offload(&["move", id, "--to", "cloud"]).await?;
+    demo.offload(&["shell", id, "--", "cat", "/workspace/hello.txt"]).await?;
     demo.offload(&["show", id]).await?;
     Ok(())
 }
