@@ -650,8 +650,13 @@ impl Controller {
         let Ok(moves) = self.db(|s| s.moves()).await else {
             return;
         };
-        for mv in moves {
-            let Some(guard) = self.locks_try(&mv.container_id).await else {
+        for listed in moves {
+            let Some(guard) = self.locks_try(&listed.container_id).await else {
+                continue;
+            };
+            // The move may have ended while we waited for its lock.
+            let id = listed.container_id.clone();
+            let Ok(Some(mv)) = self.db(move |s| s.move_of(&id)).await else {
                 continue;
             };
             let Ok(mut record) = self.reload(&mv.container_id).await else {
