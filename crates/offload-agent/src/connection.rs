@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::edge::Edge;
+use crate::prompt::Prompter;
 use crate::sync::ProgressSink;
 
 /// What the user chose when starting the agent.
@@ -41,10 +42,11 @@ fn from_frame(frame: Frame) -> Message {
 /// Keeps the link up forever. Containers keep running and syncing (when possible)
 /// while the server is unreachable.
 pub async fn run(edge: Arc<Edge>, preferences: Preferences) {
+    let prompter = Prompter::new(edge.api.clone(), preferences.auto_accept);
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = std::time::Instant::now();
-        match session(&edge, preferences).await {
+        match session(&edge, preferences, &prompter).await {
             Ok(()) => tracing::info!("the server closed the connection"),
             Err(e) => tracing::warn!(error = %e, "connection to the server failed"),
         }
@@ -60,7 +62,11 @@ pub async fn run(edge: Arc<Edge>, preferences: Preferences) {
     }
 }
 
-async fn session(edge: &Arc<Edge>, preferences: Preferences) -> anyhow::Result<()> {
+async fn session(
+    edge: &Arc<Edge>,
+    preferences: Preferences,
+    prompter: &Arc<Prompter>,
+) -> anyhow::Result<()> {
     let socket = edge.api.websocket("/v1/agent").await?;
     let (mut sink, mut stream) = socket.split();
     let hello = AgentMessage::Hello {
@@ -163,6 +169,14 @@ async fn session(edge: &Arc<Edge>, preferences: Preferences) -> anyhow::Result<(
             Ok(ServerMessage::Notice { text }) => {
                 eprintln!("offload: {text}");
             }
+            Ok(ServerMessage::Query {
+                query,
+                deadline_secs,
+            }) => {
+                let prompter = prompter.clone();
+                tokio::spawn(async move { prompter.ask(query, deadline_secs).await });
+            }
+            Ok(ServerMessage::QueryClosed { id, state }) => prompter.closed(&id, &state),
             Err(e) => tracing::warn!(error = %e, "ignoring a malformed message from the server"),
         }
     };

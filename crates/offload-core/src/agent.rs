@@ -76,6 +76,15 @@ pub enum ServerMessage {
     },
     /// Something for the user to read (shown by the agent).
     Notice { text: String },
+    /// The cloud asks to move a container here; the agent asks its user (or answers
+    /// itself with `--auto-accept`) through the queries API.
+    Query {
+        query: crate::api::QueryView,
+        /// Seconds left to answer.
+        deadline_secs: u64,
+    },
+    /// A query was answered, expired or withdrawn: stop asking.
+    QueryClosed { id: String, state: String },
 }
 
 /// What a container needs to run at the edge.

@@ -174,3 +174,66 @@ pub mod exec_stream {
     pub const STDOUT: u8 = 1;
     pub const STDERR: u8 = 2;
 }
+
+/// A request to move a container to its owner's machine, and its answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QueryView {
+    pub id: String,
+    pub container_id: String,
+    pub container_name: String,
+    pub owner: String,
+    /// Why the server asks: the pressure and this container's share of it.
+    pub reason: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; no answer by then means the configured default.
+    pub deadline_at: i64,
+    /// `pending`, `accepted`, `declined`, `expired` or `withdrawn`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<i64>,
+    /// Workspace bytes the move would copy.
+    pub move_bytes: u64,
+}
+
+/// Body of `POST /v1/admin/pressure`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PressureRequest {
+    /// Ask only this user's containers.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// The monitor as `offload top` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MonitorView {
+    /// `host` or `pool`.
+    pub source: String,
+    pub under_pressure: bool,
+    pub reason: String,
+    pub resources: Vec<ResourceView>,
+    pub pending_queries: usize,
+    pub containers: Vec<UsageView>,
+}
+
+/// One resource of the monitor.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResourceView {
+    pub resource: String,
+    pub usage: f64,
+    pub forecast: f64,
+    pub low: f64,
+    pub high: f64,
+    pub pressure: bool,
+}
+
+/// One container's use, as the monitor last measured it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageView {
+    pub id: String,
+    pub owner: String,
+    pub location: Location,
+    pub cpu_cores: f64,
+    pub memory_bytes: u64,
+}

@@ -220,9 +220,11 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn usage(&self, runtime_id: &str) -> Result<UsageReading> {
+        // One reading, without the engine waiting a second for a second one: the monitor
+        // computes rates between its own ticks.
         let options = StatsOptionsBuilder::new()
             .stream(false)
-            .one_shot(false)
+            .one_shot(true)
             .build();
         let mut stream = self.docker.stats(runtime_id, Some(options));
         let stats = match stream.next().await {

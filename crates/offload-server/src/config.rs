@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     /// How long a join token stays valid, in seconds.
     pub join_token_ttl_secs: u64,
+    /// The resource monitor: watermarks, sustain, forecast, queries, returns, pool.
+    pub monitor: offload_monitor::PolicyConfig,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             stop_grace_secs: 10,
             tls_sans: Vec::new(),
             join_token_ttl_secs: 24 * 3600,
+            monitor: offload_monitor::PolicyConfig::default(),
         }
     }
 }
@@ -68,6 +71,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid config value for {key}: {message}")]
     Value { key: &'static str, message: String },
+    #[error("invalid config value for {key}: {message}")]
+    Monitor { key: &'static str, message: String },
 }
 
 /// Limits derived from the configuration, in the units the server computes with.
@@ -133,6 +138,12 @@ impl ServerConfig {
                 "must be at least 1".into(),
             ));
         }
+        if let Err(e) = self.monitor.validate() {
+            return Err(ConfigError::Monitor {
+                key: e.key(),
+                message: e.to_string(),
+            });
+        }
         if self.join_token_ttl_secs == 0 {
             return Err(value("join_token_ttl_secs", "must be at least 1".into()));
         }
@@ -169,6 +180,16 @@ mod tests {
                 .to_string()
                 .contains("default_memory")
         );
+    }
+
+    #[test]
+    fn monitor_errors_name_the_key() {
+        let cfg: ServerConfig =
+            toml::from_str("[monitor]\ncpu_high = 0.5\ncpu_low = 0.7\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("monitor.cpu_"), "{err}");
+        let err = toml::from_str::<ServerConfig>("[monitor]\nwatermark = 1\n").unwrap_err();
+        assert!(err.to_string().contains("watermark"));
     }
 
     #[test]

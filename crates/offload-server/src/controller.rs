@@ -42,6 +42,7 @@ pub struct Controller {
     pub(crate) hub: Arc<AgentHub>,
     pub(crate) sync: Arc<Workspaces>,
     pub(crate) started_at: std::time::Instant,
+    pub(crate) monitor: crate::monitor::Monitor,
 }
 
 impl Controller {
@@ -63,6 +64,7 @@ impl Controller {
         std::fs::create_dir_all(&workspaces).map_err(|e| {
             ActionError::Internal(format!("cannot create {}: {e}", workspaces.display()))
         })?;
+        let monitor = crate::monitor::Monitor::new(config.monitor.clone())?;
         Ok(Controller {
             store,
             runtime,
@@ -74,6 +76,7 @@ impl Controller {
             hub: Arc::new(AgentHub::new()),
             sync,
             started_at: std::time::Instant::now(),
+            monitor,
         })
     }
 
@@ -531,7 +534,10 @@ impl Controller {
         let engine = self.runtime.list_labelled(labels::ID).await?;
         let mut by_id: HashMap<String, Vec<RuntimeContainer>> = HashMap::new();
         // An agent's containers (on an engine that plays both sides) are not ours.
-        for c in engine.into_iter().filter(|c| !c.labels.contains_key(labels::EDGE)) {
+        for c in engine
+            .into_iter()
+            .filter(|c| !c.labels.contains_key(labels::EDGE))
+        {
             if let Some(id) = c.labels.get(labels::ID) {
                 by_id.entry(id.clone()).or_default().push(c);
             }

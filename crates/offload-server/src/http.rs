@@ -11,7 +11,8 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use offload_core::api::{
-    ApiError, ContainerView, JoinRequest, JoinResponse, MoveRequest, StartRequest, WhoAmI,
+    ApiError, ContainerView, JoinRequest, JoinResponse, MonitorView, MoveRequest, PressureRequest,
+    QueryView, StartRequest, WhoAmI,
 };
 use offload_store::{Principal, TokenKind};
 use offload_sync::protocol::{ChunkList, PushReport, PushRequest};
@@ -52,6 +53,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(restart_container))
         .routes(routes!(move_container))
         .routes(routes!(container_image))
+        .routes(routes!(list_queries))
+        .routes(routes!(accept_query))
+        .routes(routes!(decline_query))
+        .routes(routes!(admin_pressure))
+        .routes(routes!(monitor_status))
         .routes(routes!(join))
         .routes(routes!(ca_certificate))
         .routes(routes!(whoami))
@@ -426,4 +432,78 @@ async fn container_image(
         response.headers_mut().insert("x-offload-image-size", value);
     }
     Ok(response)
+}
+
+/// The caller's queries, newest first.
+#[utoipa::path(get, path = "/v1/queries", tag = "queries",
+    responses((status = 200, body = [QueryView]), (status = 401, body = ApiError)))]
+async fn list_queries(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Vec<QueryView>>, ActionError> {
+    Ok(Json(state.ctl.queries(&who).await?))
+}
+
+/// Accepts a query: the container moves to the caller's machine.
+#[utoipa::path(post, path = "/v1/queries/{qid}/accept", tag = "queries",
+    params(("qid" = String, Path, description = "query id")),
+    responses((status = 200, body = QueryView), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+async fn accept_query(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(qid): Path<String>,
+) -> Result<Json<QueryView>, ActionError> {
+    Ok(Json(
+        state
+            .ctl
+            .answer(&who, &qid, offload_monitor::Answer::Accept)
+            .await?,
+    ))
+}
+
+/// Declines a query: the container stays in the cloud and is not asked again for a while.
+#[utoipa::path(post, path = "/v1/queries/{qid}/decline", tag = "queries",
+    params(("qid" = String, Path, description = "query id")),
+    responses((status = 200, body = QueryView), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+async fn decline_query(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(qid): Path<String>,
+) -> Result<Json<QueryView>, ActionError> {
+    Ok(Json(
+        state
+            .ctl
+            .answer(&who, &qid, offload_monitor::Answer::Decline)
+            .await?,
+    ))
+}
+
+/// Asks now, as if pressure were seen (admin only).
+#[utoipa::path(post, path = "/v1/admin/pressure", tag = "admin", request_body = PressureRequest,
+    responses((status = 200, body = [QueryView]), (status = 403, body = ApiError)))]
+async fn admin_pressure(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    ApiJson(req): ApiJson<PressureRequest>,
+) -> Result<Json<Vec<QueryView>>, ActionError> {
+    let user = match req.user {
+        Some(u) => Some(
+            offload_core::UserName::parse(&u)
+                .map_err(|e| ActionError::BadRequest(e.to_string()))?,
+        ),
+        None => None,
+    };
+    Ok(Json(state.ctl.ask_now(&who, user).await?))
+}
+
+/// The resource monitor's view: usage, forecast, watermarks, pressure.
+#[utoipa::path(get, path = "/v1/monitor", tag = "admin",
+    responses((status = 200, body = MonitorView), (status = 401, body = ApiError)))]
+async fn monitor_status(
+    State(state): State<AppState>,
+    Caller(_who): Caller,
+) -> Result<Json<MonitorView>, ActionError> {
+    Ok(Json(state.ctl.monitor_view().await?))
 }

@@ -12,6 +12,7 @@ mod exec;
 pub mod http;
 pub mod hub;
 mod listener;
+mod monitor;
 mod mover;
 pub mod tls;
 pub mod workspace;
@@ -42,6 +43,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
 
     let report = ctl.reconcile().await?;
     tracing::info!(?report, "reconciled the store with the engine");
+    // Moves interrupted by a crash wait for their agents for a while, then settle.
+    let resume = ctl.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(mover::AGENT_GRACE).await;
+        resume.resume_interrupted_moves(None).await;
+    });
+    tokio::spawn(ctl.clone().run_monitor());
 
     let state = http::AppState {
         ctl,

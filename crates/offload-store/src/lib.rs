@@ -119,7 +119,35 @@ const MIGRATIONS: &[&str] = &[
         timings TEXT NOT NULL
     );
     ALTER TABLE containers ADD COLUMN last_move TEXT;",
+    // 3: queries to owners.
+    "CREATE TABLE queries (
+        id TEXT PRIMARY KEY,
+        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        owner TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        deadline_at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        answered_at INTEGER,
+        move_bytes INTEGER NOT NULL
+    );
+    CREATE INDEX queries_by_owner ON queries (owner, created_at);",
 ];
+
+/// A query as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryRecord {
+    pub id: String,
+    pub container_id: ContainerId,
+    pub owner: UserName,
+    pub reason: String,
+    pub created_at: i64,
+    pub deadline_at: i64,
+    /// `pending`, `accepted`, `declined`, `expired` or `withdrawn`.
+    pub state: String,
+    pub answered_at: Option<i64>,
+    pub move_bytes: u64,
+}
 
 /// The server's state database.
 pub struct Store {
@@ -462,6 +490,95 @@ impl Store {
     }
 }
 
+impl Store {
+    pub fn insert_query(&self, q: &QueryRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO queries (id, container_id, owner, reason, created_at, deadline_at, state,
+                 answered_at, move_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                q.id,
+                q.container_id.as_str(),
+                q.owner.as_str(),
+                q.reason,
+                q.created_at,
+                q.deadline_at,
+                q.state,
+                q.answered_at,
+                q.move_bytes as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Moves a pending query to `state`; `false` if it was no longer pending.
+    pub fn close_query(&self, id: &str, state: &str, at: i64) -> Result<bool> {
+        let changed = self.conn().execute(
+            "UPDATE queries SET state = ?2, answered_at = ?3 WHERE id = ?1 AND state = 'pending'",
+            params![id, state, at],
+        )?;
+        Ok(changed == 1)
+    }
+
+    pub fn query(&self, id: &str) -> Result<Option<QueryRecord>> {
+        Ok(self
+            .queries_where("id = ?1", params![id])?
+            .into_iter()
+            .next())
+    }
+
+    /// A user's queries, newest first (at most 100).
+    pub fn queries_of(&self, owner: &UserName) -> Result<Vec<QueryRecord>> {
+        self.queries_where(
+            "owner = ?1 ORDER BY created_at DESC LIMIT 100",
+            params![owner.as_str()],
+        )
+    }
+
+    /// Every query still waiting for an answer.
+    pub fn pending_queries(&self) -> Result<Vec<QueryRecord>> {
+        self.queries_where("state = 'pending'", params![])
+    }
+
+    fn queries_where(&self, clause: &str, args: impl rusqlite::Params) -> Result<Vec<QueryRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT id, container_id, owner, reason, created_at, deadline_at, state, answered_at,
+                 move_bytes FROM queries WHERE {clause}"
+        ))?;
+        let rows = stmt.query_map(args, |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, String>(6)?,
+                row.get::<_, Option<i64>>(7)?,
+                row.get::<_, i64>(8)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, container, owner, reason, created_at, deadline_at, state, answered_at, bytes) =
+                row?;
+            out.push(QueryRecord {
+                id,
+                container_id: ContainerId::parse(&container)
+                    .map_err(|_| corrupt("queries.container_id", &container))?,
+                owner: parse_user(owner)?,
+                reason,
+                created_at,
+                deadline_at,
+                state,
+                answered_at,
+                move_bytes: bytes.max(0) as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let known = MIGRATIONS.len() as i64;
@@ -698,6 +815,32 @@ mod tests {
         store.finish_move(&rec).unwrap();
         assert!(store.moves().unwrap().is_empty());
         assert_eq!(store.container(&rec.id).unwrap().unwrap(), rec);
+    }
+
+    #[test]
+    fn queries_close_once() {
+        let store = Store::open_in_memory().unwrap();
+        store.upsert_user(&user("alice"), false, 0).unwrap();
+        let rec = record("alice", "box");
+        store.insert_container(&rec).unwrap();
+        let q = QueryRecord {
+            id: "q1".into(),
+            container_id: rec.id.clone(),
+            owner: user("alice"),
+            reason: "cpu".into(),
+            created_at: 1,
+            deadline_at: 61,
+            state: "pending".into(),
+            answered_at: None,
+            move_bytes: 5,
+        };
+        store.insert_query(&q).unwrap();
+        assert_eq!(store.pending_queries().unwrap(), vec![q.clone()]);
+        assert!(store.close_query("q1", "declined", 5).unwrap());
+        assert!(!store.close_query("q1", "accepted", 6).unwrap());
+        assert_eq!(store.query("q1").unwrap().unwrap().state, "declined");
+        assert_eq!(store.queries_of(&user("alice")).unwrap().len(), 1);
+        assert!(store.pending_queries().unwrap().is_empty());
     }
 
     #[test]

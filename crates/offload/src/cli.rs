@@ -110,6 +110,26 @@ pub enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// List the server's requests to move your containers to your machine.
+    Queries {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Accept a query: the container moves to your machine.
+    Accept {
+        /// Query id.
+        qid: String,
+    },
+    /// Decline a query: the container stays in the cloud.
+    Decline {
+        /// Query id.
+        qid: String,
+    },
+    /// The resource monitor: usage, forecast, watermarks, pressure, containers.
+    Top {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Show offload at work on this machine: server, user, container, move, cleanup.
     Demo(DemoArgs),
 }
@@ -143,7 +163,33 @@ pub struct AgentArgs {
     pub auto_return: bool,
 }
 
+const SERVER_CONFIG_HELP: &str = "\
+Config file keys (TOML; flags override them), with their defaults:
+  listen = \"0.0.0.0:7443\"          data_dir = \"/var/lib/offload\"
+  docker_host = (DOCKER_HOST)        network = \"default\"   (default | none | NAME)
+  default_cpus = 1.0  max_cpus = 4.0  default_memory = \"1g\"  max_memory = \"8g\"
+  max_containers_per_user = 20       stop_grace_secs = 10
+  tls_sans = []                      join_token_ttl_secs = 86400
+
+[monitor]
+  interval_secs = 2          seconds between evaluations
+  cpu_high = 0.85            cpu_low = 0.60    CPU watermarks (fractions; pressure
+  mem_high = 0.90            mem_low = 0.75    starts above high, ends below low)
+  sustain_secs = 10          usage must stay above high this long
+  horizon_secs = 30          Holt forecast horizon (0 turns forecasting off)
+  forecast_alpha = 0.5       forecast_beta = 0.3
+  query_deadline_secs = 60   time a user has to answer
+  default_action = \"decline\" what an unanswered query becomes (accept | decline)
+  decline_cooldown_secs = 600  a declined container is not asked again this long
+  ask_cooldown_secs = 120    at most one round of asks this often
+  return_after_secs = 30     calm time before containers are offered a return
+  move_timeout_secs = 600    an accepted container counts as leaving this long
+  source = \"host\"           host: the whole host; pool: managed containers only,
+  pool_cpus = 0              against pool_cpus and pool_mem_bytes
+  pool_mem_bytes = 0";
+
 #[derive(Args, Debug)]
+#[command(after_long_help = SERVER_CONFIG_HELP, after_help = "Config file keys: see --help.")]
 pub struct ServerArgs {
     /// Address of the HTTPS API [default: 0.0.0.0:7443].
     #[arg(long, value_name = "ADDR")]
@@ -168,6 +214,13 @@ pub enum AdminCommand {
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Ask now, as if pressure were seen: every running cloud container whose owner has a
+    /// connected agent gets a query (needs an admin token).
+    Pressure {
+        /// Ask only this user's containers.
+        #[arg(long)]
+        user: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,7 +8,7 @@ use offload_core::api::{ContainerView, StartRequest};
 use offload_server::ServerConfig;
 
 use offload_core::Location;
-use offload_core::api::MoveRequest;
+use offload_core::api::{MonitorView, MoveRequest, PressureRequest, QueryView};
 
 use crate::cli::{AdminCommand, Cli, Command, Output, ServerArgs, Target, TokenCommand};
 use crate::shell::urlencode;
@@ -17,6 +17,10 @@ use offload_agent::client::{Api, ClientConfig, config_path};
 /// Runs the command; returns the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let config = cli.config;
+    let cli_command_name = match &cli.command {
+        Command::Accept { .. } => "accept",
+        _ => "",
+    };
     match cli.command {
         Command::Server(args) => {
             offload_server::run(server_config(config.as_deref(), args)?).await?;
@@ -165,6 +169,75 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             crate::progress::follow_move(&api, &view.id).await
         }
+        Command::Admin(AdminCommand::Pressure { user }) => {
+            let api = connect(config.as_deref())?;
+            let asked: Vec<QueryView> = api
+                .post("/v1/admin/pressure", &PressureRequest { user })
+                .await?;
+            if asked.is_empty() {
+                println!(
+                    "nobody to ask: no running cloud container has an owner with a connected agent"
+                );
+            }
+            for q in asked {
+                println!(
+                    "{}  {} ({})  asked {}",
+                    q.id, q.container_name, q.container_id, q.owner
+                );
+            }
+            Ok(0)
+        }
+        Command::Queries { output } => {
+            let api = connect(config.as_deref())?;
+            let queries: Vec<QueryView> = api.get("/v1/queries").await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&queries)?),
+                Output::Table => {
+                    println!(
+                        "{:<12}  {:<20}  {:<10}  {:>8}  REASON",
+                        "QUERY", "CONTAINER", "STATE", "LEFT"
+                    );
+                    let at = unix_now();
+                    for q in queries {
+                        let left = if q.state == "pending" {
+                            format!("{}s", (q.deadline_at - at).max(0))
+                        } else {
+                            "-".to_owned()
+                        };
+                        println!(
+                            "{:<12}  {:<20}  {:<10}  {:>8}  {}",
+                            q.id, q.container_name, q.state, left, q.reason
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Accept { qid } | Command::Decline { qid } => {
+            let api = connect(config.as_deref())?;
+            let verb = if matches!(cli_command_name, "accept") {
+                "accept"
+            } else {
+                "decline"
+            };
+            let q: QueryView = api
+                .post(
+                    &format!("/v1/queries/{}/{verb}", urlencode(&qid)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            println!("{} {}", q.id, q.state);
+            Ok(0)
+        }
+        Command::Top { output } => {
+            let api = connect(config.as_deref())?;
+            let view: MonitorView = api.get("/v1/monitor").await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+                Output::Table => print_monitor(&view),
+            }
+            Ok(0)
+        }
         Command::Demo(args) => crate::demo::run(args).await,
     }
 }
@@ -208,6 +281,56 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(std::env::current_dir()
         .context("cannot resolve the data directory")?
         .join(path))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn print_monitor(v: &MonitorView) {
+    println!(
+        "source: {}   {}",
+        v.source,
+        if v.under_pressure {
+            "UNDER PRESSURE"
+        } else {
+            "ok"
+        }
+    );
+    println!("{}", v.reason);
+    println!(
+        "{:<8}  {:>6}  {:>8}  {:>5}  {:>5}  PRESSURE",
+        "RESOURCE", "USAGE", "FORECAST", "LOW", "HIGH"
+    );
+    for r in &v.resources {
+        println!(
+            "{:<8}  {:>5.1}%  {:>7.1}%  {:>4.0}%  {:>4.0}%  {}",
+            r.resource,
+            r.usage * 100.0,
+            r.forecast * 100.0,
+            r.low * 100.0,
+            r.high * 100.0,
+            if r.pressure { "yes" } else { "no" }
+        );
+    }
+    println!("pending queries: {}", v.pending_queries);
+    println!(
+        "{:<12}  {:<12}  {:<8}  {:>6}  {:>10}",
+        "CONTAINER", "OWNER", "WHERE", "CPUS", "MEMORY"
+    );
+    for c in &v.containers {
+        println!(
+            "{:<12}  {:<12}  {:<8}  {:>6.2}  {:>10}",
+            c.id,
+            c.owner,
+            c.location.as_str(),
+            c.cpu_cores,
+            offload_core::size::format_bytes(c.memory_bytes)
+        );
+    }
 }
 
 fn short(id: Option<&str>) -> String {

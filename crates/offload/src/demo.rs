@@ -224,7 +224,9 @@ async fn story(
     demo.say("alice joins: her client checks the server's CA against the token first");
     demo.offload(&["join", url, &token]).await?;
 
-    demo.say(&format!("alice starts the agent on her laptop (engine {edge_host})"));
+    demo.say(&format!(
+        "alice starts the agent on her laptop (engine {edge_host})"
+    ));
     *agent = Some(start_agent(demo, edge_host).await?);
 
     demo.say("alice starts a container in the cloud");
@@ -237,7 +239,12 @@ async fn story(
         .trim()
         .to_owned();
     let result = work(demo, &id, data_dir).await;
-    if result.is_err() && demo.offload(&["show", &id]).await.is_ok_and(|s| s.contains("edge")) {
+    if result.is_err()
+        && demo
+            .offload(&["show", &id])
+            .await
+            .is_ok_and(|s| s.contains("edge"))
+    {
         let _ = demo.offload(&["move", &id, "--to", "cloud"]).await;
     }
     demo.say("alice removes her container");
@@ -270,7 +277,15 @@ async fn work(demo: &Demo, id: &str, data_dir: &Path) -> anyhow::Result<()> {
     demo.offload(&["move", id, "--to", "edge"]).await?;
     demo.offload(&["ls"]).await?;
     demo.say("the same files are there, and her shell now runs on the laptop");
-    demo.offload(&["shell", id, "--", "sh", "-c", "cat /workspace/hello.txt; hostname"]).await?;
+    demo.offload(&[
+        "shell",
+        id,
+        "--",
+        "sh",
+        "-c",
+        "cat /workspace/hello.txt; hostname",
+    ])
+    .await?;
 
     demo.say("she edits a file at the edge; the agent streams it back to the cloud");
     let edited = Instant::now();
@@ -301,7 +316,8 @@ async fn work(demo: &Demo, id: &str, data_dir: &Path) -> anyhow::Result<()> {
 
     demo.say("the cloud has room again: the container moves back");
     demo.offload(&["move", id, "--to", "cloud"]).await?;
-    demo.offload(&["shell", id, "--", "cat", "/workspace/hello.txt"]).await?;
+    demo.offload(&["shell", id, "--", "cat", "/workspace/hello.txt"])
+        .await?;
     demo.offload(&["show", id]).await?;
     Ok(())
 }

@@ -33,8 +33,14 @@ impl Cloud {
     }
 
     pub fn on_engine(engine: Engine) -> Cloud {
+        Cloud::with_config(engine, "")
+    }
+
+    /// A cloud whose server reads `config` (TOML) as its config file.
+    pub fn with_config(engine: Engine, config: &str) -> Cloud {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("server");
+        std::fs::write(dir.path().join("server.toml"), config).expect("config file");
         let mut cloud = Cloud {
             server: None,
             url: String::new(),
@@ -64,6 +70,8 @@ impl Cloud {
             .open(self.dir.path().join("server.log"))
             .expect("log file");
         let mut child = Command::new(offload_bin())
+            .arg("--config")
+            .arg(self.dir.path().join("server.toml"))
             .args(["server", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--network", "none", "--stop-grace", "1"])
             .args(["--docker-host", self.engine.host()])
@@ -127,10 +135,19 @@ impl Cloud {
 
     /// A user who joined this server.
     pub fn user(&self, name: &str) -> User {
+        self.join(name, false)
+    }
+
+    /// A user with the admin role.
+    pub fn admin(&self, name: &str) -> User {
+        self.join(name, true)
+    }
+
+    fn join(&self, name: &str, admin: bool) -> User {
         let user = User {
             config: self.dir.path().join(format!("{name}.toml")),
         };
-        let token = self.token(name, false);
+        let token = self.token(name, admin);
         user.ok(&["join", &self.url, &token]);
         user
     }
@@ -222,6 +239,7 @@ pub fn stdout(out: &Output) -> String {
 /// An edge machine: its own engine and an `offload agent` for one user.
 pub struct Edge {
     pub agent: Option<Child>,
+    pub flags: Vec<String>,
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub dir: tempfile::TempDir,
@@ -231,6 +249,11 @@ pub struct Edge {
 impl Edge {
     /// Starts an edge engine (without the test image) and an agent for `user`.
     pub fn start(name: &str, user: &User) -> Edge {
+        Edge::start_with(name, user, &[])
+    }
+
+    /// Likewise, with extra `offload agent` flags (`--auto-accept`, `--auto-return`).
+    pub fn start_with(name: &str, user: &User, flags: &[&str]) -> Edge {
         let engine = Engine::start(name).expect("edge engine starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let mut edge = Edge {
@@ -239,6 +262,7 @@ impl Edge {
             data_dir: dir.path().join("agent"),
             dir,
             engine,
+            flags: flags.iter().map(|f| (*f).to_owned()).collect(),
         };
         edge.start_agent();
         edge
@@ -271,6 +295,7 @@ impl Edge {
             .args(["--docker-host", self.engine.host()])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&self.flags)
             .env("OFFLOAD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -320,7 +345,7 @@ pub fn running_on(engine: &Engine) -> Vec<String> {
 pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     offload_testkit::wait_until(
         Duration::from_secs(secs),
-        Duration::from_millis(100),
+        Duration::from_millis(250),
         &mut f,
     )
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
