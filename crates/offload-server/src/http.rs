@@ -316,11 +316,11 @@ fn sync_routes() -> Router<AppState> {
         .route("/manifest", axum::routing::get(workspace_manifest))
         .route(
             "/fetch",
-            axum::routing::post(workspace_fetch).layer(json_limit.clone()),
+            axum::routing::post(workspace_fetch).layer(json_limit),
         )
         .route(
             "/missing",
-            axum::routing::post(workspace_missing).layer(json_limit.clone()),
+            axum::routing::post(workspace_missing).layer(json_limit),
         )
         .route(
             "/push",
