@@ -1,6 +1,8 @@
-//! `offload demo`: the whole flow on this machine, with real processes: a server, an
-//! operator's token, a user who joins, a container in the cloud, a command in it, and a
-//! clean-up. Every step is the real `offload` binary, printed with its time.
+//! `offload demo`: the whole story on this machine, with real processes: a server, users
+//! who join, an agent on "alice's laptop", real CPU load that makes the monitor ask, the
+//! accepted move with its files, the pressure ending, an edit flowing back, and the
+//! return when the cloud has room. Every step is the real `offload` binary, printed with
+//! its time; everything is removed at the end.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,12 +31,21 @@ impl Demo {
         println!("[{t:6.2}s] {text}");
     }
 
-    /// Runs `offload ARGS` and returns its stdout; fails with its stderr.
+    fn bob(&self) -> PathBuf {
+        self.dir.path().join("bob.toml")
+    }
+
+    /// Runs `offload ARGS` as alice and returns its stdout; fails with its stderr.
     async fn offload(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.offload_as(&self.client(), args).await
+    }
+
+    /// Runs `offload ARGS` with the credentials in `config`.
+    async fn offload_as(&self, config: &Path, args: &[&str]) -> anyhow::Result<String> {
         let begun = Instant::now();
         let output = Command::new(&self.exe)
             .arg("--config")
-            .arg(self.client())
+            .arg(config)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -60,19 +71,39 @@ impl Demo {
     }
 }
 
+/// The demo's monitor: a pool of one CPU (only offload's containers count, so the edge
+/// engine on the same machine does not hide the relief), quick to react.
+const DEMO_MONITOR: &str = "[monitor]
+source = \"pool\"
+pool_cpus = 1.0
+pool_mem_bytes = 8589934592
+interval_secs = 1
+sustain_secs = 3
+horizon_secs = 10
+cpu_high = 0.7
+cpu_low = 0.5
+query_deadline_secs = 60
+return_after_secs = 5
+";
+
 /// Starts `offload server` and waits until it prints its address.
 async fn start_server(
     demo: &Demo,
     docker_host: &str,
     data_dir: &Path,
 ) -> anyhow::Result<(Child, String)> {
+    let config = demo.dir.path().join("server.toml");
+    std::fs::write(&config, DEMO_MONITOR).context("cannot write the demo's server config")?;
     let mut child = Command::new(&demo.exe)
+        .arg("--config")
+        .arg(&config)
         .args(["server", "--listen", "127.0.0.1:0", "--network", "none"])
         .args(["--stop-grace", "1", "--docker-host", docker_host])
         .arg("--data-dir")
         .arg(data_dir)
-        .env("OFFLOAD_LOG", "warn")
+        .env("OFFLOAD_LOG", "info")
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(demo.dir.path().join("server.log"))?)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -99,7 +130,14 @@ async fn start_agent(demo: &Demo, docker_host: &str) -> anyhow::Result<Child> {
     let mut child = Command::new(&demo.exe)
         .arg("--config")
         .arg(demo.client())
-        .args(["agent", "--network", "none", "--stop-grace", "1"])
+        .args([
+            "agent",
+            "--network",
+            "none",
+            "--stop-grace",
+            "1",
+            "--auto-return",
+        ])
         .args(["--docker-host", docker_host])
         .arg("--data-dir")
         .arg(demo.dir.path().join("agent"))
@@ -202,43 +240,55 @@ async fn story(
     agent: &mut Option<Child>,
 ) -> anyhow::Result<()> {
     demo.say(&format!("server is up at {url}"));
-    demo.say("the operator creates a join token for user alice");
-    let out = demo
-        .offload(&[
-            "admin",
-            "token",
-            "create",
-            "--user",
-            "alice",
-            "--data-dir",
-            &data_dir.to_string_lossy(),
-        ])
-        .await?;
-    let token = out
-        .lines()
-        .last()
-        .context("no token printed")?
-        .trim()
-        .to_owned();
+    demo.say("the operator creates join tokens for alice (with a laptop) and bob (without)");
+    let data = data_dir.to_string_lossy().into_owned();
+    let token = |user: &'static str| {
+        let data = data.clone();
+        async move {
+            let out = demo
+                .offload(&[
+                    "admin",
+                    "token",
+                    "create",
+                    "--user",
+                    user,
+                    "--data-dir",
+                    &data,
+                ])
+                .await?;
+            out.lines()
+                .last()
+                .map(|l| l.trim().to_owned())
+                .context("no token printed")
+        }
+    };
+    let alice_token = token("alice").await?;
+    let bob_token = token("bob").await?;
 
     demo.say("alice joins: her client checks the server's CA against the token first");
-    demo.offload(&["join", url, &token]).await?;
+    demo.offload(&["join", url, &alice_token]).await?;
+    demo.offload_as(&demo.bob(), &["join", url, &bob_token])
+        .await?;
 
     demo.say(&format!(
-        "alice starts the agent on her laptop (engine {edge_host})"
+        "alice starts the agent on her laptop (engine {edge_host}); it moves her containers back by itself when the cloud has room (--auto-return)"
     ));
     *agent = Some(start_agent(demo, edge_host).await?);
 
-    demo.say("alice starts a container in the cloud");
+    demo.say("alice starts a container in the cloud and works in it");
     let id = demo
         .offload(&[
-            "start", "--name", "demo", "--cpus", "0.5", "--memory", "128m", image, "--", "sleep",
-            "86400",
+            "start", "--name", "homework", "--cpus", "0.4", "--memory", "128m", image, "--", "sh",
+            "-c", BUSY,
         ])
         .await?
         .trim()
         .to_owned();
-    let result = work(demo, &id, data_dir).await;
+    let mut bobs = Vec::new();
+    let result = work(demo, &id, data_dir, image, &mut bobs).await;
+    for b in bobs {
+        let _ = demo.offload_as(&demo.bob(), &["rm", &b]).await;
+    }
     if result.is_err()
         && demo
             .offload(&["show", &id])
@@ -252,9 +302,45 @@ async fn story(
     result.and(removed.map(|_| ()))
 }
 
-async fn work(demo: &Demo, id: &str, data_dir: &Path) -> anyhow::Result<()> {
-    demo.offload(&["ls"]).await?;
-    demo.say("alice runs a command in it without logging into the cluster");
+/// A CPU-bound loop: the night before the deadline.
+const BUSY: &str = "while :; do :; done";
+
+async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not happen within {secs} s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn quiet(demo: &Demo, config: &Path, args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new(&demo.exe)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+async fn work(
+    demo: &Demo,
+    id: &str,
+    data_dir: &Path,
+    image: &str,
+    bobs: &mut Vec<String>,
+) -> anyhow::Result<()> {
     demo.offload(&[
         "shell",
         id,
@@ -268,26 +354,63 @@ async fn work(demo: &Demo, id: &str, data_dir: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("the file is not in the workspace {}", file.display()))?;
     demo.say(&format!(
-        "the file is in the server's workspace {}: {:?}",
-        file.display(),
+        "her file is in the server's workspace: {:?}",
         text.trim()
     ));
 
-    demo.say("the cloud is busy: alice moves her container to her laptop");
-    demo.offload(&["move", id, "--to", "edge"]).await?;
-    demo.offload(&["ls"]).await?;
-    demo.say("the same files are there, and her shell now runs on the laptop");
-    demo.offload(&[
-        "shell",
-        id,
-        "--",
-        "sh",
-        "-c",
-        "cat /workspace/hello.txt; hostname",
-    ])
-    .await?;
+    demo.say("bob starts a busy container too: the pool of one CPU fills up");
+    let bob = demo
+        .offload_as(
+            &demo.bob(),
+            &[
+                "start", "--name", "bob-job", "--cpus", "0.4", image, "--", "sh", "-c", BUSY,
+            ],
+        )
+        .await?
+        .trim()
+        .to_owned();
+    bobs.push(bob.clone());
 
-    demo.say("she edits a file at the edge; the agent streams it back to the cloud");
+    demo.say("the monitor sees the CPU pressure and asks alice (bob has no agent to move to)");
+    let client = demo.client();
+    let query = wait_for("a query to alice", 90, || async {
+        let list = quiet(demo, &client, &["queries", "-o", "json"]).await?;
+        list.as_array()?
+            .iter()
+            .find(|q| q["state"] == "pending")
+            .cloned()
+    })
+    .await?;
+    let qid = query["id"].as_str().unwrap_or_default().to_owned();
+    demo.say(&format!(
+        "query {qid}: {}",
+        query["reason"].as_str().unwrap_or_default()
+    ));
+    demo.offload(&["top"]).await?;
+
+    demo.say("alice accepts; her container moves to her laptop with its files");
+    demo.offload(&["accept", &qid]).await?;
+    let shown = wait_for("the move to the edge", 120, || async {
+        let v = quiet(demo, &client, &["show", id, "-o", "json"]).await?;
+        (v["location"] == "edge" && v["state"] == "running").then_some(v)
+    })
+    .await?;
+    demo.say(&format!(
+        "it runs on the laptop (downtime {} ms)",
+        shown["last_move"]["timings"]["downtime_ms"]
+    ));
+    demo.offload(&["shell", id, "--", "cat", "/workspace/hello.txt"])
+        .await?;
+
+    demo.say("the move relieved the cloud: the pressure ends");
+    wait_for("the pressure to end", 60, || async {
+        let v = quiet(demo, &client, &["top", "-o", "json"]).await?;
+        (v["under_pressure"] == false).then_some(())
+    })
+    .await?;
+    demo.offload(&["top"]).await?;
+
+    demo.say("alice edits her file on the laptop; the agent streams it back to the cloud");
     let edited = Instant::now();
     demo.offload(&[
         "shell",
@@ -298,24 +421,27 @@ async fn work(demo: &Demo, id: &str, data_dir: &Path) -> anyhow::Result<()> {
         "echo 'edited on the laptop' >> /workspace/hello.txt",
     ])
     .await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        if text.contains("edited on the laptop") {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the edit did not reach the cloud copy within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("the edit to reach the cloud", 30, || async {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|t| t.contains("edited on the laptop"))
+    })
+    .await?;
     demo.say(&format!(
         "the cloud copy has the edit {:.2}s later",
         edited.elapsed().as_secs_f64()
     ));
 
-    demo.say("the cloud has room again: the container moves back");
-    demo.offload(&["move", id, "--to", "cloud"]).await?;
+    demo.say(
+        "bob's job ends: the cloud has room again, and alice's container comes back by itself",
+    );
+    demo.offload_as(&demo.bob(), &["rm", &bob]).await?;
+    bobs.clear();
+    wait_for("the return to the cloud", 120, || async {
+        let v = quiet(demo, &client, &["show", id, "-o", "json"]).await?;
+        (v["location"] == "cloud" && v["state"] == "running").then_some(())
+    })
+    .await?;
     demo.offload(&["shell", id, "--", "cat", "/workspace/hello.txt"])
         .await?;
     demo.offload(&["show", id]).await?;
