@@ -118,7 +118,7 @@ async fn pull_once(
         .context("the server sent an invalid manifest")?;
     let local = scan(dir, None).await?;
     let delta = diff(&local, &remote);
-    let store = ChunkStore::open(cache)?;
+    let store = ChunkStore::open_cache(cache)?;
     let local_chunks: HashSet<ChunkId> = chunk_lens(&local).into_keys().collect();
     let needed = delta.needed_chunks(|c| local_chunks.contains(c) || store.contains(c));
     let lens = chunk_lens(&remote);
@@ -139,7 +139,7 @@ async fn pull_once(
         let cache = cache.to_owned();
         done += tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
             let chunks = decode_chunks(&bytes, &limits())?;
-            let store = ChunkStore::open(&cache)?;
+            let store = ChunkStore::open_cache(&cache)?;
             let mut n = 0;
             for (chunk, data) in &chunks {
                 store.put(chunk, data)?;
@@ -161,7 +161,7 @@ async fn pull_once(
         let dir = dir.to_owned();
         let cache = cache.to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let store = ChunkStore::open(&cache)?;
+            let store = ChunkStore::open_cache(&cache)?;
             let tree = TreeChunks::new(&dir, &local)?;
             let source = Chain::new(vec![&tree as &dyn ChunkSource, &store]);
             // The cloud copy is the durable one: when pulling, the edge follows it even

@@ -152,7 +152,7 @@ impl Workspaces {
             Some(m) => m,
             None => self.rescan(id).await?,
         };
-        let staging = ChunkStore::open(self.staging_dir(id)).map_err(sync_err)?;
+        let staging = ChunkStore::open_cache(self.staging_dir(id)).map_err(sync_err)?;
         let have: HashSet<ChunkId> = manifest
             .entries
             .iter()
@@ -175,7 +175,7 @@ impl Workspaces {
         let staging = self.staging_dir(id);
         tokio::task::spawn_blocking(move || {
             let chunks = decode_chunks(&body, &limits()).map_err(sync_err)?;
-            let store = ChunkStore::open(staging).map_err(sync_err)?;
+            let store = ChunkStore::open_cache(staging).map_err(sync_err)?;
             for (chunk, bytes) in &chunks {
                 store.put(chunk, bytes).map_err(sync_err)?;
             }
@@ -201,7 +201,7 @@ impl Workspaces {
         let staging = self.staging_dir(id);
         let prefix = conflict_dir.clone();
         let report = tokio::task::spawn_blocking(move || {
-            let store = ChunkStore::open(&staging).map_err(sync_err)?;
+            let store = ChunkStore::open_cache(&staging).map_err(sync_err)?;
             let tree = TreeChunks::new(&dir, &manifest).map_err(sync_err)?;
             let source = Chain::new(vec![&store as &dyn ChunkSource, &tree]);
             let options = ApplyOptions {

@@ -89,14 +89,25 @@ impl ChunkSource for MemoryChunks {
 #[derive(Clone, Debug)]
 pub struct ChunkStore {
     dir: PathBuf,
+    durable: bool,
 }
 
 impl ChunkStore {
-    /// Opens (creating if needed) a store in `dir`.
+    /// Opens (creating if needed) a store in `dir` whose chunks are fsynced.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, SyncError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| SyncError::io("create chunk store", &dir, e))?;
-        Ok(ChunkStore { dir })
+        Ok(ChunkStore { dir, durable: true })
+    }
+
+    /// Opens a store used as a cache or a staging area: chunks are renamed into place but
+    /// not fsynced. A chunk damaged by a crash fails verification on `get`, which also
+    /// removes it, so the next sync fetches it again; what must survive a crash is the
+    /// applied tree, which `apply` fsyncs.
+    pub fn open_cache(dir: impl Into<PathBuf>) -> Result<Self, SyncError> {
+        let mut store = Self::open(dir)?;
+        store.durable = false;
+        Ok(store)
     }
 
     fn path_of(&self, id: &ChunkId) -> PathBuf {
@@ -118,11 +129,17 @@ impl ChunkStore {
             .tempfile_in(dir)
             .map_err(|e| SyncError::io("create temp file in", dir, e))?;
         tmp.write_all(bytes)
-            .and_then(|()| tmp.as_file().sync_all())
+            .and_then(|()| {
+                if self.durable {
+                    tmp.as_file().sync_all()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| SyncError::io("write", tmp.path().to_owned(), e))?;
         tmp.persist(&path)
             .map_err(|e| SyncError::io("rename chunk into", &path, e.error))?;
-        sync_dir(dir)
+        if self.durable { sync_dir(dir) } else { Ok(()) }
     }
 
     /// Removes a chunk; absent is fine.
@@ -153,7 +170,13 @@ impl ChunkSource for ChunkStore {
             }
             Err(e) => return Err(SyncError::io("read chunk", path, e)),
         };
-        verify_chunk(id, &bytes)?;
+        if let Err(e) = verify_chunk(id, &bytes) {
+            if !self.durable {
+                // A cache forgets what it cannot vouch for; the next sync fetches it again.
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(e);
+        }
         Ok(bytes)
     }
 

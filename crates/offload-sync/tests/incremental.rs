@@ -169,6 +169,22 @@ fn rescan_of_unchanged_tree_reads_nothing() {
 }
 
 #[test]
+fn a_cache_forgets_a_damaged_chunk_so_it_is_fetched_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = ChunkStore::open_cache(tmp.path().join("cache")).expect("open");
+    let data = pseudo_random(50_000, 9);
+    let id = offload_sync::ChunkId::of(&data);
+    store.put(&id, &data).expect("put");
+    let hex = id.to_hex();
+    let path = tmp.path().join("cache").join(&hex[..2]).join(&hex);
+    fs::write(&path, b"torn by a crash").expect("corrupt");
+    assert!(store.get(&id).is_err(), "damage is an error, not data");
+    assert!(!store.contains(&id), "and the chunk counts as missing");
+    store.put(&id, &data).expect("fetched again");
+    assert_eq!(store.get(&id).expect("get"), data);
+}
+
+#[test]
 fn chunk_store_verifies_and_serves() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = ChunkStore::open(tmp.path().join("chunks")).expect("open");
