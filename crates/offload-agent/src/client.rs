@@ -151,45 +151,27 @@ impl Api {
         format!("{}{path}", self.config.server.trim_end_matches('/'))
     }
 
+    /// Sends a request and decodes its JSON answer; `None` for an empty success.
     async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
         url: String,
     ) -> Result<Option<T>, CallError> {
-        let response = request
-            .bearer_auth(&self.config.token)
-            .send()
-            .await
-            .map_err(|e| CallError::Unreachable {
-                url: url.clone(),
-                reason: describe_reqwest(&e),
-            })?;
-        let status = response.status();
+        let response = self.raw(request, &url).await?;
+        let status = response.status().as_u16();
         let bytes = response.bytes().await.map_err(|e| CallError::Unreachable {
             url,
             reason: describe_reqwest(&e),
         })?;
-        if status.is_success() {
-            if bytes.is_empty() {
-                return Ok(None);
-            }
-            return serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| CallError::Unexpected {
-                    status: status.as_u16(),
-                    text: e.to_string(),
-                });
+        if bytes.is_empty() {
+            return Ok(None);
         }
-        match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(body) => Err(CallError::Api {
-                status: status.as_u16(),
-                body,
-            }),
-            Err(_) => Err(CallError::Unexpected {
-                status: status.as_u16(),
-                text: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-            }),
-        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CallError::Unexpected {
+                status,
+                text: e.to_string(),
+            })
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {

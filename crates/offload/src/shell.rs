@@ -8,9 +8,8 @@ use futures::{SinkExt, StreamExt};
 use offload_core::api::{ExecControl, ExecRequest, exec_stream};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use offload_agent::client::{Api, rustls_config};
+use offload_agent::client::Api;
 
 /// Puts the terminal in raw mode until dropped.
 struct RawTerminal {
@@ -73,41 +72,9 @@ pub async fn run(
 ) -> anyhow::Result<i32> {
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let tty = interactive && (command.is_empty() || force_tty);
-    let url = api
-        .url(&format!("/v1/containers/{}/exec", urlencode(id)))
-        .replacen("https://", "wss://", 1);
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .context("invalid server URL")?;
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", api.config.token)
-            .parse()
-            .context("invalid token in the config")?,
-    );
-    let connector = tokio_tungstenite::Connector::Rustls(rustls_config(&api.config.ca_pem)?);
-    let (socket, _) = match tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        None,
-        true,
-        Some(connector),
-    )
-    .await
-    {
-        Ok(ok) => ok,
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            let body = response.body().as_deref().unwrap_or_default();
-            match serde_json::from_slice::<offload_core::api::ApiError>(body) {
-                Ok(e) => bail!("{}", e.error),
-                Err(_) => bail!("the server refused the shell ({})", response.status()),
-            }
-        }
-        Err(e) => bail!(
-            "cannot reach the offload server at {}: {e}",
-            api.config.server
-        ),
-    };
+    let socket = api
+        .websocket(&format!("/v1/containers/{}/exec", urlencode(id)))
+        .await?;
     let (mut sink, mut stream) = socket.split();
     let request = ExecRequest {
         command,
