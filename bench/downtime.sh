@@ -212,6 +212,8 @@ for line in open(results):
     t = json.loads(timings)
     kill, start = first(cloud, k, "kill"), first(edge, k, "start")
     t["engines_ms"] = round(start - kill) if kill and start else None
+    die = first(cloud, k, "die")
+    t["exit_ms"] = round(die - kill) if kill and die else None
     t["wall_ms"] = int(wall)
     rows.append((kind, int(size), int(run), k, t))
 
@@ -263,10 +265,10 @@ print("- outage seen by the engines: from the cloud engine's `kill` event (the s
 print()
 print("### Every run (ms)")
 print()
-print("| tool | MB | run | stop | sync | start | downtime | engines | pre-copy | total | bytes |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| tool | MB | run | stop | (of which SIGTERM→exit) | sync | start | downtime | engines | pre-copy | total | bytes |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for kind, size, run, _, t in rows:
     g = lambda f: "-" if t.get(f) is None else str(t[f])
-    print(f"| {kind} | {size} | {run} | {g('stop_ms')} | {g('final_sync_ms')} | {g('start_ms')} "
+    print(f"| {kind} | {size} | {run} | {g('stop_ms')} | {g('exit_ms')} | {g('final_sync_ms')} | {g('start_ms')} "
           f"| {g('downtime_ms')} | {g('engines_ms')} | {g('precopy_ms')} | {g('total_ms')} | {g('bytes')} |")
 EOF
