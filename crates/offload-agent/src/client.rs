@@ -98,6 +98,8 @@ fn http_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
         .context("invalid CA certificate in the config")?;
     Ok(reqwest::Client::builder()
         .tls_certs_only([cert])
+        // Chunk batches are megabytes: let HTTP/2 windows grow with the link.
+        .http2_adaptive_window(true)
         .no_proxy()
         .connect_timeout(std::time::Duration::from_secs(10))
         .build()?)

@@ -54,6 +54,8 @@ pub struct Edge {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// One push at a time per container: the sync loop and a final push never overlap.
     pushes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What each workspace held after its last pull by this process.
+    pulled: Mutex<HashMap<String, Arc<Manifest>>>,
     progress: Mutex<Option<ProgressSink>>,
 }
 
@@ -82,6 +84,7 @@ impl Edge {
             held: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             pushes: Mutex::new(HashMap::new()),
+            pulled: Mutex::new(HashMap::new()),
             progress: Mutex::new(None),
         })
     }
@@ -294,6 +297,21 @@ impl Edge {
         }
     }
 
+    fn last_pull(&self, id: &str) -> Option<Arc<Manifest>> {
+        self.pulled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn remember_pull(&self, id: &str, manifest: &Manifest) {
+        self.pulled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), Arc::new(manifest.clone()));
+    }
+
     /// Image present (by id), then the workspace pre-copied.
     async fn prepare(&self, spec: &EdgeSpec) -> anyhow::Result<Reply> {
         let mut timings = Timings::default();
@@ -307,10 +325,12 @@ impl Edge {
             &spec.id,
             &self.workspace(&spec.id),
             &self.cache(),
+            self.last_pull(&spec.id),
             sink.as_ref().map(|s| (s, spec.id.as_str())),
         )
         .await
         .context("pre-copy of the workspace failed")?;
+        self.remember_pull(&spec.id, &pulled.manifest);
         timings.precopy_ms = ms(copy_started);
         timings.bytes = pulled.bytes;
         Ok(Reply::Prepared { timings })
@@ -419,10 +439,12 @@ impl Edge {
             &spec.id,
             &self.workspace(&spec.id),
             &self.cache(),
+            self.last_pull(&spec.id),
             None,
         )
         .await
         .context("the final delta failed")?;
+        self.remember_pull(&spec.id, &pulled.manifest);
         timings.final_sync_ms = ms(sync_started);
         timings.bytes = pulled.bytes;
         self.save_acked(&spec.id, &pulled.manifest)?;

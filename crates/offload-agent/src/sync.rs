@@ -79,17 +79,22 @@ pub struct Pulled {
 
 /// Makes `dir` equal to the cloud copy of `id`, fetching only chunks that neither the
 /// local tree nor the chunk cache holds.
+///
+/// `previous` is what the local tree held after the last pull, if this process made it:
+/// the local rescan then reads only files whose size or mtime changed since, so the final
+/// delta, taken while the container is down, does not re-read the whole workspace.
 pub async fn pull(
     api: &Api,
     id: &str,
     dir: &Path,
     cache: &Path,
+    previous: Option<Arc<Manifest>>,
     progress: Option<(&ProgressSink, &str)>,
 ) -> anyhow::Result<Pulled> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match pull_once(api, id, dir, cache, progress).await {
+        match pull_once(api, id, dir, cache, previous.clone(), progress).await {
             Ok(pulled) => return Ok(pulled),
             // The cloud copy changed while we read it (it runs during the pre-copy).
             Err(e) if attempt < 5 && is_conflict(&e) => continue,
@@ -108,6 +113,7 @@ async fn pull_once(
     id: &str,
     dir: &Path,
     cache: &Path,
+    previous: Option<Arc<Manifest>>,
     progress: Option<(&ProgressSink, &str)>,
 ) -> anyhow::Result<Pulled> {
     let remote: Manifest = api
@@ -116,7 +122,7 @@ async fn pull_once(
     remote
         .validate(&limits())
         .context("the server sent an invalid manifest")?;
-    let local = scan(dir, None).await?;
+    let local = scan(dir, previous).await?;
     let delta = diff(&local, &remote);
     let store = ChunkStore::open_cache(cache)?;
     let local_chunks: HashSet<ChunkId> = chunk_lens(&local).into_keys().collect();
