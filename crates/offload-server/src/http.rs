@@ -498,12 +498,18 @@ async fn admin_pressure(
     Ok(Json(state.ctl.ask_now(&who, user).await?))
 }
 
-/// The resource monitor's view: usage, forecast, watermarks, pressure.
+/// The resource monitor's view: usage, forecast, watermarks, pressure, and the caller's
+/// containers (every container for an admin).
 #[utoipa::path(get, path = "/v1/monitor", tag = "admin",
     responses((status = 200, body = MonitorView), (status = 401, body = ApiError)))]
 async fn monitor_status(
     State(state): State<AppState>,
-    Caller(_who): Caller,
+    Caller(who): Caller,
 ) -> Result<Json<MonitorView>, ActionError> {
-    Ok(Json(state.ctl.monitor_view().await?))
+    let mut view = state.ctl.monitor_view().await?;
+    // Host totals are everyone's business; other users' containers are not (I3).
+    if !who.admin {
+        view.containers.retain(|c| c.owner == who.user.as_str());
+    }
+    Ok(Json(view))
 }
