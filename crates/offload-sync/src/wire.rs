@@ -1,5 +1,6 @@
 //! Wire encoding of chunk batches: `encode_chunks` / `decode_chunks`, each chunk
-//! compressed with LZ4 on its own (or stored raw when that is not smaller).
+//! compressed with LZ4 on its own (or stored raw when that is not smaller, or when a probe
+//! of its middle shows it does not compress).
 //!
 //! Layout (integers little-endian):
 //!
@@ -42,8 +43,12 @@ where
                 reason: format!("{} bytes exceed the maximum chunk size", bytes.len()),
             });
         }
-        let compressed = lz4_flex::block::compress(bytes);
-        let (codec, payload) = if compressed.len() < bytes.len() {
+        let compressed = if worth_compressing(bytes) {
+            lz4_flex::block::compress(bytes)
+        } else {
+            Vec::new()
+        };
+        let (codec, payload) = if !compressed.is_empty() && compressed.len() < bytes.len() {
             (CODEC_LZ4, &compressed[..])
         } else {
             (CODEC_RAW, bytes)
@@ -61,6 +66,21 @@ where
     }
     out[5..9].copy_from_slice(&count.to_le_bytes());
     Ok(out)
+}
+
+/// Bytes of a chunk's middle compressed to judge the whole chunk.
+const PROBE: usize = 4096;
+
+/// Whether LZ4 is likely to shrink `bytes`: a probe from the middle must compress by at
+/// least 5%. Already compressed or encrypted data (archives, images, random bytes) then
+/// costs one small compression instead of one of the whole chunk.
+fn worth_compressing(bytes: &[u8]) -> bool {
+    if bytes.len() < 2 * PROBE {
+        return true;
+    }
+    let start = bytes.len() / 2 - PROBE / 2;
+    let probe = &bytes[start..start + PROBE];
+    lz4_flex::block::compress(probe).len() * 100 < PROBE * 95
 }
 
 fn bad(reason: impl Into<String>) -> SyncError {
