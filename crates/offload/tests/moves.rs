@@ -338,3 +338,31 @@ fn killing_the_server_mid_move_leaves_exactly_one_copy_and_the_state_says_where(
         });
     }
 }
+
+#[test]
+fn the_edge_keeps_running_while_the_server_is_down_and_catches_up_when_it_returns() {
+    let mut cloud = Cloud::start("d-cloud");
+    let alice = cloud.user("alice");
+    let edge = Edge::start("d-edge", &alice);
+    let id = alice.start_sleeper("work");
+    alice.ok(&["move", &id, "--to", "edge"]);
+    let edge_rid = alice.show(&id)["runtime_id"].as_str().expect("rid").to_owned();
+
+    cloud.kill_server();
+    edge.engine
+        .docker_output(["exec", &edge_rid, "sh", "-c", "echo 'written while the cloud was away' > /workspace/offline.txt"])
+        .expect("work goes on at the edge");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(edge.running(), vec![edge_rid.clone()], "the edge copy keeps running");
+
+    cloud.start_server();
+    let target = cloud.workspace(&id).join("offline.txt");
+    eventually(60, "the agent to catch up", || {
+        std::fs::read_to_string(&target).is_ok_and(|t| t.contains("while the cloud was away"))
+    });
+    let shown = alice.show(&id);
+    assert_eq!(shown["location"], "edge");
+    assert_eq!(shown["state"], "running");
+    assert_eq!(shown["runtime_id"], edge_rid.as_str());
+    assert!(running_on(&cloud.engine).is_empty(), "no second copy in the cloud");
+}
