@@ -43,6 +43,7 @@ pub struct Controller {
     pub(crate) sync: Arc<Workspaces>,
     pub(crate) started_at: std::time::Instant,
     pub(crate) monitor: crate::monitor::Monitor,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Controller {
@@ -77,6 +78,7 @@ impl Controller {
             sync,
             started_at: std::time::Instant::now(),
             monitor,
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 

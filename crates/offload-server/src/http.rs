@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         axum::routing::get(crate::agent_ws::agent_exec_socket),
     )
     .nest("/v1/containers/{id}/workspace", sync_routes())
+    .route("/metrics", axum::routing::get(metrics))
     .fallback(|| async {
         error_response(
             StatusCode::NOT_FOUND,
@@ -512,4 +513,17 @@ async fn monitor_status(
         view.containers.retain(|c| c.owner == who.user.as_str());
     }
     Ok(Json(view))
+}
+
+/// Prometheus metrics (OpenMetrics text).
+async fn metrics(State(state): State<AppState>) -> Result<Response, ActionError> {
+    let text = state.ctl.metrics_text().await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -12,6 +12,7 @@ mod exec;
 pub mod http;
 pub mod hub;
 mod listener;
+pub mod metrics;
 mod monitor;
 mod mover;
 pub mod tls;

@@ -270,6 +270,10 @@ impl Controller {
                 })
             })
             .collect();
+        for r in &decision.status.resources {
+            self.metrics
+                .monitor(&r.resource.to_string(), r.usage, r.forecast, r.pressure);
+        }
         *lock(&self.monitor.last) = Some((decision.status.clone(), views));
 
         for event in &decision.pressure_started {
@@ -352,6 +356,7 @@ impl Controller {
         };
         let stored = query.clone();
         self.db(move |s| s.insert_query(&stored)).await?;
+        self.metrics.query("asked");
         let view = query_view(&query, record.name.as_str());
         tracing::info!(id = %record.id, query = %query.id, %reason, "asking the owner to move");
         if let Some(agent) = self.hub.agent(&record.owner) {
@@ -372,6 +377,9 @@ impl Controller {
             .db(move |s| s.close_query(&id, state, now()))
             .await
             .unwrap_or(false);
+        if closed {
+            self.metrics.query(state);
+        }
         if closed && let Some(agent) = self.hub.agent(&query.owner) {
             agent.send(ServerMessage::QueryClosed {
                 id: query.id.clone(),
@@ -578,6 +586,20 @@ impl Controller {
             );
         }
         Ok(asked)
+    }
+
+    /// The Prometheus exposition.
+    pub async fn metrics_text(&self) -> Result<String, ActionError> {
+        let records = self.db(|s| s.containers(None)).await?;
+        let mut counts: HashMap<(String, String), i64> = HashMap::new();
+        for r in &records {
+            *counts
+                .entry((r.location.as_str().to_owned(), r.state.as_str().to_owned()))
+                .or_default() += 1;
+        }
+        let counts: Vec<(String, String, i64)> =
+            counts.into_iter().map(|((l, s), n)| (l, s, n)).collect();
+        Ok(self.metrics.render(&counts, self.hub.agents().len()))
     }
 
     /// The monitor's last view, for `offload top`.

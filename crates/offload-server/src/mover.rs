@@ -167,6 +167,8 @@ impl Controller {
             timings: mv.timings.clone(),
         });
         self.hub.clear_progress(&record.id);
+        self.metrics
+            .move_ended(mv.direction.as_str(), outcome, mv.timings.downtime_ms);
         let r = record.clone();
         let detail = match &reason {
             Some(why) => format!("move {} {outcome}: {why}", mv.direction.as_str()),

@@ -191,6 +191,13 @@ fn bad_input_gets_a_json_4xx_and_the_server_keeps_answering() {
         assert_error(s, &body, 409);
         assert!(body["error"].as_str().unwrap_or("").contains("agent"), "{body}");
 
+        // Metrics need no token and name no user.
+        let response = a.http.get(c("/metrics")).send().await.expect("metrics");
+        assert_eq!(response.status().as_u16(), 200);
+        let text = response.text().await.expect("text");
+        assert!(text.contains(r#"offload_containers{location="cloud",state="running"} 1"#), "{text}");
+        assert!(!text.contains("alice"), "{text}");
+
         // The OpenAPI document describes the API.
         let (s, doc) = answer(a.http.get(c("/v1/openapi.json"))).await;
         assert_eq!(s, 200);

@@ -82,7 +82,11 @@ fn cpu_pressure_asks_the_owner_moves_on_accept_and_returns_when_calm() {
     );
     assert!(queries(&bob).is_empty(), "bob has no agent: never asked");
     let bobs_view = top(&bob);
-    let listed: Vec<&Value> = bobs_view["containers"].as_array().expect("containers").iter().collect();
+    let listed: Vec<&Value> = bobs_view["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .collect();
     assert!(
         listed.iter().all(|c| c["owner"] == "bob"),
         "top shows a user only their own containers: {bobs_view}"

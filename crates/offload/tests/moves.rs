@@ -346,14 +346,27 @@ fn the_edge_keeps_running_while_the_server_is_down_and_catches_up_when_it_return
     let edge = Edge::start("d-edge", &alice);
     let id = alice.start_sleeper("work");
     alice.ok(&["move", &id, "--to", "edge"]);
-    let edge_rid = alice.show(&id)["runtime_id"].as_str().expect("rid").to_owned();
+    let edge_rid = alice.show(&id)["runtime_id"]
+        .as_str()
+        .expect("rid")
+        .to_owned();
 
     cloud.kill_server();
     edge.engine
-        .docker_output(["exec", &edge_rid, "sh", "-c", "echo 'written while the cloud was away' > /workspace/offline.txt"])
+        .docker_output([
+            "exec",
+            &edge_rid,
+            "sh",
+            "-c",
+            "echo 'written while the cloud was away' > /workspace/offline.txt",
+        ])
         .expect("work goes on at the edge");
     std::thread::sleep(std::time::Duration::from_secs(3));
-    assert_eq!(edge.running(), vec![edge_rid.clone()], "the edge copy keeps running");
+    assert_eq!(
+        edge.running(),
+        vec![edge_rid.clone()],
+        "the edge copy keeps running"
+    );
 
     cloud.start_server();
     let target = cloud.workspace(&id).join("offline.txt");
@@ -364,5 +377,8 @@ fn the_edge_keeps_running_while_the_server_is_down_and_catches_up_when_it_return
     assert_eq!(shown["location"], "edge");
     assert_eq!(shown["state"], "running");
     assert_eq!(shown["runtime_id"], edge_rid.as_str());
-    assert!(running_on(&cloud.engine).is_empty(), "no second copy in the cloud");
+    assert!(
+        running_on(&cloud.engine).is_empty(),
+        "no second copy in the cloud"
+    );
 }
