@@ -61,9 +61,11 @@ de() { docker --host "$edge" "$@"; }
 
 # Both engines' events, to check each tool's own timings against what the engines saw:
 # from the cloud engine's first `kill` (the stop's SIGTERM) to the edge engine's `start`.
-dc events --format '{{json .}}' --filter type=container >"$work/cloud-events.jsonl" 2>/dev/null &
+# (Not through the dc/de functions: `&` on a function backgrounds a subshell, and killing
+# that by PID would leave the docker process running.)
+docker --host "$cloud" events --format '{{json .}}' --filter type=container >"$work/cloud-events.jsonl" 2>/dev/null &
 events_pids+=($!)
-de events --format '{{json .}}' --filter type=container >"$work/edge-events.jsonl" 2>/dev/null &
+docker --host "$edge" events --format '{{json .}}' --filter type=container >"$work/edge-events.jsonl" 2>/dev/null &
 events_pids+=($!)
 
 log "starting the server"
@@ -85,7 +87,7 @@ conf="$work/client.toml"
 o() { "$bin" --config "$conf" "$@"; }
 
 log "starting the agent"
-o agent --docker-host "$edge" --data-dir "$work/agent" --network none --stop-grace 1 \
+"$bin" --config "$conf" agent --docker-host "$edge" --data-dir "$work/agent" --network none --stop-grace 1 \
     >"$work/agent.out" 2>"$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 1 300); do
