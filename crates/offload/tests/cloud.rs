@@ -269,3 +269,36 @@ fn cli_errors_are_one_sentence_with_stable_exit_codes() {
     })
     .expect("one container");
 }
+
+#[test]
+fn an_interactive_shell_gets_a_terminal() {
+    let cloud = Cloud::start("c-tty");
+    let alice = cloud.user("alice");
+    let id = alice.start_sleeper("box");
+    // `script` gives the client a pseudo-terminal, as a user's terminal would.
+    let command = format!(
+        "{} --config {} shell {id}",
+        common::offload_bin(),
+        alice.config.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script runs");
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(b"tty; echo cols=$(stty size); exit 3\n")
+            .expect("type into the shell");
+    }
+    let out = child.wait_with_output().expect("shell ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/pts/"),
+        "the command runs on a terminal: {text}"
+    );
+    assert_eq!(out.status.code(), Some(3), "the shell's exit code: {text}");
+}

@@ -66,8 +66,15 @@ fn move_to_edge_and_back_three_times_without_losing_files() {
         assert!(timings["downtime_ms"].as_u64().is_some(), "{shown}");
         if round == 1 {
             assert_eq!(timings["image"], "streamed", "{shown}");
+            assert!(timings["bytes"].as_u64().unwrap_or(0) > 50 << 20, "{shown}");
         } else {
+            // A repeated offload reuses the image, the old tree and the chunk cache: only
+            // what changed since crosses.
             assert_eq!(timings["image"], "present");
+            assert!(
+                timings["bytes"].as_u64().unwrap_or(u64::MAX) < 1 << 20,
+                "{shown}"
+            );
         }
 
         // Work at the edge reaches the cloud copy within seconds.
