@@ -46,7 +46,7 @@ cleanup() {
     done
     stop_engine "$work/edge"
     stop_engine "$work/cloud"
-    rm -rf "$work"
+    [ -n "${KEEP_LOGS:-}" ] && cp "$work/agent.log" "$KEEP_LOGS" 2>/dev/null; rm -rf "$work"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -87,7 +87,7 @@ conf="$work/client.toml"
 o() { "$bin" --config "$conf" "$@"; }
 
 log "starting the agent"
-"$bin" --config "$conf" agent --docker-host "$edge" --data-dir "$work/agent" --network none --stop-grace 1 \
+OFFLOAD_LOG=${OFFLOAD_LOG:-info} "$bin" --config "$conf" agent --docker-host "$edge" --data-dir "$work/agent" --network none --stop-grace 1 \
     >"$work/agent.out" 2>"$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 1 300); do

@@ -10,7 +10,7 @@ use offload_core::agent::AgentMessage;
 use offload_sync::protocol::{ChunkList, PushReport, PushRequest};
 use offload_sync::{
     ApplyOptions, Chain, ChunkId, ChunkSource, ChunkStore, Delta, Entry, EntryKind, Limits,
-    Manifest, ScanOptions, TreeChunks, decode_chunks, diff, encode_chunks,
+    Manifest, MemoryChunks, ScanOptions, TreeChunks, decode_chunks, diff, encode_chunks,
 };
 
 use crate::client::{Api, CallError};
@@ -70,6 +70,30 @@ fn batches(ids: Vec<ChunkId>, lens: &std::collections::HashMap<ChunkId, u32>) ->
     out
 }
 
+/// Fetched chunks kept in memory until they are applied, up to [`HELD_IN_MEMORY`] bytes;
+/// the rest spill to the chunk cache on disk. Writing every fetched chunk to the cache
+/// first and then again into the workspace doubled the disk writes of a pre-copy.
+#[derive(Default)]
+struct Held {
+    chunks: MemoryChunks,
+    bytes: usize,
+}
+
+/// Fetched bytes a pull keeps in memory before spilling to the chunk cache.
+const HELD_IN_MEMORY: usize = 256 << 20;
+
+impl Held {
+    fn keep(&mut self, cache: &Path, id: ChunkId, data: Vec<u8>) -> anyhow::Result<()> {
+        if self.bytes + data.len() <= HELD_IN_MEMORY {
+            self.bytes += data.len();
+            self.chunks.insert(id, data)?;
+        } else {
+            ChunkStore::open_cache(cache)?.put(&id, &data)?;
+        }
+        Ok(())
+    }
+}
+
 /// The outcome of a pull.
 pub struct Pulled {
     /// The server's manifest, which the local tree now matches.
@@ -116,13 +140,17 @@ async fn pull_once(
     previous: Option<Arc<Manifest>>,
     progress: Option<(&ProgressSink, &str)>,
 ) -> anyhow::Result<Pulled> {
+    let started = std::time::Instant::now();
     let remote: Manifest = api
         .get(&format!("/v1/containers/{id}/workspace/manifest"))
         .await?;
+    let manifest_at = started.elapsed();
     remote
         .validate(&limits())
         .context("the server sent an invalid manifest")?;
     let local = scan(dir, previous).await?;
+    let scanned_at = started.elapsed();
+    let mut fetching = std::time::Duration::ZERO;
     let delta = diff(&local, &remote);
     let store = ChunkStore::open_cache(cache)?;
     let local_chunks: HashSet<ChunkId> = chunk_lens(&local).into_keys().collect();
@@ -134,26 +162,31 @@ async fn pull_once(
         .sum();
     let mut done = 0u64;
     let mut wire = 0u64;
+    let mut memory = Held::default();
     for batch in batches(needed, &lens) {
+        let asked = std::time::Instant::now();
         let bytes = api
             .post_for_bytes(
                 &format!("/v1/containers/{id}/workspace/fetch"),
                 &ChunkList { ids: batch },
             )
             .await?;
+        fetching += asked.elapsed();
         wire += bytes.len() as u64;
         let cache = cache.to_owned();
-        done += tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut held = std::mem::take(&mut memory);
+        let (n, held) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Held)> {
             let chunks = decode_chunks(&bytes, &limits())?;
-            let store = ChunkStore::open_cache(&cache)?;
             let mut n = 0;
-            for (chunk, data) in &chunks {
-                store.put(chunk, data)?;
+            for (chunk, data) in chunks {
                 n += data.len() as u64;
+                held.keep(&cache, chunk, data)?;
             }
-            Ok(n)
+            Ok((n, held))
         })
         .await??;
+        memory = held;
+        done += n;
         if let Some((sink, container)) = progress {
             sink(AgentMessage::Progress {
                 container_id: container.to_owned(),
@@ -163,13 +196,14 @@ async fn pull_once(
             });
         }
     }
+    let fetched_at = started.elapsed();
     if !delta.is_empty() {
         let dir = dir.to_owned();
         let cache = cache.to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let store = ChunkStore::open_cache(&cache)?;
             let tree = TreeChunks::new(&dir, &local)?;
-            let source = Chain::new(vec![&tree as &dyn ChunkSource, &store]);
+            let source = Chain::new(vec![&tree as &dyn ChunkSource, &memory.chunks, &store]);
             // The cloud copy is the durable one: when pulling, the edge follows it even
             // when that empties the tree.
             let options = ApplyOptions {
@@ -181,6 +215,16 @@ async fn pull_once(
         })
         .await??;
     }
+    tracing::debug!(
+        %id,
+        manifest = ?manifest_at,
+        local_scan = ?(scanned_at - manifest_at),
+        fetch_wait = ?fetching,
+        fetch_and_store = ?(fetched_at - scanned_at),
+        apply = ?(started.elapsed() - fetched_at),
+        bytes = wire,
+        "pulled the workspace"
+    );
     Ok(Pulled {
         manifest: remote,
         bytes: wire,
