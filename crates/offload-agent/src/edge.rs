@@ -263,37 +263,21 @@ impl Edge {
 
     /// Carries out a command from the server.
     pub async fn execute(self: &Arc<Self>, command: Command) -> anyhow::Result<Reply> {
+        // Commands about one container run one at a time.
+        let _guard = self.lock(command.container_id()).await;
         match command {
-            Command::Prepare { spec } => {
-                let _guard = self.lock(&spec.id).await;
-                self.prepare(&spec).await
-            }
-            Command::Finalize { spec, generation } => {
-                let _guard = self.lock(&spec.id).await;
-                self.finalize(spec, generation).await
-            }
-            Command::Abort { container_id } => {
-                let _guard = self.lock(&container_id).await;
-                self.abort(&container_id).await
-            }
+            Command::Prepare { spec } => self.prepare(&spec).await,
+            Command::Finalize { spec, generation } => self.finalize(spec, generation).await,
+            Command::Abort { container_id } => self.abort(&container_id).await,
             Command::StopForReturn {
                 container_id,
                 generation,
-            } => {
-                let _guard = self.lock(&container_id).await;
-                self.stop_for_return(&container_id, generation).await
-            }
-            Command::Release { container_id } => {
-                let _guard = self.lock(&container_id).await;
-                self.release(&container_id).await
-            }
+            } => self.stop_for_return(&container_id, generation).await,
+            Command::Release { container_id } => self.release(&container_id).await,
             Command::Fence {
                 container_id,
                 generation,
-            } => {
-                let _guard = self.lock(&container_id).await;
-                self.fence(&container_id, generation).await
-            }
+            } => self.fence(&container_id, generation).await,
         }
     }
 

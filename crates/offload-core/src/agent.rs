@@ -130,6 +130,19 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The container the command is about.
+    pub fn container_id(&self) -> &str {
+        match self {
+            Command::Prepare { spec } | Command::Finalize { spec, .. } => &spec.id,
+            Command::Abort { container_id }
+            | Command::StopForReturn { container_id, .. }
+            | Command::Release { container_id }
+            | Command::Fence { container_id, .. } => container_id,
+        }
+    }
+}
+
 /// Durations of the steps of a move, in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Timings {

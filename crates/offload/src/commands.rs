@@ -197,7 +197,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         "{:<12}  {:<20}  {:<10}  {:>8}  REASON",
                         "QUERY", "CONTAINER", "STATE", "LEFT"
                     );
-                    let at = unix_now();
+                    let at = offload_server::controller::now();
                     for q in queries {
                         let left = if q.state == "pending" {
                             format!("{}s", (q.deadline_at - at).max(0))
@@ -281,13 +281,6 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(std::env::current_dir()
         .context("cannot resolve the data directory")?
         .join(path))
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn print_monitor(v: &MonitorView) {
