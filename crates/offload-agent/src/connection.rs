@@ -186,6 +186,9 @@ async fn session(
 }
 
 async fn exec_relay(edge: &Arc<Edge>, session: &str, container_id: &str) -> anyhow::Result<()> {
+    if session.is_empty() || !session.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!("refusing a malformed exec session from the server");
+    }
     let socket = edge
         .api
         .websocket(&format!("/v1/agent/exec/{session}"))

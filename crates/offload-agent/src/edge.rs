@@ -71,6 +71,34 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server is not trusted with what ends up in paths or run options: ids name
+/// directories here, and the spec becomes a container.
+pub fn check_command(command: &Command) -> anyhow::Result<()> {
+    offload_core::ContainerId::parse(command.container_id())?;
+    let spec = match command {
+        Command::Prepare { spec } | Command::Finalize { spec, .. } => spec,
+        _ => return Ok(()),
+    };
+    offload_core::ImageRef::parse(&spec.image)?;
+    if !spec.image_id.is_empty() {
+        offload_core::ImageRef::parse(&spec.image_id)?;
+    }
+    offload_core::UserName::parse(&spec.owner)?;
+    if !(spec.cpus.is_finite() && spec.cpus >= 0.01 && spec.cpus <= 1024.0) {
+        bail!("refusing a container with {} cpus", spec.cpus);
+    }
+    if spec.memory_bytes < 6 << 20 {
+        bail!(
+            "refusing a container with {} bytes of memory",
+            spec.memory_bytes
+        );
+    }
+    if spec.command.len() > 256 || spec.command.iter().any(|a| a.contains('\0')) {
+        bail!("refusing a malformed command");
+    }
+    Ok(())
+}
+
 fn ms(since: Instant) -> Option<u64> {
     Some(since.elapsed().as_millis() as u64)
 }
@@ -263,6 +291,7 @@ impl Edge {
 
     /// Carries out a command from the server.
     pub async fn execute(self: &Arc<Self>, command: Command) -> anyhow::Result<Reply> {
+        check_command(&command)?;
         // Commands about one container run one at a time.
         let _guard = self.lock(command.container_id()).await;
         match command {
@@ -698,5 +727,65 @@ impl Edge {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str) -> EdgeSpec {
+        EdgeSpec {
+            id: id.to_owned(),
+            name: "box".to_owned(),
+            owner: "alice".to_owned(),
+            image: "busybox".to_owned(),
+            image_id: format!("sha256:{}", "a".repeat(64)),
+            image_pullable: false,
+            command: vec!["sleep".to_owned(), "1".to_owned()],
+            cpus: 1.0,
+            memory_bytes: 1 << 28,
+        }
+    }
+
+    #[test]
+    fn commands_from_the_server_are_checked_before_anything_happens() {
+        assert!(
+            check_command(&Command::Prepare {
+                spec: spec("0123456789ab")
+            })
+            .is_ok()
+        );
+        for hostile in ["../../etc", "/root", "0123456789ab/..", ""] {
+            assert!(
+                check_command(&Command::Prepare {
+                    spec: spec(hostile)
+                })
+                .is_err(),
+                "{hostile}"
+            );
+            assert!(
+                check_command(&Command::Release {
+                    container_id: hostile.to_owned()
+                })
+                .is_err(),
+                "{hostile}"
+            );
+        }
+        let mut bad = spec("0123456789ab");
+        bad.image = "Bad Image; rm -rf /".to_owned();
+        assert!(check_command(&Command::Prepare { spec: bad }).is_err());
+        let mut bad = spec("0123456789ab");
+        bad.cpus = f64::NAN;
+        assert!(
+            check_command(&Command::Finalize {
+                spec: bad,
+                generation: 2
+            })
+            .is_err()
+        );
+        let mut bad = spec("0123456789ab");
+        bad.memory_bytes = 1;
+        assert!(check_command(&Command::Prepare { spec: bad }).is_err());
     }
 }
