@@ -577,13 +577,20 @@ impl Edge {
 
     async fn release(&self, id: &str) -> anyhow::Result<Reply> {
         self.stop_tracking(id);
+        self.drop_container(id).await?;
+        Ok(Reply::Done)
+    }
+
+    /// Forgets a container: its engine container and its state go, its workspace stays as
+    /// a cache for the next offload.
+    async fn drop_container(&self, id: &str) -> anyhow::Result<()> {
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         self.remove_engine_containers(id).await?;
         self.forget_state(id);
-        Ok(Reply::Done)
+        Ok(())
     }
 
     /// This copy is stale: stop it and hand its late changes over as a conflict set.
@@ -623,12 +630,7 @@ impl Edge {
             .map_err(|e| anyhow::anyhow!("keeping the late changes failed: {e}"))?;
             tracing::warn!(%id, "this copy was fenced; its late changes are under .offload-conflicts/ in the cloud workspace");
         }
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        self.remove_engine_containers(id).await?;
-        self.forget_state(id);
+        self.drop_container(id).await?;
         Ok(Reply::Done)
     }
 

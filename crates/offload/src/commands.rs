@@ -17,10 +17,6 @@ use offload_agent::client::{Api, ClientConfig, config_path};
 /// Runs the command; returns the process exit code.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let config = cli.config;
-    let cli_command_name = match &cli.command {
-        Command::Accept { .. } => "accept",
-        _ => "",
-    };
     match cli.command {
         Command::Server(args) => {
             offload_server::run(server_config(config.as_deref(), args)?).await?;
@@ -213,22 +209,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Accept { qid } | Command::Decline { qid } => {
-            let api = connect(config.as_deref())?;
-            let verb = if matches!(cli_command_name, "accept") {
-                "accept"
-            } else {
-                "decline"
-            };
-            let q: QueryView = api
-                .post(
-                    &format!("/v1/queries/{}/{verb}", urlencode(&qid)),
-                    &serde_json::json!({}),
-                )
-                .await?;
-            println!("{} {}", q.id, q.state);
-            Ok(0)
-        }
+        Command::Accept { qid } => answer(config.as_deref(), &qid, "accept").await,
+        Command::Decline { qid } => answer(config.as_deref(), &qid, "decline").await,
         Command::Top { output } => {
             let api = connect(config.as_deref())?;
             let view: MonitorView = api.get("/v1/monitor").await?;
@@ -240,6 +222,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Demo(args) => crate::demo::run(args).await,
     }
+}
+
+/// `offload accept` / `offload decline`.
+async fn answer(config: Option<&Path>, qid: &str, verb: &str) -> anyhow::Result<i32> {
+    let api = connect(config)?;
+    let q: QueryView = api
+        .post(
+            &format!("/v1/queries/{}/{verb}", urlencode(qid)),
+            &serde_json::json!({}),
+        )
+        .await?;
+    println!("{} {}", q.id, q.state);
+    Ok(0)
 }
 
 fn connect(flag: Option<&Path>) -> anyhow::Result<Api> {
