@@ -318,7 +318,7 @@ fn run_scenario(
         let receiver = ReceiverSide {
             root: &offload_dst,
             previous: Some(&receiver_previous),
-            has_acked: sender_previous.is_some(),
+            base: sender_previous.as_ref(),
             cache: &cache,
         };
         // Alternate who goes first, so neither always meets a warmer or colder cache.

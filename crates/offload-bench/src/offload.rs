@@ -3,31 +3,36 @@
 //! channels carrying byte bodies, and every byte put on a channel is counted: that count
 //! is what the wire would carry (message bodies; HTTP framing is not modelled).
 //!
-//! The receiver drives, as the agent does:
+//! The receiver drives, as the agent does, with the messages of
+//! [`offload_sync::protocol`]:
 //!
-//! 1. asks for the sender's manifest, naming the generation it last acknowledged; it gets
-//!    the delta since that manifest as JSON, or the whole manifest as JSON when it has none,
-//!    while it rescans its own tree (with its previous scan, so unchanged files are not
-//!    read);
+//! 1. asks for the sender's manifest, naming the digest of the one it last received (its
+//!    base); it gets an [`encode_update`]: the binary delta from that base, or the whole
+//!    binary manifest when it names none. Meanwhile it rescans its own tree (with its
+//!    previous scan, so unchanged files are not read);
 //! 2. computes the chunks it lacks against its own tree ([`TreeChunks`]) and its chunk
-//!    cache ([`ChunkStore`]);
-//! 3. asks for them in batches (ids as JSON hex, [`BATCH_WINDOW`] batches in flight); the
-//!    sender reads them out of its tree and answers with [`encode_chunks`] (LZ4);
-//! 4. decodes and verifies each batch, applies the delta with fsync from
+//!    cache ([`ChunkStore`]) with [`wanted_chunks`], which gives a chunk that replaces old
+//!    bytes of the same file those bytes as a basis to patch against;
+//! 3. asks for them in batches ([`encode_request`]: ids and basis signatures,
+//!    [`BATCH_WINDOW`] batches in flight); the sender reads them out of its tree and
+//!    answers with [`serve_request`] (raw, LZ4 or a patch);
+//! 4. decodes and verifies each batch ([`decode_reply`]), applies the delta with fsync from
 //!    `Chain(own tree, cache, received chunks)`, and acknowledges.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use offload_sync::{
-    ApplyOptions, Chain, ChunkId, ChunkSource, ChunkStore, Delta, EntryKind, Limits, Manifest,
-    MemoryChunks, ScanOptions, TreeChunks, apply, decode_chunks, diff, encode_chunks, scan,
+use offload_sync::protocol::{
+    Wanted, decode_reply, decode_update, encode_request, encode_update, fetch_batches,
+    serve_request, wanted_chunks,
 };
-use serde_json::json;
+use offload_sync::{
+    ApplyOptions, Chain, ChunkSource, ChunkStore, Limits, Manifest, MemoryChunks, ScanOptions,
+    TreeChunks, apply, diff, scan,
+};
 
 /// Most raw chunk bytes the receiver asks for in one request.
 pub const BATCH_BYTES: u64 = 32 << 20;
@@ -37,8 +42,8 @@ pub const BATCH_CHUNKS: usize = 4096;
 /// batch while the receiver decodes the last.
 pub const BATCH_WINDOW: usize = 2;
 
-/// The generation the sender's previous manifest carries in this simulation.
-const ACKED_GENERATION: u64 = 1;
+/// Old bytes the receiver reads to patch against, at most, in one sync.
+pub const BASIS_BUDGET: usize = 64 << 20;
 
 /// What the sending side holds: its tree, its previous scan (for an incremental rescan)
 /// and the manifest the receiver last acknowledged, if any.
@@ -48,12 +53,12 @@ pub struct SenderSide<'a> {
     pub acked: Option<&'a Manifest>,
 }
 
-/// What the receiving side holds: its tree, its previous scan of it, whether it has
-/// acknowledged the sender's previous manifest, and its chunk cache.
+/// What the receiving side holds: its tree, its previous scan of it, the sender's manifest
+/// it last received and acknowledged (its base), and its chunk cache.
 pub struct ReceiverSide<'a> {
     pub root: &'a Path,
     pub previous: Option<&'a Manifest>,
-    pub has_acked: bool,
+    pub base: Option<&'a Manifest>,
     pub cache: &'a Path,
 }
 
@@ -66,7 +71,6 @@ enum Request {
 
 /// Sender to receiver.
 enum Reply {
-    Delta(Vec<u8>),
     Manifest(Vec<u8>),
     Chunks(Vec<u8>),
 }
@@ -74,12 +78,14 @@ enum Reply {
 /// One offload sync, measured.
 #[derive(Clone, Debug, Default)]
 pub struct OffloadRun {
-    /// Bytes from sender to receiver: the manifest or delta JSON, then chunk batches.
+    /// Bytes from sender to receiver: the manifest update, then chunk batches.
     pub to_receiver: u64,
-    /// Bytes from receiver to sender: the manifest request, chunk id lists, the ack.
+    /// Bytes from receiver to sender: the manifest request, chunk requests, the ack.
     pub to_sender: u64,
-    /// Of `to_receiver`, the manifest or delta JSON alone.
+    /// Of `to_receiver`, the manifest update alone.
     pub manifest_bytes: u64,
+    /// Of the chunks fetched, those asked for with a basis to patch against.
+    pub chunks_patched: u64,
     /// Requests the receiver made (each a round trip).
     pub requests: u64,
     pub chunks_fetched: u64,
@@ -130,10 +136,11 @@ fn serve(
     requests: Receiver<Request>,
     replies: SyncSender<Reply>,
 ) -> Result<Served> {
+    let limits = Limits::default();
     let mut served = Served::default();
     let mut tree: Option<(Manifest, TreeChunks)> = None;
     let send = |reply: Reply, served: &mut Served| -> Result<()> {
-        let (Reply::Delta(b) | Reply::Manifest(b) | Reply::Chunks(b)) = &reply;
+        let (Reply::Manifest(b) | Reply::Chunks(b)) = &reply;
         served.sent += b.len() as u64;
         replies
             .send(reply)
@@ -141,38 +148,27 @@ fn serve(
     };
     for request in requests {
         match request {
-            Request::Manifest(body) => {
-                let ask: serde_json::Value =
-                    serde_json::from_slice(&body).context("bad manifest request")?;
-                let since = ask.get("since").and_then(serde_json::Value::as_u64);
+            Request::Manifest(base) => {
                 let t = Instant::now();
                 let scanned = scan(side.root, &ScanOptions::default(), side.previous)
                     .context("sender scan failed")?;
                 served.scan = t.elapsed();
                 served.hashed_bytes = scanned.stats.hashed_bytes;
                 let manifest = scanned.manifest;
-                let reply = match (since, side.acked) {
-                    (Some(ACKED_GENERATION), Some(acked)) => {
-                        Reply::Delta(serde_json::to_vec(&diff(acked, &manifest))?)
-                    }
-                    _ => Reply::Manifest(manifest.to_json()?),
-                };
+                let base = side
+                    .acked
+                    .filter(|acked| acked.digest()[..] == base[..] && !base.is_empty());
+                let reply = Reply::Manifest(encode_update(&manifest, base));
                 let chunks = TreeChunks::new(side.root, &manifest)?;
                 tree = Some((manifest, chunks));
                 send(reply, &mut served)?;
             }
             Request::Chunks(body) => {
-                let ids: Vec<ChunkId> =
-                    serde_json::from_slice(&body).context("bad chunk request")?;
                 let Some((_, chunks)) = &tree else {
                     bail!("chunks asked for before the manifest");
                 };
-                let bytes: Vec<(ChunkId, Vec<u8>)> = ids
-                    .iter()
-                    .map(|id| chunks.get(id).map(|b| (*id, b)))
-                    .collect::<Result<_, _>>()
-                    .context("sender could not read a chunk")?;
-                let batch = encode_chunks(bytes.iter().map(|(id, b)| (*id, &b[..])))?;
+                let batch = serve_request(&body, chunks, &limits)
+                    .context("sender could not serve a chunk request")?;
                 send(Reply::Chunks(batch), &mut served)?;
             }
             Request::Ack(_) => break,
@@ -200,12 +196,8 @@ fn receive(
     };
     let hung_up = |_| anyhow!("the sender hung up");
 
-    let since = if side.has_acked {
-        json!({ "since": ACKED_GENERATION })
-    } else {
-        json!({})
-    };
-    ask(Request::Manifest(serde_json::to_vec(&since)?), &mut run)?;
+    let base = side.base.map(|b| b.digest().to_vec()).unwrap_or_default();
+    ask(Request::Manifest(base), &mut run)?;
 
     // Rescanning its own tree overlaps with the sender's scan, as on two hosts.
     let t = Instant::now();
@@ -214,44 +206,45 @@ fn receive(
         .manifest;
     run.receiver_scan = t.elapsed();
 
-    let delta = match replies.recv().map_err(hung_up)? {
-        Reply::Delta(body) => {
-            run.manifest_bytes = body.len() as u64;
-            let delta: Delta = serde_json::from_slice(&body).context("bad delta")?;
-            delta.validate(&limits)?;
-            delta
-        }
+    let remote = match replies.recv().map_err(hung_up)? {
         Reply::Manifest(body) => {
             run.manifest_bytes = body.len() as u64;
-            diff(&own, &Manifest::from_json(&body, &limits)?)
+            decode_update(&body, side.base, &limits).context("bad manifest update")?
         }
         Reply::Chunks(_) => bail!("chunks arrived before the manifest"),
     };
+    let delta = diff(&own, &remote);
     run.delta_at = start.elapsed();
 
     let local = TreeChunks::new(side.root, &own)?;
     let cache = ChunkStore::open(side.cache)?;
-    let needed = delta.needed_chunks(|id| local.contains(id) || cache.contains(id));
-    run.chunks_fetched = needed.len() as u64;
-    let batches = batches(&delta, &needed);
+    let wanted = wanted_chunks(
+        &delta,
+        &own,
+        |id| local.contains(id) || cache.contains(id),
+        &local,
+        BASIS_BUDGET,
+    );
+    run.chunks_fetched = wanted.len() as u64;
+    run.chunks_patched = wanted.iter().filter(|w| w.basis.is_some()).count() as u64;
+    let batches: Vec<Vec<Wanted>> = fetch_batches(wanted, BATCH_BYTES, BATCH_CHUNKS);
 
     let mut received = MemoryChunks::new();
     let mut next = batches.iter();
-    let mut in_flight = 0;
+    let mut in_flight = std::collections::VecDeque::new();
     for batch in next.by_ref().take(BATCH_WINDOW) {
-        ask(Request::Chunks(serde_json::to_vec(batch)?), &mut run)?;
-        in_flight += 1;
+        ask(Request::Chunks(encode_request(batch)), &mut run)?;
+        in_flight.push_back(batch);
     }
-    while in_flight > 0 {
+    while let Some(batch) = in_flight.pop_front() {
         let Reply::Chunks(body) = replies.recv().map_err(hung_up)? else {
             bail!("expected a chunk batch");
         };
-        in_flight -= 1;
         if let Some(batch) = next.next() {
-            ask(Request::Chunks(serde_json::to_vec(batch)?), &mut run)?;
-            in_flight += 1;
+            ask(Request::Chunks(encode_request(batch)), &mut run)?;
+            in_flight.push_back(batch);
         }
-        for (id, bytes) in decode_chunks(&body, &limits)? {
+        for (id, bytes) in decode_reply(&body, batch, &limits)? {
             received.insert(id, bytes)?;
         }
     }
@@ -270,41 +263,8 @@ fn receive(
     )
     .context("apply failed")?;
     run.apply = t.elapsed();
-    ask(
-        Request::Ack(serde_json::to_vec(&json!({ "ack": ACKED_GENERATION + 1 }))?),
-        &mut run,
-    )?;
+    ask(Request::Ack(remote.digest().to_vec()), &mut run)?;
     Ok(run)
-}
-
-/// Splits the needed chunks into requests of at most [`BATCH_BYTES`] and [`BATCH_CHUNKS`].
-fn batches(delta: &Delta, needed: &[ChunkId]) -> Vec<Vec<ChunkId>> {
-    let lens: HashMap<ChunkId, u32> = delta
-        .upserts
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EntryKind::File { chunks, .. } => Some(chunks),
-            _ => None,
-        })
-        .flatten()
-        .map(|c| (c.id, c.len))
-        .collect();
-    let mut out: Vec<Vec<ChunkId>> = Vec::new();
-    let mut bytes = 0u64;
-    for id in needed {
-        let len = u64::from(lens.get(id).copied().unwrap_or(0));
-        match out.last_mut() {
-            Some(batch) if batch.len() < BATCH_CHUNKS && bytes + len <= BATCH_BYTES => {
-                batch.push(*id);
-                bytes += len;
-            }
-            _ => {
-                out.push(vec![*id]);
-                bytes = len;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -339,7 +299,7 @@ mod tests {
             &ReceiverSide {
                 root: &dst,
                 previous: None,
-                has_acked: false,
+                base: None,
                 cache: &cache,
             },
         )?;
@@ -361,7 +321,7 @@ mod tests {
             &ReceiverSide {
                 root: &dst,
                 previous: Some(&dst_manifest),
-                has_acked: true,
+                base: Some(&src_previous),
                 cache: &cache,
             },
         )?;
@@ -374,31 +334,5 @@ mod tests {
             "only the edited file is read"
         );
         Ok(())
-    }
-
-    #[test]
-    fn batches_respect_both_bounds() {
-        let ids: Vec<ChunkId> = (0..10u8).map(|i| ChunkId::of(&[i])).collect();
-        let entry = |chunks: Vec<offload_sync::ChunkRef>| offload_sync::Entry {
-            path: offload_sync::RelPath::new("f").expect("valid path"),
-            kind: EntryKind::File {
-                size: chunks.iter().map(|c| u64::from(c.len)).sum(),
-                chunks,
-            },
-            mode: 0o644,
-            mtime_ns: 0,
-        };
-        let len = (BATCH_BYTES / 3) as u32;
-        let delta = Delta {
-            upserts: vec![entry(
-                ids.iter()
-                    .map(|&id| offload_sync::ChunkRef { id, len })
-                    .collect(),
-            )],
-            deletes: Vec::new(),
-        };
-        let split = batches(&delta, &ids);
-        assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
-        assert_eq!(split.concat(), ids);
     }
 }

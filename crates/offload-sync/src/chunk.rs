@@ -7,14 +7,94 @@ use std::str::FromStr;
 use fastcdc::v2020::{self, Normalization};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Smallest chunk FastCDC cuts (except a file's last chunk). Protocol constant.
+/// Smallest chunk FastCDC cuts in a small file (except a file's last chunk). Protocol
+/// constant.
 pub const MIN_CHUNK_SIZE: usize = 16 * 1024;
-/// Average chunk size FastCDC aims for. Protocol constant.
+/// Average chunk size FastCDC aims for in a small file. Protocol constant.
 pub const AVG_CHUNK_SIZE: usize = 64 * 1024;
-/// Largest chunk FastCDC cuts; also the largest chunk any peer accepts. Protocol constant.
-pub const MAX_CHUNK_SIZE: usize = 256 * 1024;
+/// Largest chunk FastCDC cuts in a small file. Protocol constant.
+pub const SMALL_MAX_CHUNK_SIZE: usize = 256 * 1024;
+/// Files of at least this many bytes are cut with [`ChunkParams::LARGE`]. Protocol constant.
+pub const LARGE_FILE_SIZE: u64 = 8 << 20;
+/// Largest chunk FastCDC cuts in any file; also the largest chunk any peer accepts.
+/// Protocol constant.
+pub const MAX_CHUNK_SIZE: usize = 4 << 20;
 /// FastCDC normalisation level. Protocol constant (the crate's default).
 pub const NORMALIZATION: Normalization = Normalization::Level1;
+
+/// FastCDC's three sizes. A file is cut with the parameters of its size class
+/// ([`ChunkParams::for_size`]): small files in chunks of about 64 KiB, so an edit resends
+/// little; large ones in chunks of about 1 MiB, so their chunk lists stay short (a 1 GiB
+/// file lists about a thousand chunks, not sixteen thousand). An edit inside a large chunk
+/// still crosses as a patch against the receiver's old bytes (`crate::patch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkParams {
+    pub min: usize,
+    pub avg: usize,
+    pub max: usize,
+}
+
+impl ChunkParams {
+    /// Files below [`LARGE_FILE_SIZE`].
+    pub const SMALL: ChunkParams = ChunkParams {
+        min: MIN_CHUNK_SIZE,
+        avg: AVG_CHUNK_SIZE,
+        max: SMALL_MAX_CHUNK_SIZE,
+    };
+    /// Files of [`LARGE_FILE_SIZE`] or more.
+    pub const LARGE: ChunkParams = ChunkParams {
+        min: 256 * 1024,
+        avg: 1 << 20,
+        max: MAX_CHUNK_SIZE,
+    };
+    /// Pieces of a chunk compared against a receiver's old bytes (`crate::patch`).
+    pub const PATCH: ChunkParams = ChunkParams {
+        min: 128,
+        avg: 512,
+        max: 4096,
+    };
+
+    /// The parameters for a file of `size` bytes.
+    pub fn for_size(size: u64) -> ChunkParams {
+        if size >= LARGE_FILE_SIZE {
+            ChunkParams::LARGE
+        } else {
+            ChunkParams::SMALL
+        }
+    }
+
+    fn masks(&self) -> (u64, u64) {
+        v2020::select_masks(self.avg, NORMALIZATION)
+    }
+
+    /// Length of the next chunk at the start of `window`, which must hold either at
+    /// least `self.max` bytes or the whole rest of the input.
+    fn next_cut(&self, window: &[u8], (mask_s, mask_l): (u64, u64)) -> usize {
+        let (_, len) = v2020::cut(
+            window,
+            self.min,
+            self.avg,
+            self.max,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+        );
+        len
+    }
+
+    /// Chunk boundaries (end offsets) of `data` with these parameters.
+    pub fn cut_points(&self, data: &[u8]) -> Vec<usize> {
+        let masks = self.masks();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < data.len() {
+            pos += self.next_cut(&data[pos..], masks);
+            out.push(pos);
+        }
+        out
+    }
+}
 
 /// The BLAKE3 hash of a chunk's bytes, which names it. Serialised as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,49 +157,33 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
-fn masks() -> (u64, u64) {
-    v2020::select_masks(AVG_CHUNK_SIZE, NORMALIZATION)
-}
-
-/// Length of the next chunk at the start of `window`, which must hold either at least
-/// [`MAX_CHUNK_SIZE`] bytes or the whole rest of the input.
-fn next_cut(window: &[u8], mask_s: u64, mask_l: u64) -> usize {
-    let (_, len) = v2020::cut(
-        window,
-        MIN_CHUNK_SIZE,
-        AVG_CHUNK_SIZE,
-        MAX_CHUNK_SIZE,
-        mask_s,
-        mask_l,
-        mask_s << 1,
-        mask_l << 1,
-    );
-    len
-}
-
-/// Streams `reader` through the chunker, calling `on_chunk` with each chunk's bytes in
-/// order; returns the total length. Memory stays bounded (a 4 MiB window) whatever the
-/// input size, and the cut points equal those of [`cut_points`] on the whole input.
+/// Streams `reader` (a file of `size` bytes, which picks the [`ChunkParams`]) through the
+/// chunker, calling `on_chunk` with each chunk's bytes in order; returns the total length.
+/// Memory stays bounded (a window of a few chunks) whatever the input size, and the cut
+/// points equal those of [`cut_points`] on the whole input.
 pub fn for_each_chunk<R, E>(
     mut reader: R,
+    size: u64,
     mut on_chunk: impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<u64, E>
 where
     R: Read,
     E: From<io::Error>,
 {
-    const WINDOW: usize = 16 * MAX_CHUNK_SIZE;
-    let (mask_s, mask_l) = masks();
-    let mut buf = vec![0u8; WINDOW];
+    let params = ChunkParams::for_size(size);
+    let window = 4 * params.max;
+    let masks = params.masks();
+    let mut buf = vec![0u8; window.min(usize::try_from(size).unwrap_or(window).max(params.max))];
+    let window = buf.len();
     let (mut start, mut end) = (0usize, 0usize);
     let mut eof = false;
     let mut total = 0u64;
     loop {
-        if !eof && end - start < MAX_CHUNK_SIZE {
+        if !eof && end - start < params.max {
             buf.copy_within(start..end, 0);
             end -= start;
             start = 0;
-            while end < WINDOW {
+            while end < window {
                 match reader.read(&mut buf[end..]) {
                     Ok(0) => {
                         eof = true;
@@ -134,23 +198,17 @@ where
         if start == end {
             return Ok(total);
         }
-        let len = next_cut(&buf[start..end], mask_s, mask_l);
+        let len = params.next_cut(&buf[start..end], masks);
         on_chunk(&buf[start..start + len])?;
         start += len;
         total += len as u64;
     }
 }
 
-/// Chunk boundaries (end offsets) of `data`, as [`for_each_chunk`] would cut it.
+/// Chunk boundaries (end offsets) of `data`, as [`for_each_chunk`] would cut a file
+/// holding it.
 pub fn cut_points(data: &[u8]) -> Vec<usize> {
-    let (mask_s, mask_l) = masks();
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        pos += next_cut(&data[pos..], mask_s, mask_l);
-        out.push(pos);
-    }
-    out
+    ChunkParams::for_size(data.len() as u64).cut_points(data)
 }
 
 /// Chunks of an in-memory buffer.
@@ -219,7 +277,7 @@ mod tests {
             &data,
             MIN_CHUNK_SIZE,
             AVG_CHUNK_SIZE,
-            MAX_CHUNK_SIZE,
+            SMALL_MAX_CHUNK_SIZE,
             NORMALIZATION,
         )
         .map(|c| c.offset + c.length)
@@ -238,8 +296,8 @@ mod tests {
         }
         let mut streamed = Vec::new();
         let mut pos = 0;
-        let total = for_each_chunk::<_, io::Error>(Trickle(&data), |c| {
-            assert!(c.len() <= MAX_CHUNK_SIZE);
+        let total = for_each_chunk::<_, io::Error>(Trickle(&data), data.len() as u64, |c| {
+            assert!(c.len() <= SMALL_MAX_CHUNK_SIZE);
             pos += c.len();
             streamed.push(pos);
             Ok(())
@@ -247,6 +305,38 @@ mod tests {
         .expect("in-memory read");
         assert_eq!(total as usize, data.len());
         assert_eq!(streamed, whole);
+    }
+
+    /// Large files are cut with the large parameters, streamed or whole, and the cuts
+    /// equal fastcdc's own.
+    #[test]
+    fn large_files_use_large_chunks() {
+        let data = pseudo_random(LARGE_FILE_SIZE as usize + 3 * 1024 * 1024 + 5, 11);
+        let whole = cut_points(&data);
+        let reference: Vec<usize> = v2020::FastCDC::with_level(
+            &data,
+            ChunkParams::LARGE.min,
+            ChunkParams::LARGE.avg,
+            ChunkParams::LARGE.max,
+            NORMALIZATION,
+        )
+        .map(|c| c.offset + c.length)
+        .collect();
+        assert_eq!(whole, reference);
+        assert!(whole.len() < data.len() / ChunkParams::LARGE.min);
+        let mut streamed = Vec::new();
+        let mut pos = 0;
+        for_each_chunk::<_, io::Error>(&data[..], data.len() as u64, |c| {
+            pos += c.len();
+            streamed.push(pos);
+            Ok(())
+        })
+        .expect("in-memory read");
+        assert_eq!(streamed, whole);
+        assert_eq!(
+            ChunkParams::for_size(LARGE_FILE_SIZE - 1),
+            ChunkParams::SMALL
+        );
     }
 
     #[test]

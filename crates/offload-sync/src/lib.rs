@@ -71,10 +71,12 @@
 //!   they are listed in [`Scan::skipped`].
 
 mod apply;
+mod binary;
 mod chunk;
 mod delta;
 mod error;
 mod manifest;
+pub mod patch;
 mod path;
 pub mod protocol;
 mod rooted;
@@ -84,8 +86,8 @@ mod wire;
 
 pub use apply::{ApplyOptions, ApplyReport, apply};
 pub use chunk::{
-    AVG_CHUNK_SIZE, ChunkId, ChunkRef, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, NORMALIZATION, chunk_bytes,
-    cut_points, for_each_chunk,
+    AVG_CHUNK_SIZE, ChunkId, ChunkParams, ChunkRef, LARGE_FILE_SIZE, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE, NORMALIZATION, SMALL_MAX_CHUNK_SIZE, chunk_bytes, cut_points, for_each_chunk,
 };
 pub use delta::{Delta, diff};
 pub use error::SyncError;

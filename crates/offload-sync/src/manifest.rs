@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunk::{ChunkRef, MAX_CHUNK_SIZE};
+use crate::chunk::{ChunkParams, ChunkRef, MAX_CHUNK_SIZE};
 use crate::error::SyncError;
 use crate::path::{RelPath, check_symlink_target};
 
@@ -82,8 +82,9 @@ impl Entry {
                     return Err(SyncError::entry(&self.path, "file larger than the limit"));
                 }
                 let mut sum = 0u64;
+                let max = ChunkParams::for_size(*size).max.min(MAX_CHUNK_SIZE);
                 for chunk in chunks {
-                    if chunk.len == 0 || chunk.len as usize > MAX_CHUNK_SIZE {
+                    if chunk.len == 0 || chunk.len as usize > max {
                         return Err(SyncError::entry(
                             &self.path,
                             format!("chunk length {} out of range", chunk.len),

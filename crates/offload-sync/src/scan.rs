@@ -273,7 +273,7 @@ fn chunk_file(path: &Path, before: &Metadata) -> Result<(Vec<ChunkRef>, u64, boo
     .map_err(|e| SyncError::io("open", path, e.into()))?;
     let file = File::from(fd);
     let mut chunks = Vec::new();
-    let read = for_each_chunk(&file, |bytes| {
+    let read = for_each_chunk(&file, before.len(), |bytes| {
         chunks.push(ChunkRef {
             id: ChunkId::of(bytes),
             len: bytes.len() as u32,

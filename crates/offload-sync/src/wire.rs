@@ -74,7 +74,7 @@ const PROBE: usize = 4096;
 /// Whether LZ4 is likely to shrink `bytes`: a probe from the middle must compress by at
 /// least 5%. Already compressed or encrypted data (archives, images, random bytes) then
 /// costs one small compression instead of one of the whole chunk.
-fn worth_compressing(bytes: &[u8]) -> bool {
+pub(crate) fn worth_compressing(bytes: &[u8]) -> bool {
     if bytes.len() < 2 * PROBE {
         return true;
     }
