@@ -200,14 +200,29 @@ impl Api {
             })
     }
 
-    /// POSTs JSON and returns the raw answer (a chunk batch).
-    pub async fn post_for_bytes<B: Serialize>(
+    /// GETs a binary answer (a manifest update).
+    pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, CallError> {
+        let url = self.url(path);
+        let response = self.raw(self.http.get(&url), &url).await?;
+        response.bytes().await.map_err(|e| CallError::Unreachable {
+            url,
+            reason: describe_reqwest(&e),
+        })
+    }
+
+    /// POSTs raw bytes and returns the binary answer (a chunk batch, a push plan).
+    pub async fn exchange_bytes(
         &self,
         path: &str,
-        body: &B,
+        body: Vec<u8>,
     ) -> Result<bytes::Bytes, CallError> {
         let url = self.url(path);
-        let response = self.raw(self.http.post(&url).json(body), &url).await?;
+        let request = self
+            .http
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        let response = self.raw(request, &url).await?;
         response.bytes().await.map_err(|e| CallError::Unreachable {
             url,
             reason: describe_reqwest(&e),

@@ -143,10 +143,6 @@ impl Edge {
         self.options.data_dir.join("workspaces").join(id)
     }
 
-    fn cache(&self) -> PathBuf {
-        self.options.data_dir.join("chunks")
-    }
-
     fn state_path(&self, id: &str) -> PathBuf {
         self.options
             .data_dir
@@ -337,7 +333,6 @@ impl Edge {
             &self.api,
             &spec.id,
             &self.workspace(&spec.id),
-            &self.cache(),
             self.last_pull(&spec.id),
             sink.as_ref().map(|s| (s, spec.id.as_str())),
         )
@@ -451,7 +446,6 @@ impl Edge {
             &self.api,
             &spec.id,
             &self.workspace(&spec.id),
-            &self.cache(),
             self.last_pull(&spec.id),
             None,
         )

@@ -7,17 +7,24 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use offload_core::agent::AgentMessage;
-use offload_sync::protocol::{ChunkList, PushReport, PushRequest};
+use offload_sync::protocol::{
+    PushReport, PushRequest, Wanted, decode_plan, decode_reply, decode_update, encode_request,
+    fetch_batches, serve_request, wanted_chunks,
+};
 use offload_sync::{
-    ApplyOptions, Chain, ChunkId, ChunkSource, ChunkStore, Delta, Entry, EntryKind, Limits,
-    Manifest, MemoryChunks, ScanOptions, TreeChunks, decode_chunks, diff, encode_chunks,
+    ApplyOptions, Chain, ChunkSource, Delta, Entry, Incoming, Limits, Manifest, ScanOptions,
+    TreeChunks, diff,
 };
 
 use crate::client::{Api, CallError};
 
-/// Largest chunk batch the agent asks for or sends at once.
+/// Fetched bytes held for the apply before the fetch waits for it to catch up.
+const INCOMING_CAP: usize = 128 << 20;
+/// Largest chunk batch the agent asks for at once.
 const BATCH_BYTES: u64 = 16 << 20;
 const BATCH_CHUNKS: usize = 4096;
+/// Old bytes of the local tree read to patch fetched chunks against, at most, per pull.
+const BASIS_BUDGET: usize = 64 << 20;
 
 /// Where progress reports go.
 pub type ProgressSink = Arc<dyn Fn(AgentMessage) + Send + Sync>;
@@ -38,62 +45,6 @@ pub async fn scan(dir: &Path, previous: Option<Arc<Manifest>>) -> anyhow::Result
     Ok(scanned.manifest)
 }
 
-fn chunk_lens(manifest: &Manifest) -> std::collections::HashMap<ChunkId, u32> {
-    manifest
-        .entries
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EntryKind::File { chunks, .. } => Some(chunks.iter().map(|c| (c.id, c.len))),
-            _ => None,
-        })
-        .flatten()
-        .collect()
-}
-
-/// Splits chunk ids into batches of bounded count and bytes.
-fn batches(ids: Vec<ChunkId>, lens: &std::collections::HashMap<ChunkId, u32>) -> Vec<Vec<ChunkId>> {
-    let mut out = Vec::new();
-    let mut current = Vec::new();
-    let mut bytes = 0u64;
-    for id in ids {
-        let len = u64::from(lens.get(&id).copied().unwrap_or(0));
-        if !current.is_empty() && (bytes + len > BATCH_BYTES || current.len() >= BATCH_CHUNKS) {
-            out.push(std::mem::take(&mut current));
-            bytes = 0;
-        }
-        bytes += len;
-        current.push(id);
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
-}
-
-/// Fetched chunks kept in memory until they are applied, up to [`HELD_IN_MEMORY`] bytes;
-/// the rest spill to the chunk cache on disk. Writing every fetched chunk to the cache
-/// first and then again into the workspace doubled the disk writes of a pre-copy.
-#[derive(Default)]
-struct Held {
-    chunks: MemoryChunks,
-    bytes: usize,
-}
-
-/// Fetched bytes a pull keeps in memory before spilling to the chunk cache.
-const HELD_IN_MEMORY: usize = 256 << 20;
-
-impl Held {
-    fn keep(&mut self, cache: &Path, id: ChunkId, data: Vec<u8>) -> anyhow::Result<()> {
-        if self.bytes + data.len() <= HELD_IN_MEMORY {
-            self.bytes += data.len();
-            self.chunks.insert(id, data)?;
-        } else {
-            ChunkStore::open_cache(cache)?.put(&id, &data)?;
-        }
-        Ok(())
-    }
-}
-
 /// The outcome of a pull.
 pub struct Pulled {
     /// The server's manifest, which the local tree now matches.
@@ -101,8 +52,8 @@ pub struct Pulled {
     pub bytes: u64,
 }
 
-/// Makes `dir` equal to the cloud copy of `id`, fetching only chunks that neither the
-/// local tree nor the chunk cache holds.
+/// Makes `dir` equal to the cloud copy of `id`, fetching only chunks the local tree does
+/// not hold, and patching those that replace old bytes of the same file.
 ///
 /// `previous` is what the local tree held after the last pull, if this process made it:
 /// the local rescan then reads only files whose size or mtime changed since, so the final
@@ -111,14 +62,13 @@ pub async fn pull(
     api: &Api,
     id: &str,
     dir: &Path,
-    cache: &Path,
     previous: Option<Arc<Manifest>>,
     progress: Option<(&ProgressSink, &str)>,
 ) -> anyhow::Result<Pulled> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match pull_once(api, id, dir, cache, previous.clone(), progress).await {
+        match pull_once(api, id, dir, previous.clone(), progress).await {
             Ok(pulled) => return Ok(pulled),
             // The cloud copy changed while we read it (it runs during the pre-copy).
             Err(e) if attempt < 5 && is_conflict(&e) => continue,
@@ -136,92 +86,116 @@ async fn pull_once(
     api: &Api,
     id: &str,
     dir: &Path,
-    cache: &Path,
     previous: Option<Arc<Manifest>>,
     progress: Option<(&ProgressSink, &str)>,
 ) -> anyhow::Result<Pulled> {
     let started = std::time::Instant::now();
-    let remote: Manifest = api
-        .get(&format!("/v1/containers/{id}/workspace/manifest"))
-        .await?;
+    let remote = fetch_manifest(api, id, previous.clone()).await?;
     let manifest_at = started.elapsed();
-    remote
-        .validate(&limits())
-        .context("the server sent an invalid manifest")?;
-    let local = scan(dir, previous).await?;
+    let local = Arc::new(scan(dir, previous).await?);
     let scanned_at = started.elapsed();
-    let mut fetching = std::time::Duration::ZERO;
-    let delta = diff(&local, &remote);
-    let store = ChunkStore::open_cache(cache)?;
-    let local_chunks: HashSet<ChunkId> = chunk_lens(&local).into_keys().collect();
-    let needed = delta.needed_chunks(|c| local_chunks.contains(c) || store.contains(c));
-    let lens = chunk_lens(&remote);
-    let total: u64 = needed
-        .iter()
-        .map(|c| u64::from(lens.get(c).copied().unwrap_or(0)))
-        .sum();
-    let mut done = 0u64;
-    let mut wire = 0u64;
-    let mut memory = Held::default();
-    for batch in batches(needed, &lens) {
-        let asked = std::time::Instant::now();
-        let bytes = api
-            .post_for_bytes(
-                &format!("/v1/containers/{id}/workspace/fetch"),
-                &ChunkList { ids: batch },
-            )
-            .await?;
-        fetching += asked.elapsed();
-        wire += bytes.len() as u64;
-        let cache = cache.to_owned();
-        let mut held = std::mem::take(&mut memory);
-        let (n, held) = tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, Held)> {
-            let chunks = decode_chunks(&bytes, &limits())?;
-            let mut n = 0;
-            for (chunk, data) in chunks {
-                n += data.len() as u64;
-                held.keep(&cache, chunk, data)?;
-            }
-            Ok((n, held))
-        })
-        .await??;
-        memory = held;
-        done += n;
-        if let Some((sink, container)) = progress {
-            sink(AgentMessage::Progress {
-                container_id: container.to_owned(),
-                phase: "workspace".to_owned(),
-                done,
-                total,
-            });
-        }
+    let delta = Arc::new(diff(&local, &remote));
+    if delta.is_empty() {
+        return Ok(Pulled {
+            manifest: remote,
+            bytes: 0,
+        });
     }
-    let fetched_at = started.elapsed();
-    if !delta.is_empty() {
-        let dir = dir.to_owned();
-        let cache = cache.to_owned();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let store = ChunkStore::open_cache(&cache)?;
+    let wanted = {
+        let (dir, delta, local) = (dir.to_owned(), delta.clone(), local.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Wanted>> {
             let tree = TreeChunks::new(&dir, &local)?;
-            let source = Chain::new(vec![&tree as &dyn ChunkSource, &memory.chunks, &store]);
-            // The cloud copy is the durable one: when pulling, the edge follows it even
-            // when that empties the tree.
-            let options = ApplyOptions {
-                allow_mass_delete: true,
-                ..ApplyOptions::default()
-            };
-            offload_sync::apply(&dir, &delta, &source, &options)?;
+            Ok(wanted_chunks(
+                &delta,
+                &local,
+                |c| tree.contains(c),
+                &tree,
+                BASIS_BUDGET,
+            ))
+        })
+        .await??
+    };
+    let total: u64 = wanted.iter().map(|w| u64::from(w.len)).sum();
+    let incoming = Arc::new(Incoming::new(
+        &delta,
+        wanted.iter().map(|w| w.id),
+        INCOMING_CAP,
+    ));
+
+    // The apply runs beside the transfer, writing each file once its chunks are in.
+    let applying = {
+        let (dir, delta, local, incoming) = (
+            dir.to_owned(),
+            delta.clone(),
+            local.clone(),
+            incoming.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let result = TreeChunks::new(&dir, &local).and_then(|tree| {
+                let source = Chain::new(vec![&tree as &dyn ChunkSource, &*incoming]);
+                // The cloud copy is the durable one: when pulling, the edge follows it
+                // even when that empties the tree.
+                let options = ApplyOptions {
+                    allow_mass_delete: true,
+                    ..ApplyOptions::default()
+                };
+                offload_sync::apply(&dir, &delta, &source, &options)
+            });
+            incoming.close(Some("the apply ended".to_owned()));
+            result?;
             Ok(())
         })
-        .await??;
+    };
+    let mut fetching = std::time::Duration::ZERO;
+    let mut wire = 0u64;
+    let fetched: anyhow::Result<()> = async {
+        let mut done = 0u64;
+        for batch in fetch_batches(wanted, BATCH_BYTES, BATCH_CHUNKS) {
+            let asked = std::time::Instant::now();
+            let bytes = api
+                .exchange_bytes(
+                    &format!("/v1/containers/{id}/workspace/fetch"),
+                    encode_request(&batch),
+                )
+                .await?;
+            fetching += asked.elapsed();
+            wire += bytes.len() as u64;
+            let incoming = incoming.clone();
+            done += tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+                let chunks = decode_reply(&bytes, &batch, &limits())
+                    .context("the server sent a bad chunk batch")?;
+                let mut n = 0;
+                for (chunk, data) in chunks {
+                    n += data.len() as u64;
+                    incoming.push(chunk, data);
+                }
+                Ok(n)
+            })
+            .await??;
+            if let Some((sink, container)) = progress {
+                sink(AgentMessage::Progress {
+                    container_id: container.to_owned(),
+                    phase: "workspace".to_owned(),
+                    done,
+                    total,
+                });
+            }
+        }
+        Ok(())
     }
+    .await;
+    let fetched_at = started.elapsed();
+    incoming.close(fetched.as_ref().err().map(|e| format!("{e:#}")));
+    let applied = applying.await?;
+    fetched?;
+    applied?;
     tracing::debug!(
         %id,
         manifest = ?manifest_at,
         local_scan = ?(scanned_at - manifest_at),
         fetch_wait = ?fetching,
-        fetch_and_store = ?(fetched_at - scanned_at),
-        apply = ?(started.elapsed() - fetched_at),
+        fetched = ?(fetched_at - scanned_at),
+        applied_after = ?(started.elapsed() - fetched_at),
         bytes = wire,
         "pulled the workspace"
     );
@@ -229,6 +203,26 @@ async fn pull_once(
         manifest: remote,
         bytes: wire,
     })
+}
+
+/// The server's manifest, sent as a delta from `base` (the manifest of the last pull)
+/// when the server still holds that one.
+async fn fetch_manifest(
+    api: &Api,
+    id: &str,
+    base: Option<Arc<Manifest>>,
+) -> anyhow::Result<Manifest> {
+    let path = match &base {
+        Some(base) => format!(
+            "/v1/containers/{id}/workspace/manifest?base={}",
+            hex::encode(base.digest())
+        ),
+        None => format!("/v1/containers/{id}/workspace/manifest"),
+    };
+    let body = api.get_bytes(&path).await?;
+    tokio::task::spawn_blocking(move || decode_update(&body, base.as_deref(), &limits()))
+        .await?
+        .context("the server sent an invalid manifest")
 }
 
 /// Why a push did not land.
@@ -251,8 +245,9 @@ impl From<CallError> for PushError {
     }
 }
 
-/// Sends `delta` (between what the server acknowledged and `current`): the chunks the
-/// server lacks first, then the delta itself, which the server applies durably.
+/// Sends `delta` (between what the server acknowledged and `current`): the delta first,
+/// then the chunks the server asks for (patched against its old bytes where it has them),
+/// then the commit, which the server answers once the files are durably in place.
 pub async fn push(
     api: &Api,
     id: &str,
@@ -262,43 +257,38 @@ pub async fn push(
     generation: u64,
     conflict: bool,
 ) -> Result<(PushReport, u64), PushError> {
-    let wanted = delta.needed_chunks(|_| false);
-    let lens = chunk_lens(current);
-    let mut missing = Vec::new();
-    for batch in wanted.chunks(BATCH_CHUNKS) {
-        let answer: ChunkList = api
-            .post(
-                &format!("/v1/containers/{id}/workspace/missing"),
-                &ChunkList {
-                    ids: batch.to_vec(),
-                },
-            )
-            .await?;
-        missing.extend(answer.ids);
-    }
     let mut wire = 0u64;
-    for batch in batches(missing, &lens) {
+    let body = delta.to_bytes();
+    wire += body.len() as u64;
+    let answer = api
+        .exchange_bytes(
+            &format!(
+                "/v1/containers/{id}/workspace/plan?generation={generation}&conflict={conflict}"
+            ),
+            body,
+        )
+        .await?;
+    let (plan, requests) = decode_plan(&answer)
+        .map_err(|e| anyhow::anyhow!("the server sent a bad push plan: {e}"))?;
+    for (k, request) in requests.into_iter().enumerate() {
         let dir: PathBuf = dir.to_owned();
         let manifest = current.clone();
         let body = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
             let tree = TreeChunks::new(&dir, &manifest)?;
-            let mut chunks = Vec::with_capacity(batch.len());
-            for chunk in &batch {
-                chunks.push((*chunk, tree.get(chunk)?));
-            }
-            Ok(encode_chunks(
-                chunks.iter().map(|(c, b)| (*c, b.as_slice())),
-            )?)
+            Ok(serve_request(&request, &tree, &limits())?)
         })
         .await
         .map_err(anyhow::Error::from)??;
         wire += body.len() as u64;
-        api.post_bytes(&format!("/v1/containers/{id}/workspace/chunks"), body)
-            .await?;
+        api.post_bytes(
+            &format!("/v1/containers/{id}/workspace/chunks?plan={plan}&batch={k}"),
+            body,
+        )
+        .await?;
     }
     let request = PushRequest {
         generation,
-        delta,
+        plan,
         conflict,
     };
     let report: PushReport = api

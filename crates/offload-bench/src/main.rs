@@ -21,10 +21,12 @@ use offload_sync::{Manifest, ScanOptions, scan};
 use offload::{OffloadRun, ReceiverSide, SenderSide};
 use rsync::RsyncRun;
 
-const USAGE: &str = "usage: sync-vs-rsync [--quick] [--runs N] [--work-dir DIR] [--rsh PATH]
+const USAGE: &str =
+    "usage: sync-vs-rsync [--quick] [--runs N] [--only N] [--work-dir DIR] [--rsh PATH]
 
   --quick         small sizes (10 MiB file, 500 small files, 72 MiB fresh tree)
   --runs N        runs per scenario; the median wall time is reported (default 3, 1 with --quick)
+  --only N        run scenario N (1-4) alone
   --work-dir DIR  where the trees are made, on a real disk (default: the temp dir)
   --rsh PATH      rsync's remote shell that runs the server end locally
                   (default: bench/rsh-local of this source tree)";
@@ -63,6 +65,7 @@ struct Args {
     sizes: Sizes,
     quick: bool,
     runs: usize,
+    only: Option<usize>,
     work_dir: PathBuf,
     rsh: PathBuf,
 }
@@ -70,6 +73,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut quick = false;
     let mut runs = None;
+    let mut only = None;
     let mut work_dir = std::env::temp_dir();
     let mut rsh = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/rsh-local");
     let mut args = std::env::args().skip(1);
@@ -86,6 +90,15 @@ fn parse_args() -> Result<Args, String> {
                         .ok_or(format!("--runs wants a positive number, not {n:?}"))?,
                 );
             }
+            "--only" => {
+                let n = value("--only")?;
+                only = Some(
+                    n.parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=4).contains(n))
+                        .ok_or(format!("--only wants a scenario from 1 to 4, not {n:?}"))?,
+                );
+            }
             "--work-dir" => work_dir = PathBuf::from(value("--work-dir")?),
             "--rsh" => rsh = PathBuf::from(value("--rsh")?),
             "-h" | "--help" => return Err(String::new()),
@@ -96,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
         sizes: if quick { QUICK } else { FULL },
         quick,
         runs: runs.unwrap_or(if quick { 1 } else { 3 }),
+        only,
         work_dir,
         rsh,
     })
@@ -192,6 +206,9 @@ fn bench(args: &Args) -> Result<()> {
     let started = Instant::now();
     let mut results = Vec::new();
     for (i, (kind, title)) in scenarios.into_iter().enumerate() {
+        if args.only.is_some_and(|n| n != i + 1) {
+            continue;
+        }
         let dir = work.path().join(format!("s{}", i + 1));
         let measured = run_scenario(kind, title, &s, args.runs, &rsh, &dir)?;
         tree::remove(&dir)?;
@@ -431,7 +448,7 @@ fn print_report(args: &Args, fs_type: &str, results: &[Measured]) {
             report::secs(o.receiver_scan),
             report::secs(o.delta_at),
             report::secs(o.chunks_at),
-            report::secs(o.apply),
+            report::secs(o.applied_at),
             report::secs(r.rsync),
         ]);
         if m.kind == Kind::FreshTree
@@ -496,13 +513,13 @@ fn print_report(args: &Args, fs_type: &str, results: &[Measured]) {
         report::table(
             &[
                 "Scenario",
-                "manifest/delta JSON",
+                "manifest update",
                 "chunks / requests",
                 "sender scan",
                 "receiver scan",
                 "delta ready at",
                 "chunks in at",
-                "apply (fsync)",
+                "durable at",
                 "rsync alone, no sync",
             ],
             &phase_rows,

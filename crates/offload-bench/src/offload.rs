@@ -16,8 +16,10 @@
 //! 3. asks for them in batches ([`encode_request`]: ids and basis signatures,
 //!    [`BATCH_WINDOW`] batches in flight); the sender reads them out of its tree and
 //!    answers with [`serve_request`] (raw, LZ4 or a patch);
-//! 4. decodes and verifies each batch ([`decode_reply`]), applies the delta with fsync from
-//!    `Chain(own tree, cache, received chunks)`, and acknowledges.
+//! 4. decodes and verifies each batch ([`decode_reply`]) and hands the chunks to an apply
+//!    that runs beside the transfer from `Chain(own tree, cache, incoming chunks)`
+//!    ([`Incoming`]), writing each file once its chunks are in, with fsync; then
+//!    acknowledges.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -30,7 +32,7 @@ use offload_sync::protocol::{
     serve_request, wanted_chunks,
 };
 use offload_sync::{
-    ApplyOptions, Chain, ChunkSource, ChunkStore, Limits, Manifest, MemoryChunks, ScanOptions,
+    ApplyOptions, Chain, ChunkSource, ChunkStore, Incoming, Limits, Manifest, ScanOptions,
     TreeChunks, apply, diff, scan,
 };
 
@@ -44,6 +46,8 @@ pub const BATCH_WINDOW: usize = 2;
 
 /// Old bytes the receiver reads to patch against, at most, in one sync.
 pub const BASIS_BUDGET: usize = 64 << 20;
+/// Received bytes held for the apply before the receiver waits for it to catch up.
+pub const INCOMING_CAP: usize = 128 << 20;
 
 /// What the sending side holds: its tree, its previous scan (for an incremental rescan)
 /// and the manifest the receiver last acknowledged, if any.
@@ -96,7 +100,8 @@ pub struct OffloadRun {
     pub delta_at: Duration,
     /// From the start until the last chunk batch was decoded.
     pub chunks_at: Duration,
-    pub apply: Duration,
+    /// From the start until the apply (which runs beside the transfer) was durable.
+    pub applied_at: Duration,
     pub wall: Duration,
 }
 
@@ -229,40 +234,55 @@ fn receive(
     run.chunks_patched = wanted.iter().filter(|w| w.basis.is_some()).count() as u64;
     let batches: Vec<Vec<Wanted>> = fetch_batches(wanted, BATCH_BYTES, BATCH_CHUNKS);
 
-    let mut received = MemoryChunks::new();
-    let mut next = batches.iter();
-    let mut in_flight = std::collections::VecDeque::new();
-    for batch in next.by_ref().take(BATCH_WINDOW) {
-        ask(Request::Chunks(encode_request(batch)), &mut run)?;
-        in_flight.push_back(batch);
-    }
-    while let Some(batch) = in_flight.pop_front() {
-        let Reply::Chunks(body) = replies.recv().map_err(hung_up)? else {
-            bail!("expected a chunk batch");
-        };
-        if let Some(batch) = next.next() {
-            ask(Request::Chunks(encode_request(batch)), &mut run)?;
-            in_flight.push_back(batch);
-        }
-        for (id, bytes) in decode_reply(&body, batch, &limits)? {
-            received.insert(id, bytes)?;
-        }
-    }
-    run.chunks_at = start.elapsed();
-
-    let t = Instant::now();
+    // Apply runs beside the transfer: it writes each file as soon as its chunks are in.
+    let incoming = Incoming::new(&delta, batches.iter().flatten().map(|w| w.id), INCOMING_CAP);
     let opts = ApplyOptions {
         fsync: true,
         ..ApplyOptions::default()
     };
-    apply(
-        side.root,
-        &delta,
-        &Chain::new(vec![&local, &cache, &received]),
-        &opts,
-    )
-    .context("apply failed")?;
-    run.apply = t.elapsed();
+    let applied = thread::scope(|s| -> Result<()> {
+        let applying = s.spawn(|| {
+            let result = apply(
+                side.root,
+                &delta,
+                &Chain::new(vec![&local, &cache, &incoming]),
+                &opts,
+            );
+            incoming.close(Some("the apply ended".to_owned()));
+            result
+        });
+        let fetched = (|| -> Result<()> {
+            let mut next = batches.iter();
+            let mut in_flight = std::collections::VecDeque::new();
+            for batch in next.by_ref().take(BATCH_WINDOW) {
+                ask(Request::Chunks(encode_request(batch)), &mut run)?;
+                in_flight.push_back(batch);
+            }
+            while let Some(batch) = in_flight.pop_front() {
+                let Reply::Chunks(body) = replies.recv().map_err(hung_up)? else {
+                    bail!("expected a chunk batch");
+                };
+                if let Some(batch) = next.next() {
+                    ask(Request::Chunks(encode_request(batch)), &mut run)?;
+                    in_flight.push_back(batch);
+                }
+                for (id, bytes) in decode_reply(&body, batch, &limits)? {
+                    incoming.push(id, bytes);
+                }
+            }
+            Ok(())
+        })();
+        run.chunks_at = start.elapsed();
+        incoming.close(fetched.as_ref().err().map(|e| format!("{e:#}")));
+        let applied = applying
+            .join()
+            .map_err(|_| anyhow!("the apply thread panicked"))?;
+        fetched?;
+        applied.context("apply failed")?;
+        Ok(())
+    });
+    applied?;
+    run.applied_at = start.elapsed();
     ask(Request::Ack(remote.digest().to_vec()), &mut run)?;
     Ok(run)
 }

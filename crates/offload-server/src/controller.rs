@@ -488,9 +488,63 @@ impl Controller {
         view
     }
 
-    /// Applies a push from the edge copy (I2: answered only once durable). A push from a
-    /// copy whose generation is no longer current is refused, unless it is a fenced
-    /// copy's conflict set, which lands under `.offload-conflicts/`.
+    /// Whether a copy at `generation` may push: a current edge copy its changes, a stale
+    /// (fenced) one only a conflict set, which lands under `.offload-conflicts/`.
+    fn check_pusher(
+        record: &ContainerRecord,
+        generation: u64,
+        conflict: bool,
+    ) -> Result<(), ActionError> {
+        if conflict {
+            if generation >= record.generation {
+                return Err(ActionError::BadRequest(
+                    "a conflict set comes only from a stale generation".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if record.location != Location::Edge || generation != record.generation {
+            return Err(ActionError::StaleGeneration {
+                pushed: generation,
+                current: record.generation,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the delta of a push and answers the chunks the server needs for it
+    /// (`offload_sync::protocol::encode_plan`).
+    pub async fn plan_push(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        generation: u64,
+        conflict: bool,
+        delta: Vec<u8>,
+    ) -> Result<Vec<u8>, ActionError> {
+        let record = self.find(who, id_or_name).await?;
+        Self::check_pusher(&record, generation, conflict)?;
+        self.sync.plan(&record.id, delta).await
+    }
+
+    /// Keeps the pusher's answer to one chunk request of its plan.
+    pub async fn upload_chunks(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        plan: u64,
+        batch: usize,
+        body: Vec<u8>,
+    ) -> Result<usize, ActionError> {
+        // Chunks are verified against their names and only used by a push that passes
+        // the generation check, so an upload needs no more than ownership.
+        let record = self.find(who, id_or_name).await?;
+        self.sync.upload(&record.id, plan, batch, body).await
+    }
+
+    /// Applies a planned push from the edge copy (I2: answered only once durable). A push
+    /// from a copy whose generation is no longer current is refused, unless it is a
+    /// fenced copy's conflict set, which lands under `.offload-conflicts/`.
     pub async fn push(
         &self,
         who: &Principal,
@@ -498,12 +552,8 @@ impl Controller {
         req: PushRequest,
     ) -> Result<PushReport, ActionError> {
         let record = self.find(who, id_or_name).await?;
+        Self::check_pusher(&record, req.generation, req.conflict)?;
         if req.conflict {
-            if req.generation >= record.generation {
-                return Err(ActionError::BadRequest(
-                    "a conflict set comes only from a stale generation".into(),
-                ));
-            }
             let name = format!(
                 "{}/edge-generation-{}-{}",
                 offload_sync::CONFLICTS_DIR,
@@ -512,7 +562,7 @@ impl Controller {
             );
             let prefix = offload_sync::RelPath::new(name)
                 .map_err(|e| ActionError::Internal(e.to_string()))?;
-            let report = self.sync.apply(&record.id, req.delta, Some(prefix)).await?;
+            let report = self.sync.apply(&record.id, req.plan, Some(prefix)).await?;
             let detail = format!(
                 "late changes of generation {} kept in {}",
                 req.generation,
@@ -521,13 +571,7 @@ impl Controller {
             let _ = self.save(&record, "conflict", &detail).await;
             return Ok(report);
         }
-        if record.location != Location::Edge || req.generation != record.generation {
-            return Err(ActionError::StaleGeneration {
-                pushed: req.generation,
-                current: record.generation,
-            });
-        }
-        self.sync.apply(&record.id, req.delta, None).await
+        self.sync.apply(&record.id, req.plan, None).await
     }
 
     /// Brings the store in line with the cloud engine after a start or a crash (I4):

@@ -15,7 +15,8 @@ use offload_core::api::{
     QueryView, StartRequest, WhoAmI,
 };
 use offload_store::{Principal, TokenKind};
-use offload_sync::protocol::{ChunkList, PushReport, PushRequest};
+use offload_sync::protocol::{PushReport, PushRequest};
+use serde::Deserialize;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -100,6 +101,28 @@ pub fn router(state: AppState) -> Router {
     })
     .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
     .with_state(state)
+}
+
+/// A query string whose rejections are API errors (400) with a JSON body.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                rejection.body_text(),
+            )),
+        }
+    }
 }
 
 /// A JSON body whose rejections are API errors (400, 413, 415) with a JSON body.
@@ -310,84 +333,126 @@ async fn move_container(
 }
 
 /// The workspace sync endpoints the agent uses (see `offload_sync::protocol`). Their
-/// bodies are larger than other API calls: chunk lists, deltas and chunk batches.
+/// bodies are binary and larger than other API calls: deltas, chunk requests and batches.
 fn sync_routes() -> Router<AppState> {
-    let json_limit = DefaultBodyLimit::max(16 << 20);
+    let request_limit = DefaultBodyLimit::max(16 << 20);
+    let batch_limit = DefaultBodyLimit::max(crate::workspace::MAX_BATCH_BYTES + (1 << 20));
     Router::new()
         .route("/manifest", axum::routing::get(workspace_manifest))
         .route(
             "/fetch",
-            axum::routing::post(workspace_fetch).layer(json_limit),
+            axum::routing::post(workspace_fetch).layer(request_limit),
         )
         .route(
-            "/missing",
-            axum::routing::post(workspace_missing).layer(json_limit),
-        )
-        .route(
-            "/push",
-            axum::routing::post(workspace_push).layer(json_limit),
+            "/plan",
+            axum::routing::post(workspace_plan).layer(DefaultBodyLimit::max(256 << 20)),
         )
         .route(
             "/chunks",
-            axum::routing::post(workspace_upload).layer(DefaultBodyLimit::max(
-                crate::workspace::MAX_BATCH_BYTES + (1 << 20),
-            )),
+            axum::routing::post(workspace_upload).layer(batch_limit),
+        )
+        .route(
+            "/push",
+            axum::routing::post(workspace_push).layer(request_limit),
         )
 }
 
-/// The manifest of the cloud copy of a workspace.
+fn binary(body: Vec<u8>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestQuery {
+    /// Digest (hex) of a manifest of this workspace the caller holds.
+    base: Option<String>,
+}
+
+/// The manifest of the cloud copy of a workspace, as a delta from the caller's base when
+/// the server still holds it.
 async fn workspace_manifest(
     State(state): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<ManifestQuery>,
 ) -> Result<Response, ActionError> {
+    let base = match query.base.as_deref() {
+        None => None,
+        Some(hex) => {
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(hex, &mut digest).map_err(|_| {
+                ActionError::BadRequest("base must be a digest of 64 hex digits".into())
+            })?;
+            Some(digest)
+        }
+    };
     let record = state.ctl.find(&who, &id).await?;
-    let manifest = state.ctl.sync.manifest(&record.id).await?;
-    Ok(Json(manifest.as_ref()).into_response())
+    let update = state.ctl.sync.manifest_update(&record.id, base).await?;
+    Ok(binary(update))
 }
 
-/// Chunks of the cloud copy, encoded as a batch.
+/// Chunks of the cloud copy, raw, compressed or patched against the caller's old bytes.
 async fn workspace_fetch(
     State(state): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    ApiJson(list): ApiJson<ChunkList>,
+    body: Bytes,
 ) -> Result<Response, ActionError> {
     let record = state.ctl.find(&who, &id).await?;
-    let batch = state.ctl.sync.fetch(&record.id, list).await?;
-    Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-        batch,
-    )
-        .into_response())
+    let batch = state.ctl.sync.fetch(&record.id, body.to_vec()).await?;
+    Ok(binary(batch))
 }
 
-/// Which of the listed chunks the cloud side lacks.
-async fn workspace_missing(
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanQuery {
+    generation: u64,
+    #[serde(default)]
+    conflict: bool,
+}
+
+/// Takes a push's delta; answers the chunk requests the pusher must serve.
+async fn workspace_plan(
     State(state): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
-    ApiJson(list): ApiJson<ChunkList>,
-) -> Result<Json<ChunkList>, ActionError> {
-    let record = state.ctl.find(&who, &id).await?;
-    Ok(Json(state.ctl.sync.missing(&record.id, list).await?))
+    ApiQuery(query): ApiQuery<PlanQuery>,
+    body: Bytes,
+) -> Result<Response, ActionError> {
+    let plan = state
+        .ctl
+        .plan_push(&who, &id, query.generation, query.conflict, body.to_vec())
+        .await?;
+    Ok(binary(plan))
 }
 
-/// Uploads a batch of chunks for a later push.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    plan: u64,
+    batch: usize,
+}
+
+/// The pusher's answer to one chunk request of its plan.
 async fn workspace_upload(
     State(state): State<AppState>,
     Caller(who): Caller,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     body: Bytes,
 ) -> Result<StatusCode, ActionError> {
-    // Chunks are verified against their names and only used by a push that passes the
-    // generation check, so an upload needs no more than ownership.
-    let record = state.ctl.find(&who, &id).await?;
-    state.ctl.sync.upload(&record.id, body.to_vec()).await?;
+    state
+        .ctl
+        .upload_chunks(&who, &id, query.plan, query.batch, body.to_vec())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Applies changes from the edge; answers once they are durably in place.
+/// Applies a planned push; answers once the files are durably in place.
 async fn workspace_push(
     State(state): State<AppState>,
     Caller(who): Caller,

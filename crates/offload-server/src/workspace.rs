@@ -2,28 +2,56 @@
 //! pushes from the edge applied durably (temp file, hash check, fsync, rename, fsync of
 //! the directory: `offload_sync::apply`) before they are acknowledged (I2).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use offload_core::ContainerId;
-use offload_sync::protocol::{ChunkList, PushReport};
+use offload_sync::protocol::{
+    PushReport, Wanted, decode_reply, encode_plan, encode_update, fetch_batches, serve_request,
+    wanted_chunks,
+};
 use offload_sync::{
-    ApplyOptions, Chain, ChunkId, ChunkSource, ChunkStore, Delta, Limits, Manifest, RelPath,
-    ScanOptions, SyncError, TreeChunks, decode_chunks, encode_chunks,
+    ApplyOptions, Chain, ChunkSource, ChunkStore, Delta, Limits, Manifest, RelPath, ScanOptions,
+    SyncError, TreeChunks,
 };
 
 use crate::error::ActionError;
 
 /// Largest chunk batch in one request or answer.
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Raw bytes of chunks the server asks for in one batch of a push.
+const PUSH_BATCH_BYTES: u64 = 16 << 20;
+/// Chunks the server asks for in one batch of a push.
+const PUSH_BATCH_CHUNKS: usize = 4096;
+/// Old bytes of the cloud copy read to patch a push's chunks against, at most.
+const BASIS_BUDGET: usize = 64 << 20;
+/// Manifests kept per container as bases a pull may name.
+const RECENT: usize = 4;
 
-/// Cached manifests of the cloud copies and the staging stores of uploads.
+/// Cached manifests of the cloud copies, push plans and the staging stores of uploads.
 pub struct Workspaces {
     root: PathBuf,
     staging: PathBuf,
-    manifests: Mutex<HashMap<ContainerId, Arc<Manifest>>>,
+    /// Newest first: what a pull may name as its base.
+    manifests: Mutex<HashMap<ContainerId, VecDeque<Known>>>,
+    plans: Mutex<HashMap<ContainerId, Plan>>,
+    next_plan: AtomicU64,
     locks: Mutex<HashMap<ContainerId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+#[derive(Clone)]
+struct Known {
+    digest: [u8; 32],
+    manifest: Arc<Manifest>,
+}
+
+/// A push between its delta and its commit.
+struct Plan {
+    id: u64,
+    delta: Arc<Delta>,
+    batches: Vec<Vec<Wanted>>,
 }
 
 fn sync_err(e: SyncError) -> ActionError {
@@ -46,6 +74,8 @@ impl Workspaces {
             root,
             staging,
             manifests: Mutex::new(HashMap::new()),
+            plans: Mutex::new(HashMap::new()),
+            next_plan: AtomicU64::new(1),
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -74,23 +104,46 @@ impl Workspaces {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
-            .cloned()
+            .and_then(|recent| recent.front())
+            .map(|k| k.manifest.clone())
+    }
+
+    fn known(&self, id: &ContainerId, digest: &[u8; 32]) -> Option<Arc<Manifest>> {
+        self.manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)?
+            .iter()
+            .find(|k| k.digest == *digest)
+            .map(|k| k.manifest.clone())
     }
 
     /// Rescans the cloud copy (reading only files whose size or mtime changed).
     async fn rescan(&self, id: &ContainerId) -> Result<Arc<Manifest>, ActionError> {
         let dir = self.dir(id);
         let previous = self.cached(id);
-        let scanned = tokio::task::spawn_blocking(move || {
-            offload_sync::scan(&dir, &ScanOptions::default(), previous.as_deref())
+        let (manifest, digest) = tokio::task::spawn_blocking(move || {
+            offload_sync::scan(&dir, &ScanOptions::default(), previous.as_deref()).map(|s| {
+                let digest = s.manifest.digest();
+                (s.manifest, digest)
+            })
         })
         .await?
         .map_err(|e| ActionError::Internal(format!("cannot scan the workspace: {e}")))?;
-        let manifest = Arc::new(scanned.manifest);
-        self.manifests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), manifest.clone());
+        let manifest = Arc::new(manifest);
+        let mut all = self.manifests.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = all.entry(id.clone()).or_default();
+        match recent.front_mut() {
+            // Same tree: keep the newest scan (its stat side table is the freshest).
+            Some(front) if front.digest == digest => front.manifest = manifest.clone(),
+            _ => {
+                recent.push_front(Known {
+                    digest,
+                    manifest: manifest.clone(),
+                });
+                recent.truncate(RECENT);
+            }
+        }
         Ok(manifest)
     }
 
@@ -100,15 +153,22 @@ impl Workspaces {
         self.rescan(id).await
     }
 
-    /// Reads chunks out of the cloud copy. A file that changed since the last scan makes
-    /// the answer a conflict: the caller fetches the manifest again.
-    pub async fn fetch(&self, id: &ContainerId, list: ChunkList) -> Result<Vec<u8>, ActionError> {
-        if list.ids.len() > limits().max_batch_chunks {
-            return Err(ActionError::BadRequest(format!(
-                "at most {} chunks per request",
-                limits().max_batch_chunks
-            )));
-        }
+    /// The current manifest of the cloud copy as an update against `base`, a manifest
+    /// the caller holds: a delta when the server still knows that base, else whole.
+    pub async fn manifest_update(
+        &self,
+        id: &ContainerId,
+        base: Option<[u8; 32]>,
+    ) -> Result<Vec<u8>, ActionError> {
+        let _guard = self.lock(id).await;
+        let manifest = self.rescan(id).await?;
+        let base = base.and_then(|d| self.known(id, &d));
+        Ok(tokio::task::spawn_blocking(move || encode_update(&manifest, base.as_deref())).await?)
+    }
+
+    /// Serves a chunk request out of the cloud copy. A file that changed since the last
+    /// scan makes the answer a conflict: the caller fetches the manifest again.
+    pub async fn fetch(&self, id: &ContainerId, request: Vec<u8>) -> Result<Vec<u8>, ActionError> {
         let _guard = self.lock(id).await;
         let manifest = match self.cached(id) {
             Some(m) => m,
@@ -117,64 +177,87 @@ impl Workspaces {
         let dir = self.dir(id);
         tokio::task::spawn_blocking(move || {
             let tree = TreeChunks::new(&dir, &manifest).map_err(sync_err)?;
-            let mut chunks = Vec::with_capacity(list.ids.len());
-            let mut total = 0usize;
-            for chunk in &list.ids {
-                let bytes = tree.get(chunk).map_err(|e| match e {
-                    SyncError::SourceChanged { .. } | SyncError::ChunkNotFound { .. } => {
-                        ActionError::Conflict(format!(
-                            "the workspace changed while it was read ({e}); fetch the manifest again"
-                        ))
-                    }
-                    other => sync_err(other),
-                })?;
-                total += bytes.len();
-                if total > MAX_BATCH_BYTES {
-                    return Err(ActionError::BadRequest(format!(
-                        "the chunks asked for exceed {MAX_BATCH_BYTES} bytes"
-                    )));
+            serve_request(&request, &tree, &limits()).map_err(|e| match e {
+                SyncError::SourceChanged { .. } | SyncError::ChunkNotFound { .. } => {
+                    ActionError::Conflict(format!(
+                        "the workspace changed while it was read ({e}); fetch the manifest again"
+                    ))
                 }
-                chunks.push((*chunk, bytes));
-            }
-            encode_chunks(chunks.iter().map(|(id, b)| (*id, b.as_slice()))).map_err(sync_err)
+                other => sync_err(other),
+            })
         })
         .await?
     }
 
-    /// Which of `list` the cloud side lacks.
-    pub async fn missing(
-        &self,
-        id: &ContainerId,
-        list: ChunkList,
-    ) -> Result<ChunkList, ActionError> {
+    /// Takes a push's delta and answers the chunk requests the pusher must serve: the
+    /// chunks neither the cloud copy nor earlier uploads hold, with the signatures of the
+    /// cloud's old bytes to patch them against.
+    pub async fn plan(&self, id: &ContainerId, delta: Vec<u8>) -> Result<Vec<u8>, ActionError> {
+        let delta = Arc::new(Delta::from_bytes(&delta, &limits()).map_err(sync_err)?);
         let _guard = self.lock(id).await;
         let manifest = match self.cached(id) {
             Some(m) => m,
             None => self.rescan(id).await?,
         };
-        let staging = ChunkStore::open_cache(self.staging_dir(id)).map_err(sync_err)?;
-        let have: HashSet<ChunkId> = manifest
-            .entries
-            .iter()
-            .filter_map(|e| match &e.kind {
-                offload_sync::EntryKind::File { chunks, .. } => Some(chunks.iter().map(|c| c.id)),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        let ids = list
-            .ids
-            .into_iter()
-            .filter(|c| !have.contains(c) && !staging.contains(c))
-            .collect();
-        Ok(ChunkList { ids })
+        let dir = self.dir(id);
+        let staging = self.staging_dir(id);
+        let planned = delta.clone();
+        let batches = tokio::task::spawn_blocking(move || {
+            let store = ChunkStore::open_cache(staging).map_err(sync_err)?;
+            let tree = TreeChunks::new(&dir, &manifest).map_err(sync_err)?;
+            let wanted = wanted_chunks(
+                &planned,
+                &manifest,
+                |c| tree.contains(c) || store.contains(c),
+                &tree,
+                BASIS_BUDGET,
+            );
+            Ok::<_, ActionError>(fetch_batches(wanted, PUSH_BATCH_BYTES, PUSH_BATCH_CHUNKS))
+        })
+        .await??;
+        let plan = self.next_plan.fetch_add(1, Ordering::Relaxed);
+        let body = encode_plan(plan, &batches);
+        self.plans.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.clone(),
+            Plan {
+                id: plan,
+                delta,
+                batches,
+            },
+        );
+        Ok(body)
     }
 
-    /// Verifies and stores uploaded chunks until a push uses them.
-    pub async fn upload(&self, id: &ContainerId, body: Vec<u8>) -> Result<usize, ActionError> {
+    fn planned_batch(
+        &self,
+        id: &ContainerId,
+        plan: u64,
+        batch: usize,
+    ) -> Result<Vec<Wanted>, ActionError> {
+        let plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        let found = plans.get(id).filter(|p| p.id == plan).ok_or_else(|| {
+            ActionError::Conflict(format!("no push plan {plan} in progress; plan again"))
+        })?;
+        found
+            .batches
+            .get(batch)
+            .cloned()
+            .ok_or_else(|| ActionError::BadRequest(format!("plan {plan} has no batch {batch}")))
+    }
+
+    /// Verifies the answer to batch `batch` of plan `plan` and keeps its chunks until
+    /// the push.
+    pub async fn upload(
+        &self,
+        id: &ContainerId,
+        plan: u64,
+        batch: usize,
+        body: Vec<u8>,
+    ) -> Result<usize, ActionError> {
+        let wanted = self.planned_batch(id, plan, batch)?;
         let staging = self.staging_dir(id);
         tokio::task::spawn_blocking(move || {
-            let chunks = decode_chunks(&body, &limits()).map_err(sync_err)?;
+            let chunks = decode_reply(&body, &wanted, &limits()).map_err(sync_err)?;
             let store = ChunkStore::open_cache(staging).map_err(sync_err)?;
             for (chunk, bytes) in &chunks {
                 store.put(chunk, bytes).map_err(sync_err)?;
@@ -184,15 +267,25 @@ impl Workspaces {
         .await?
     }
 
-    /// Applies a pushed delta to the cloud copy, or below `conflict_dir` for a fenced
+    /// Applies a planned push to the cloud copy, or below `conflict_dir` for a fenced
     /// copy's late changes. Returns once everything is on disk.
     pub async fn apply(
         &self,
         id: &ContainerId,
-        delta: Delta,
+        plan: u64,
         conflict_dir: Option<RelPath>,
     ) -> Result<PushReport, ActionError> {
         let _guard = self.lock(id).await;
+        let delta = {
+            let plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+            plans
+                .get(id)
+                .filter(|p| p.id == plan)
+                .map(|p| p.delta.clone())
+                .ok_or_else(|| {
+                    ActionError::Conflict(format!("no push plan {plan} in progress; plan again"))
+                })?
+        };
         let manifest = match self.cached(id) {
             Some(m) => m,
             None => self.rescan(id).await?,
@@ -217,6 +310,10 @@ impl Workspaces {
             })
         })
         .await??;
+        self.plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.rescan(id).await?;
         clear_dir(&self.staging_dir(id));
         Ok(PushReport {
@@ -230,6 +327,10 @@ impl Workspaces {
     /// Drops everything kept for a removed container.
     pub fn forget(&self, id: &ContainerId) {
         self.manifests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.plans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);

@@ -271,6 +271,12 @@ impl Plan<'_> {
         report: &mut ApplyReport,
     ) -> Result<HashMap<RelPath, String>, SyncError> {
         let mut staged = HashMap::new();
+        let many = self.opts.fsync && self.upserts.len() > FSYNC_EACH_UP_TO;
+        let mut flusher = if many {
+            Flusher::start(&stage.fd)
+        } else {
+            None
+        };
         for (n, (path, entry)) in self.upserts.iter().enumerate() {
             let EntryKind::File { chunks, .. } = &entry.kind else {
                 continue;
@@ -302,11 +308,15 @@ impl Plan<'_> {
             rustix::fs::fchmod(&file, Mode::from_raw_mode((entry.mode & 0o777) as _))
                 .map_err(|e| disk(e.into()))?;
             rustix::fs::futimens(&file, &mtime(entry.mtime_ns)).map_err(|e| disk(e.into()))?;
-            if self.opts.fsync && self.upserts.len() <= FSYNC_EACH_UP_TO {
+            if self.opts.fsync && !many {
                 file.sync_all().map_err(disk)?;
+            }
+            if let Some(flusher) = &mut flusher {
+                flusher.written(chunks.iter().map(|c| u64::from(c.len)).sum());
             }
             staged.insert(path.clone(), name);
         }
+        drop(flusher);
         // Many files: one flush of the filesystem instead of one journal commit per file,
         // which on a real disk is the difference between seconds and milliseconds. Either
         // way every staged file is durable before anything is renamed into place.
@@ -463,6 +473,58 @@ impl Plan<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Starts writeback of staged files while later ones are still being written: after every
+/// [`Flusher::EVERY`] bytes, a background thread runs `syncfs`. The final `syncfs` then
+/// waits only for the rest, instead of for every byte at the end (the kernel otherwise
+/// holds many seconds of writes in memory on a large machine). Durability does not depend
+/// on it.
+struct Flusher {
+    kick: std::sync::mpsc::SyncSender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    since: u64,
+}
+
+impl Flusher {
+    const EVERY: u64 = 64 << 20;
+
+    fn start(stage: &OwnedFd) -> Option<Flusher> {
+        let fd = stage.try_clone().ok()?;
+        let (kick, kicks) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("offload-flush".to_owned())
+            .spawn(move || {
+                for () in kicks {
+                    let _ = rustix::fs::syncfs(&fd);
+                }
+            })
+            .ok()?;
+        Some(Flusher {
+            kick,
+            thread: Some(thread),
+            since: 0,
+        })
+    }
+
+    fn written(&mut self, bytes: u64) {
+        self.since += bytes;
+        if self.since >= Self::EVERY {
+            self.since = 0;
+            // A flush already queued covers this one too.
+            let _ = self.kick.try_send(());
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        let (kick, _) = std::sync::mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.kick, kick));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

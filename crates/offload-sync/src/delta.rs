@@ -103,22 +103,6 @@ impl Delta {
         out
     }
 
-    /// Bytes of [`Delta::needed_chunks`].
-    pub fn needed_bytes(&self, have: impl Fn(&ChunkId) -> bool) -> u64 {
-        let mut seen = HashSet::new();
-        let mut total = 0;
-        for entry in &self.upserts {
-            if let EntryKind::File { chunks, .. } = &entry.kind {
-                for chunk in chunks {
-                    if seen.insert(chunk.id) && !have(&chunk.id) {
-                        total += u64::from(chunk.len);
-                    }
-                }
-            }
-        }
-        total
-    }
-
     /// Checks the delta on its own, before it meets a disk: counts, each entry's rules,
     /// no path named twice, no upsert below a deleted path or below an upserted file or
     /// symlink (the symlink-then-write-through-it trick), no reserved names.

@@ -96,5 +96,6 @@ pub use path::{
     CONFLICTS_DIR, MAX_COMPONENT_LEN, MAX_PATH_LEN, RelPath, TEMP_PREFIX, check_symlink_target,
 };
 pub use scan::{IGNORE_FILE, Scan, ScanOptions, ScanStats, Skipped, scan};
-pub use source::{Chain, ChunkSource, ChunkStore, MemoryChunks, TreeChunks, verify_chunk};
-pub use wire::{decode_chunks, encode_chunks};
+pub use source::{
+    Chain, ChunkSource, ChunkStore, Incoming, MemoryChunks, TreeChunks, verify_chunk,
+};

@@ -65,7 +65,7 @@ impl Signature {
     /// The signature of `basis`, with pieces sized so there are about a thousand.
     pub fn of(basis: &[u8]) -> Signature {
         let mut shift = 0;
-        while shift < MAX_SHIFT && basis.len() / ChunkParams::PATCH.avg >> shift > TARGET_PIECES {
+        while shift < MAX_SHIFT && (basis.len() / ChunkParams::PATCH.avg) >> shift > TARGET_PIECES {
             shift += 1;
         }
         Signature {

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::fs::{File, Metadata};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{Mode, OFlags};
@@ -103,6 +105,7 @@ pub fn scan(
         scan_started_ns,
         files: HashMap::new(),
     };
+    let mut pending: Vec<Pending> = Vec::new();
 
     for item in walker {
         let dent = match item {
@@ -179,13 +182,16 @@ pub fn scan(
                     EntryKind::File { size, chunks }
                 }
                 None => {
-                    let (chunks, read, unchanged) = chunk_file(full, &meta)?;
-                    stats.hashed_files += 1;
-                    stats.hashed_bytes += read;
-                    if unchanged {
-                        cache.files.insert(rel.clone(), local);
+                    // Read after the walk, several files at once.
+                    pending.push(Pending {
+                        index: entries.len(),
+                        full: full.to_owned(),
+                        meta,
+                    });
+                    EntryKind::File {
+                        size,
+                        chunks: Vec::new(),
                     }
-                    EntryKind::File { size: read, chunks }
                 }
             }
         } else {
@@ -203,6 +209,19 @@ pub fn scan(
                 reason: format!("tree has more than {} entries", opts.limits.max_entries),
             });
         }
+    }
+
+    for (job, result) in pending.iter().zip(chunk_files(&pending)) {
+        let (chunks, read, unchanged) = result?;
+        stats.hashed_files += 1;
+        stats.hashed_bytes += read;
+        let entry = &mut entries[job.index];
+        if unchanged {
+            cache
+                .files
+                .insert(entry.path.clone(), local_stat(&job.meta));
+        }
+        entry.kind = EntryKind::File { size: read, chunks };
     }
 
     let mut manifest = Manifest::new(entries);
@@ -262,9 +281,70 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// A file the walk found changed (or new), to be read and chunked.
+struct Pending {
+    index: usize,
+    full: PathBuf,
+    meta: Metadata,
+}
+
+/// Below this many bytes to read, one thread reads them all.
+const PARALLEL_FROM: u64 = 16 << 20;
+/// Most threads reading files at once.
+const MAX_READERS: usize = 4;
+
+/// Reads and chunks the pending files, several at once when there is much to read (hashing
+/// is CPU-bound, so a fresh tree scans about as many times faster as there are cores).
+/// Results are in the order of `pending`.
+fn chunk_files(pending: &[Pending]) -> Vec<Result<Chunked, SyncError>> {
+    let total: u64 = pending.iter().map(|p| p.meta.len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_READERS)
+        .min(pending.len());
+    if threads <= 1 || total < PARALLEL_FROM {
+        return pending
+            .iter()
+            .map(|p| chunk_file(&p.full, &p.meta))
+            .collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<_>>> = pending.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, AtomicOrdering::Relaxed);
+                    let Some(job) = pending.get(i) else { break };
+                    let result = chunk_file(&job.full, &job.meta);
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .zip(pending)
+        .map(|(slot, job)| {
+            slot.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| {
+                    Err(SyncError::io(
+                        "read",
+                        &job.full,
+                        std::io::Error::other("reader thread stopped"),
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// A file's chunks, the bytes read and whether it looked unchanged across the read.
+type Chunked = (Vec<ChunkRef>, u64, bool);
+
 /// Reads and chunks one file. Returns the chunks, the bytes read and whether the file
 /// looked unchanged across the read (only then may the next scan trust its stat).
-fn chunk_file(path: &Path, before: &Metadata) -> Result<(Vec<ChunkRef>, u64, bool), SyncError> {
+fn chunk_file(path: &Path, before: &Metadata) -> Result<Chunked, SyncError> {
     let fd = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,

@@ -325,3 +325,127 @@ impl ChunkSource for Chain<'_> {
         self.sources.iter().any(|s| s.contains(id))
     }
 }
+
+/// Chunks arriving from the other side while an [`apply`](crate::apply) runs beside the
+/// transfer: `get` waits for a chunk that is expected but has not arrived yet, so files
+/// are written while later chunks are still on their way.
+///
+/// The receiver [`push`](Incoming::push)es verified chunks in the order apply needs them
+/// (the order of [`wanted_chunks`](crate::protocol::wanted_chunks)), then
+/// [`close`](Incoming::close)s. Each chunk is dropped after its last use by the delta, and
+/// `push` waits while more than `cap` bytes are held and apply is busy, so memory stays
+/// bounded however large the transfer. If the transfer fails, `close` with the reason
+/// makes a waiting `get` fail instead of waiting forever.
+pub struct Incoming {
+    state: Mutex<IncomingState>,
+    changed: std::sync::Condvar,
+    cap: usize,
+}
+
+struct IncomingState {
+    /// Uses left of each expected chunk.
+    uses: HashMap<ChunkId, usize>,
+    held: HashMap<ChunkId, Vec<u8>>,
+    bytes: usize,
+    closed: Option<String>,
+    /// Apply is waiting for a chunk that has not arrived.
+    starving: bool,
+}
+
+impl Incoming {
+    /// Expects `wanted`, each used as many times as `delta`'s files refer to it; holds at
+    /// most about `cap` bytes that apply has not used yet.
+    pub fn new(
+        delta: &crate::Delta,
+        wanted: impl IntoIterator<Item = ChunkId>,
+        cap: usize,
+    ) -> Self {
+        let mut uses: HashMap<ChunkId, usize> = wanted.into_iter().map(|id| (id, 0)).collect();
+        for entry in &delta.upserts {
+            if let EntryKind::File { chunks, .. } = &entry.kind {
+                for chunk in chunks {
+                    if let Some(n) = uses.get_mut(&chunk.id) {
+                        *n += 1;
+                    }
+                }
+            }
+        }
+        Incoming {
+            state: Mutex::new(IncomingState {
+                uses,
+                held: HashMap::new(),
+                bytes: 0,
+                closed: None,
+                starving: false,
+            }),
+            changed: std::sync::Condvar::new(),
+            cap,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IncomingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands over a chunk the caller has verified against its id. Waits while too much
+    /// is held, unless apply is waiting for a chunk (then holding more cannot be avoided).
+    pub fn push(&self, id: ChunkId, bytes: Vec<u8>) {
+        let mut state = self.lock();
+        while state.bytes > self.cap && !state.starving && state.closed.is_none() {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.uses.get(&id).is_some_and(|n| *n > 0) && !state.held.contains_key(&id) {
+            state.bytes += bytes.len();
+            state.held.insert(id, bytes);
+        }
+        self.changed.notify_all();
+    }
+
+    /// No more chunks will come, or nobody will take them: called by the receiver when
+    /// the transfer ends (with the reason if it failed) and after the apply returns, so
+    /// neither side waits for the other in vain.
+    pub fn close(&self, error: Option<String>) {
+        let mut state = self.lock();
+        state.closed = Some(error.unwrap_or_else(|| "the transfer ended".to_owned()));
+        self.changed.notify_all();
+    }
+}
+
+impl ChunkSource for Incoming {
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>, SyncError> {
+        let mut state = self.lock();
+        if !state.uses.contains_key(id) {
+            return Err(SyncError::ChunkNotFound { id: *id });
+        }
+        loop {
+            if state.held.contains_key(id) {
+                state.starving = false;
+                let left = state.uses.get_mut(id).map(|n| {
+                    *n = n.saturating_sub(1);
+                    *n
+                });
+                let bytes = if left == Some(0) {
+                    let bytes = state.held.remove(id).unwrap_or_default();
+                    state.bytes -= bytes.len();
+                    bytes
+                } else {
+                    state.held.get(id).cloned().unwrap_or_default()
+                };
+                self.changed.notify_all();
+                return Ok(bytes);
+            }
+            if let Some(reason) = &state.closed {
+                return Err(SyncError::InvalidBatch {
+                    reason: format!("chunk {id} never arrived: {reason}"),
+                });
+            }
+            state.starving = true;
+            self.changed.notify_all();
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn contains(&self, id: &ChunkId) -> bool {
+        self.lock().uses.contains_key(id)
+    }
+}

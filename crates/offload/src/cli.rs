@@ -146,7 +146,7 @@ pub struct AgentArgs {
     /// the local socket].
     #[arg(long, value_name = "URI")]
     pub docker_host: Option<String>,
-    /// Workspaces, chunk cache and state [default: ~/.local/share/offload].
+    /// Workspaces and state [default: ~/.local/share/offload].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Network for containers run here: default, none, or an engine network name.

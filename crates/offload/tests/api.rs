@@ -168,34 +168,86 @@ fn bad_input_gets_a_json_4xx_and_the_server_keeps_answering() {
         // The sync endpoints refuse stale generations and hostile input.
         let ws = |p: &str| c(&format!("/v1/containers/{id}/workspace/{p}"));
         let push = |body: Value| a.http.post(ws("push")).bearer_auth(&a.token).json(&body);
-        let empty_delta = json!({"upserts": [], "deletes": []});
-        let (s, body) = answer(push(json!({"generation": 1, "delta": empty_delta}))).await;
+        let (s, body) = answer(push(json!({"generation": 1, "plan": 1}))).await;
         assert_error(s, &body, 409);
         assert_eq!(body["code"], "stale_generation");
-        let (s, body) = answer(push(json!({"generation": 1, "delta": empty_delta, "conflict": true}))).await;
+        let (s, body) = answer(push(json!({"generation": 1, "plan": 1, "conflict": true}))).await;
         assert_error(s, &body, 400);
+        let (s, body) = answer(push(
+            json!({"generation": 0, "delta": {"upserts": [], "deletes": []}}),
+        ))
+        .await;
+        assert_error(s, &body, 400);
+        let plan = |query: &str, body: Vec<u8>| {
+            a.http
+                .post(ws(&format!("plan?{query}")))
+                .bearer_auth(&a.token)
+                .body(body)
+        };
         for hostile in ["../escape", "/etc/passwd", "a/../../b", "x\u{0}y"] {
-            let delta = json!({"upserts": [{"path": hostile, "kind": "dir", "mode": 493, "mtime_ns": 0}], "deletes": []});
-            let (s, body) = answer(push(json!({"generation": 0, "delta": delta, "conflict": true}))).await;
+            let (s, body) = answer(plan(
+                "generation=0&conflict=true",
+                binary_delta_upserting_dir(hostile),
+            ))
+            .await;
             assert_error(s, &body, 400);
         }
-        let (s, body) = answer(a.http.post(ws("chunks")).bearer_auth(&a.token).body(vec![7u8; 100])).await;
+        let (s, body) = answer(plan("generation=0&conflict=true", vec![7u8; 100])).await;
         assert_error(s, &body, 400);
-        let (s, body) = answer(a.http.post(ws("fetch")).bearer_auth(&a.token).json(&json!({"ids": ["zz"]}))).await;
-        assert_error(s, &body, 422);
+        let (s, body) = answer(plan("generation=1", binary_delta_upserting_dir("fine"))).await;
+        assert_error(s, &body, 409);
+        assert_eq!(body["code"], "stale_generation");
+        let (s, body) = answer(plan("generation=many", Vec::new())).await;
+        assert_error(s, &body, 400);
+        assert_eq!(body["code"], "invalid_query");
+        let (s, body) = answer(
+            a.http
+                .post(ws("chunks?plan=1&batch=0"))
+                .bearer_auth(&a.token)
+                .body(vec![7u8; 100]),
+        )
+        .await;
+        assert_error(s, &body, 409);
+        let (s, body) = answer(
+            a.http
+                .post(ws("fetch"))
+                .bearer_auth(&a.token)
+                .body(b"OFSR\x01zz".to_vec()),
+        )
+        .await;
+        assert_error(s, &body, 400);
+        let (s, body) = answer(a.http.get(ws("manifest?base=zz")).bearer_auth(&a.token)).await;
+        assert_error(s, &body, 400);
         let (s, body) = answer(b.http.get(ws("manifest")).bearer_auth(&b.token)).await;
         assert_error(s, &body, 404);
-        let (s, body) = answer(b.http.get(c(&format!("/v1/containers/{id}/image"))).bearer_auth(&b.token)).await;
+        let (s, body) = answer(
+            b.http
+                .get(c(&format!("/v1/containers/{id}/image")))
+                .bearer_auth(&b.token),
+        )
+        .await;
         assert_error(s, &body, 404);
-        let (s, body) = answer(a.http.post(c(&format!("/v1/containers/{id}/move"))).bearer_auth(&a.token).json(&json!({"to": "edge"}))).await;
+        let (s, body) = answer(
+            a.http
+                .post(c(&format!("/v1/containers/{id}/move")))
+                .bearer_auth(&a.token)
+                .json(&json!({"to": "edge"})),
+        )
+        .await;
         assert_error(s, &body, 409);
-        assert!(body["error"].as_str().unwrap_or("").contains("agent"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("agent"),
+            "{body}"
+        );
 
         // Metrics need no token and name no user.
         let response = a.http.get(c("/metrics")).send().await.expect("metrics");
         assert_eq!(response.status().as_u16(), 200);
         let text = response.text().await.expect("text");
-        assert!(text.contains(r#"offload_containers{location="cloud",state="running"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"offload_containers{location="cloud",state="running"} 1"#),
+            "{text}"
+        );
         assert!(!text.contains("alice"), "{text}");
 
         // The OpenAPI document describes the API.
@@ -231,4 +283,14 @@ fn bad_input_gets_a_json_4xx_and_the_server_keeps_answering() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["state"], "running");
     assert!(bob.ls().is_empty());
+}
+
+/// A binary delta (`offload_sync`'s wire form) that upserts one directory at `path`,
+/// written by hand so that paths the library refuses to represent can be sent.
+fn binary_delta_upserting_dir(path: &str) -> Vec<u8> {
+    let mut out = b"OFSD\x01\x01".to_vec();
+    out.push(path.len() as u8);
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(&[0, 0xED, 0x03, 0, 0]);
+    out
 }
