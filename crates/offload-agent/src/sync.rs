@@ -151,6 +151,10 @@ async fn pull_once(
     let fetched: anyhow::Result<()> = async {
         let mut done = 0u64;
         for batch in fetch_batches(wanted, BATCH_BYTES, BATCH_CHUNKS) {
+            if incoming.is_closed() {
+                // The apply failed; its error says why.
+                break;
+            }
             let asked = std::time::Instant::now();
             let bytes = api
                 .exchange_bytes(

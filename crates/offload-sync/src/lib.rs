@@ -1,17 +1,17 @@
 //! offload-sync: the workspace sync of offload (DESIGN.md §6), which moves the files under
 //! a container's `/workspace` between the cloud host and the laptop without loss.
 //!
-//! The core is synchronous and does no networking: the server and agent carry its types
-//! (all serde) over HTTP.
+//! The core is synchronous and does no networking: the server and agent carry its
+//! messages ([`protocol`]) over HTTP.
 //!
 //! # Model
 //!
 //! - Files are cut into content-defined chunks by FastCDC 2020 with the protocol constants
-//!   [`MIN_CHUNK_SIZE`] (16 KiB), [`AVG_CHUNK_SIZE`] (64 KiB), [`MAX_CHUNK_SIZE`]
-//!   (256 KiB) and [`NORMALIZATION`] (level 1), pinned by a golden-vector test. A chunk
-//!   is named by its BLAKE3 hash, a [`ChunkId`] (hex in JSON); a file lists its
-//!   [`ChunkRef`]s `{ id, len }`. An edit changes only the chunks around it, and
-//!   identical content anywhere (another file, an earlier offload) is never sent twice.
+//!   of [`ChunkParams`]: 16/64/256 KiB (min/average/max) in files below
+//!   [`LARGE_FILE_SIZE`] (8 MiB), 256 KiB/1 MiB/4 MiB ([`MAX_CHUNK_SIZE`]) in larger ones,
+//!   normalisation level 1, pinned by golden-vector tests. A chunk is named by its BLAKE3
+//!   hash, a [`ChunkId`]; a file lists its [`ChunkRef`]s `{ id, len }`. An edit changes
+//!   only the chunks around it, and identical content anywhere is never sent twice.
 //! - [`RelPath`] is a validated relative path (no `..`, no leading `/`, no NUL or
 //!   backslash, components ≤ 255 bytes, whole ≤ 4096 bytes); deserialising validates, so
 //!   a hostile path cannot even be represented.
@@ -26,11 +26,15 @@
 //!
 //! ```text
 //! sender:   scan(root, opts, previous) -> Scan { manifest, skipped, .. }
-//!           diff(&receiver_manifest, &manifest) -> Delta { upserts, deletes }
-//! receiver: delta.needed_chunks(|id| local.contains(id))   // what to ask for
-//! sender:   encode_chunks(those chunks, read with TreeChunks) -> bytes
-//! receiver: decode_chunks(bytes, limits) -> verified chunks -> ChunkStore / MemoryChunks
-//!           apply(root, &delta, &Chain::new(vec![&local_tree, &store]), &opts)
+//!           protocol::encode_update(&manifest, base) -> bytes  // a delta from `base`
+//! receiver: protocol::decode_update(bytes, base) -> the sender's manifest
+//!           diff(&own, &theirs) -> Delta { upserts, deletes }
+//!           protocol::wanted_chunks(&delta, &own, have, &own_tree, budget) -> Vec<Wanted>
+//!           protocol::encode_request(batch) -> bytes   // ids, signatures of old bytes
+//! sender:   protocol::serve_request(bytes, &TreeChunks) -> bytes   // raw, LZ4 or patch
+//! receiver: protocol::decode_reply(bytes, batch) -> verified chunks -> Incoming
+//!           apply(root, &delta, &Chain::new(vec![&own_tree, &incoming]), &opts)
+//!           (apply runs beside the transfer, taking chunks as they arrive)
 //! ```
 //!
 //! - [`scan`] walks with the `ignore` crate: hidden files included, only `.offloadignore`
@@ -47,9 +51,10 @@
 //!   verifying, content-addressed cache on disk), [`TreeChunks`] (chunks read out of a live
 //!   tree via its manifest, hash-checked so a file that changed is an error; it is both how
 //!   a sender serves chunks and how a receiver reuses what its own tree already holds),
-//!   [`MemoryChunks`] and [`Chain`].
-//! - [`encode_chunks`] / [`decode_chunks`]: a batch of chunks for the wire, each LZ4
-//!   compressed when that helps; decoding bounds every length before allocating and
+//!   [`MemoryChunks`], [`Incoming`] (chunks arriving while an apply runs) and [`Chain`].
+//! - [`protocol`] and the wire formats beneath it: binary manifests and deltas, chunk
+//!   requests and batches (each chunk raw, LZ4 or a [`patch`] against old bytes the
+//!   receiver holds); decoding bounds every count and length before allocating and
 //!   verifies every hash.
 //! - [`apply`] checks everything before writing (a refused delta changes nothing),
 //!   refuses a delta that would empty a non-empty tree unless

@@ -119,10 +119,26 @@ pub const MAX_BASIS: usize = 4 * MAX_CHUNK_SIZE;
 /// Encodes `target` as a patch against the basis `sig` describes. Returns `None` when the
 /// patch would not be smaller than `target` itself.
 pub fn patch(target: &[u8], sig: &Signature) -> Option<Vec<u8>> {
-    let mut index: HashMap<([u8; 8], u32), u32> = HashMap::with_capacity(sig.pieces.len());
-    for (i, (len, hash)) in sig.pieces.iter().enumerate() {
-        index.entry((*hash, *len)).or_insert(i as u32);
+    patch_indexed(target, sig, &PieceIndex::of(sig))
+}
+
+/// Where each piece of a signature is, by hash and length: built once per signature when
+/// several chunks are patched against the same basis.
+pub struct PieceIndex(HashMap<([u8; 8], u32), u32>);
+
+impl PieceIndex {
+    pub fn of(sig: &Signature) -> PieceIndex {
+        let mut index = HashMap::with_capacity(sig.pieces.len());
+        for (i, (len, hash)) in sig.pieces.iter().enumerate() {
+            index.entry((*hash, *len)).or_insert(i as u32);
+        }
+        PieceIndex(index)
     }
+}
+
+/// [`patch`] with the signature's index already built.
+pub fn patch_indexed(target: &[u8], sig: &Signature, index: &PieceIndex) -> Option<Vec<u8>> {
+    let index = &index.0;
     enum Op {
         Copy(u32, u32),
         Literal(usize, usize),

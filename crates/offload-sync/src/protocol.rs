@@ -1,13 +1,23 @@
-//! The JSON bodies of the workspace sync endpoints, shared by the server and the agent.
+//! The messages of the workspace sync, shared by the server, the agent and the benchmark.
 //!
-//! - `GET  .../workspace/manifest` answers a [`Manifest`](crate::Manifest).
-//! - `POST .../workspace/fetch` takes a [`ChunkList`] and answers an encoded chunk batch
-//!   ([`encode_chunks`](crate::encode_chunks)).
-//! - `POST .../workspace/missing` takes a [`ChunkList`] and answers the [`ChunkList`] of
-//!   those the server lacks.
-//! - `POST .../workspace/chunks` takes an encoded chunk batch and stores it.
-//! - `POST .../workspace/push` takes a [`PushRequest`] and answers a [`PushReport`] once
-//!   the files are durably in place.
+//! Pulling (the edge fetches the cloud copy):
+//!
+//! - `GET  .../workspace/manifest?base=<hex digest>` answers an [`encode_update`]: the
+//!   cloud's manifest, as a delta from the named base when the server still holds it.
+//! - `POST .../workspace/fetch` takes an [`encode_request`] (chunk ids, and signatures of
+//!   the old bytes the edge holds for them) and answers a [`serve_request`] batch: each
+//!   chunk raw, LZ4-compressed or patched against its basis.
+//!
+//! Pushing (the edge sends its changes to the cloud copy), the same messages the other
+//! way round:
+//!
+//! - `POST .../workspace/plan?generation=N&conflict=B` takes a binary [`Delta`] against the
+//!   manifest the server last acknowledged and answers an [`encode_plan`]: the chunk
+//!   requests the server needs served, each an [`encode_request`].
+//! - `POST .../workspace/chunks?plan=P&batch=K` takes the [`serve_request`] answer to
+//!   request K, which the server verifies and keeps until the push.
+//! - `POST .../workspace/push` takes a [`PushRequest`] naming the plan and answers a
+//!   [`PushReport`] once the files are durably in place.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -15,36 +25,63 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::binary::{Reader, Writer};
-use crate::chunk::{ChunkRef, MAX_CHUNK_SIZE};
+use crate::chunk::ChunkRef;
 use crate::error::SyncError;
 use crate::manifest::{Entry, EntryKind, Limits, Manifest};
-use crate::patch::{MAX_BASIS, Signature, patch, unpatch};
+use crate::patch::{MAX_BASIS, Signature};
 use crate::path::RelPath;
-use crate::source::{ChunkSource, verify_chunk};
-use crate::wire::worth_compressing;
+use crate::source::ChunkSource;
 use crate::{ChunkId, Delta, diff};
 
+pub use crate::wire::{decode_reply, encode_request, serve_request};
+
 const UPDATE_MAGIC: &[u8; 4] = b"OFSU";
-const REQUEST_MAGIC: &[u8; 4] = b"OFSR";
-const BATCH_MAGIC: &[u8; 4] = b"OFSB";
+const PLAN_MAGIC: &[u8; 4] = b"OFSP";
 
-/// A list of chunk ids.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChunkList {
-    pub ids: Vec<ChunkId>,
-}
-
-/// Changes from the edge, against the manifest the server last acknowledged.
+/// Commits a planned push.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
     /// The generation the pushing copy runs at; a stale one is refused.
     pub generation: u64,
-    pub delta: Delta,
+    /// The plan the delta and its chunks were sent under.
+    pub plan: u64,
     /// The pusher was fenced: keep these changes under `.offload-conflicts/` instead.
     #[serde(default)]
     pub conflict: bool,
+}
+
+/// The server's answer to a push's delta: a plan id and the chunk requests to serve.
+///
+/// ```text
+/// "OFSP" | version u8 = 1 | plan id | count | count × ( len | request )
+/// ```
+pub fn encode_plan(plan: u64, batches: &[Vec<Wanted>]) -> Vec<u8> {
+    let mut w = Writer::with_magic(PLAN_MAGIC);
+    w.varint(plan);
+    w.usize(batches.len());
+    for batch in batches {
+        let request = encode_request(batch);
+        w.usize(request.len());
+        w.bytes(&request);
+    }
+    w.buf
+}
+
+/// The pusher's side of [`encode_plan`]: the plan id and each request, still encoded
+/// (each is checked by [`serve_request`]).
+pub fn decode_plan(bytes: &[u8]) -> Result<(u64, Vec<Vec<u8>>), SyncError> {
+    let mut r = Reader::new(bytes, "push plan");
+    r.expect_magic(PLAN_MAGIC)?;
+    let plan = r.varint()?;
+    let n = r.count(1)?;
+    let mut requests = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.count(1)?;
+        requests.push(r.take(len)?.to_vec());
+    }
+    r.finish()?;
+    Ok((plan, requests))
 }
 
 /// What a push changed.
@@ -244,162 +281,472 @@ pub fn fetch_batches(wanted: Vec<Wanted>, max_bytes: u64, max_chunks: usize) -> 
     out
 }
 
-/// The request for a batch: chunk ids and the signatures of their bases.
-///
-/// ```text
-/// "OFSR" | version u8 = 1 | count | count × signature
-///        | count | count × ( id [32] | basis (0 none, k the k-th signature) )
-/// ```
-pub fn encode_request(batch: &[Wanted]) -> Vec<u8> {
-    let mut bases: Vec<&Arc<Basis>> = Vec::new();
-    let mut refs = Vec::with_capacity(batch.len());
-    for w in batch {
-        refs.push(w.basis.as_ref().map(
-            |b| match bases.iter().position(|seen| Arc::ptr_eq(seen, b)) {
-                Some(k) => k + 1,
-                None => {
-                    bases.push(b);
-                    bases.len()
-                }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::{ChunkParams, chunk_bytes, cut_points};
+    use crate::source::MemoryChunks;
+
+    /// Deterministic pseudo-random bytes (xorshift64*); `seed` must not be 0.
+    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            out.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn path(s: &str) -> RelPath {
+        RelPath::new(s).expect("valid path")
+    }
+
+    fn dir(p: &str) -> Entry {
+        Entry {
+            path: path(p),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            mtime_ns: 1_600_000_000_000_000_000,
+        }
+    }
+
+    fn file(p: &str, data: &[u8], mtime_ns: i64) -> Entry {
+        Entry {
+            path: path(p),
+            kind: EntryKind::File {
+                size: data.len() as u64,
+                chunks: chunk_bytes(data),
             },
+            mode: 0o644,
+            mtime_ns,
+        }
+    }
+
+    fn link(p: &str, target: &str) -> Entry {
+        Entry {
+            path: path(p),
+            kind: EntryKind::Symlink {
+                target: target.to_owned(),
+            },
+            mode: 0o777,
+            mtime_ns: 0,
+        }
+    }
+
+    /// The chunks of `data`, as a tree holding it would serve them.
+    fn add_chunks(store: &mut MemoryChunks, data: &[u8]) {
+        let mut start = 0;
+        for end in cut_points(data) {
+            let bytes = &data[start..end];
+            store
+                .insert(ChunkId::of(bytes), bytes.to_vec())
+                .expect("insert");
+            start = end;
+        }
+    }
+
+    fn chunks_of(data: &[u8]) -> MemoryChunks {
+        let mut store = MemoryChunks::new();
+        add_chunks(&mut store, data);
+        store
+    }
+
+    fn ids(wanted: &[Wanted]) -> Vec<ChunkId> {
+        wanted.iter().map(|w| w.id).collect()
+    }
+
+    /// A tree of many small files, and the same tree with one of them edited.
+    fn many_files() -> (Manifest, Manifest) {
+        let mut entries = vec![dir("src")];
+        for i in 0..300u64 {
+            let name = format!("src/f{i:03}.rs");
+            entries.push(file(&name, &pseudo_random(100 + i as usize, i + 1), 7));
+        }
+        let base = Manifest::new(entries);
+        let mut new = base.clone();
+        new.entries[42] = file(new.entries[42].path.as_str(), b"edited", 8);
+        (base, new)
+    }
+
+    #[test]
+    fn an_update_round_trips_whole_and_as_a_small_delta() {
+        let limits = Limits::default();
+        let (base, new) = many_files();
+        let whole = encode_update(&new, None);
+        let delta = encode_update(&new, Some(&base));
+        assert_eq!(decode_update(&whole, None, &limits).expect("whole"), new);
+        assert_eq!(
+            decode_update(&whole, Some(&base), &limits).expect("whole, base unused"),
+            new
+        );
+        assert_eq!(
+            decode_update(&delta, Some(&base), &limits).expect("delta"),
+            new
+        );
+        assert!(
+            delta.len() * 20 < whole.len(),
+            "a one-file edit costs {} bytes as a delta and {} whole",
+            delta.len(),
+            whole.len()
+        );
+        // Nothing changed: the delta is empty and still rebuilds the manifest.
+        let same = encode_update(&base, Some(&base));
+        assert_eq!(
+            decode_update(&same, Some(&base), &limits).expect("empty delta"),
+            base
+        );
+    }
+
+    #[test]
+    fn a_delta_against_a_base_the_receiver_does_not_hold_is_refused() {
+        let limits = Limits::default();
+        let (base, new) = many_files();
+        let delta = encode_update(&new, Some(&base));
+        let mut other = base.clone();
+        other.entries[1].mtime_ns += 1;
+        assert!(decode_update(&delta, Some(&other), &limits).is_err());
+        assert!(decode_update(&delta, Some(&new), &limits).is_err());
+        assert!(decode_update(&delta, None, &limits).is_err());
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_match_its_digest_is_refused() {
+        let limits = Limits::default();
+        let (base, new) = many_files();
+        for base_given in [None, Some(&base)] {
+            let mut tampered = encode_update(&new, base_given);
+            tampered[5] ^= 1;
+            assert!(matches!(
+                decode_update(&tampered, Some(&base), &limits),
+                Err(SyncError::InvalidManifest { .. })
+            ));
+        }
+        // A valid manifest under the digest of another.
+        let mut swapped = encode_update(&base, None);
+        swapped[5..37].copy_from_slice(&new.digest());
+        assert!(matches!(
+            decode_update(&swapped, None, &limits),
+            Err(SyncError::InvalidManifest { .. })
         ));
     }
-    let mut w = Writer::with_magic(REQUEST_MAGIC);
-    w.usize(bases.len());
-    for b in &bases {
-        b.sig.write(&mut w);
-    }
-    w.usize(batch.len());
-    for (wanted, basis) in batch.iter().zip(refs) {
-        w.bytes(&wanted.id.0);
-        w.usize(basis.unwrap_or(0));
-    }
-    w.buf
-}
 
-const CODEC_RAW: u8 = 0;
-const CODEC_LZ4: u8 = 1;
-const CODEC_PATCH: u8 = 2;
-
-/// The sender's answer to [`encode_request`]: each chunk read from `source` and sent
-/// raw, LZ4-compressed or as a patch against its basis, whichever is smallest.
-///
-/// ```text
-/// "OFSB" | version u8 = 1 | count | count × ( codec u8 | raw_len | enc_len | enc_len bytes )
-/// ```
-pub fn serve_request(
-    request: &[u8],
-    source: &dyn ChunkSource,
-    limits: &Limits,
-) -> Result<Vec<u8>, SyncError> {
-    let mut r = Reader::new(request, "chunk request");
-    r.expect_magic(REQUEST_MAGIC)?;
-    let n = r.count(10)?;
-    let mut sigs = Vec::with_capacity(n);
-    for _ in 0..n {
-        sigs.push(Signature::read(&mut r)?);
-    }
-    let n = r.count(33)?;
-    if n > limits.max_batch_chunks {
-        return Err(r.bad(format!(
-            "{n} chunks exceed the limit of {}",
-            limits.max_batch_chunks
-        )));
-    }
-    let mut items = Vec::with_capacity(n);
-    for _ in 0..n {
-        let id = ChunkId(r.array()?);
-        let basis = r.varint()?;
-        let sig = match basis {
-            0 => None,
-            k => Some(
-                usize::try_from(k - 1)
-                    .ok()
-                    .and_then(|k| sigs.get(k))
-                    .ok_or_else(|| r.bad(format!("basis {k} not in the request")))?,
-            ),
-        };
-        items.push((id, sig));
-    }
-    r.finish()?;
-
-    let mut w = Writer::with_magic(BATCH_MAGIC);
-    w.usize(items.len());
-    let mut total = 0usize;
-    for (id, sig) in items {
-        let bytes = source.get(&id)?;
-        total += bytes.len();
-        if total > limits.max_batch_bytes {
-            return Err(SyncError::InvalidBatch {
-                reason: format!(
-                    "the chunks asked for exceed {} bytes",
-                    limits.max_batch_bytes
-                ),
-            });
+    #[test]
+    fn malformed_updates_are_refused() {
+        let limits = Limits::default();
+        let (base, new) = many_files();
+        for base_given in [None, Some(&base)] {
+            let good = encode_update(&new, base_given);
+            for n in 0..good.len() {
+                assert!(
+                    decode_update(&good[..n], Some(&base), &limits).is_err(),
+                    "prefix of {n} bytes accepted"
+                );
+            }
+            let mut trailing = good.clone();
+            trailing.push(0);
+            assert!(decode_update(&trailing, Some(&base), &limits).is_err());
+            let mut kind = good;
+            kind[37] = 2;
+            assert!(decode_update(&kind, Some(&base), &limits).is_err());
         }
-        let patched = sig.and_then(|sig| patch(&bytes, sig));
-        let compressed = if patched.is_none() && worth_compressing(&bytes) {
-            Some(lz4_flex::block::compress(&bytes)).filter(|c| c.len() < bytes.len())
-        } else {
-            None
-        };
-        let (codec, payload) = match (&patched, &compressed) {
-            (Some(p), _) => (CODEC_PATCH, &p[..]),
-            (None, Some(c)) => (CODEC_LZ4, &c[..]),
-            (None, None) => (CODEC_RAW, &bytes[..]),
-        };
-        w.u8(codec);
-        w.usize(bytes.len());
-        w.usize(payload.len());
-        w.bytes(payload);
     }
-    Ok(w.buf)
-}
 
-/// Decodes the sender's answer for `batch`, rebuilding patched chunks from their bases,
-/// and verifies every chunk against its id.
-pub fn decode_reply(
-    reply: &[u8],
-    batch: &[Wanted],
-    limits: &Limits,
-) -> Result<Vec<(ChunkId, Vec<u8>)>, SyncError> {
-    let mut r = Reader::new(reply, "chunk batch");
-    r.expect_magic(BATCH_MAGIC)?;
-    let n = r.count(3)?;
-    if n != batch.len() {
-        return Err(r.bad(format!("{n} chunks where {} were asked for", batch.len())));
-    }
-    let mut out = Vec::with_capacity(n);
-    let mut total = 0usize;
-    for wanted in batch {
-        let codec = r.u8()?;
-        let raw_len = r.varint()?;
-        let raw_len = usize::try_from(raw_len).unwrap_or(usize::MAX);
-        if raw_len != wanted.len as usize || raw_len > MAX_CHUNK_SIZE {
-            return Err(r.bad(format!(
-                "chunk {} has {raw_len} bytes where {} were expected",
-                wanted.id, wanted.len
-            )));
+    #[test]
+    fn with_delta_gives_the_new_manifest() {
+        let limits = Limits::default();
+        let old = Manifest::new(vec![
+            dir("a"),
+            dir("a/b"),
+            file("a/b/f", b"f", 1),
+            file("a/g", b"g", 1),
+            link("l", "x"),
+            file("x", b"x", 1),
+        ]);
+        let new = Manifest::new(vec![
+            dir("a"),
+            file("a/g", b"g, edited", 2),
+            link("l", "a/g"),
+            file("n", b"new", 3),
+            dir("x"),
+            file("x/y", b"y", 3),
+        ]);
+        for (from, to) in [(&old, &new), (&new, &old), (&old, &Manifest::empty())] {
+            let delta = diff(from, to);
+            assert_eq!(&from.with_delta(&delta, &limits).expect("apply"), to);
         }
-        total += raw_len;
-        if total > limits.max_batch_bytes {
-            return Err(r.bad("batch larger than the limit"));
-        }
-        let enc_len = r.count(1)?;
-        let payload = r.take(enc_len)?;
-        let bytes = match codec {
-            CODEC_RAW if enc_len == raw_len => payload.to_vec(),
-            CODEC_LZ4 => lz4_flex::block::decompress(payload, raw_len)
-                .map_err(|e| r.bad(format!("chunk {} does not decompress: {e}", wanted.id)))?,
-            CODEC_PATCH => match &wanted.basis {
-                Some(basis) => unpatch(payload, &basis.bytes, &basis.sig, raw_len)?,
-                None => return Err(r.bad(format!("chunk {} patched without a basis", wanted.id))),
-            },
-            other => return Err(r.bad(format!("unknown codec {other}"))),
+        assert_eq!(
+            old.with_delta(&Delta::default(), &limits).expect("no-op"),
+            old
+        );
+
+        // A delta that leaves an orphan is refused.
+        let orphan = Delta {
+            upserts: vec![file("missing/f", b"f", 1)],
+            deletes: vec![],
         };
-        verify_chunk(&wanted.id, &bytes)?;
-        out.push((wanted.id, bytes));
+        assert!(old.with_delta(&orphan, &limits).is_err());
+        let half_delete = Delta {
+            upserts: vec![],
+            deletes: vec![path("a/b")],
+        };
+        assert!(old.with_delta(&half_delete, &limits).is_err());
     }
-    r.finish()?;
-    Ok(out)
+
+    /// The old chunk of `data` that holds byte `at`.
+    fn chunk_around(data: &[u8], at: usize) -> &[u8] {
+        let mut start = 0;
+        for end in cut_points(data) {
+            if at < end {
+                return &data[start..end];
+            }
+            start = end;
+        }
+        panic!("{at} is past the end");
+    }
+
+    #[test]
+    fn a_one_byte_edit_in_a_large_file_wants_one_chunk_patched_against_the_old_one() {
+        let limits = Limits::default();
+        let old = pseudo_random(20 << 20, 1);
+        let mut new = old.clone();
+        let at = 10 << 20;
+        new[at] ^= 0x55;
+        let own = Manifest::new(vec![file("big", &old, 1)]);
+        let theirs = Manifest::new(vec![file("big", &new, 2)]);
+        let local = chunks_of(&old);
+        let delta = diff(&own, &theirs);
+
+        let wanted = wanted_chunks(&delta, &own, |id| local.contains(id), &local, 64 << 20);
+        assert_eq!(
+            wanted.len(),
+            1,
+            "a 1-byte edit wants {} chunks",
+            wanted.len()
+        );
+        let new_chunk = chunk_around(&new, at);
+        assert!(
+            new_chunk.len() >= ChunkParams::LARGE.min,
+            "cut as a large file"
+        );
+        assert_eq!(wanted[0].id, ChunkId::of(new_chunk));
+        let basis = wanted[0]
+            .basis
+            .as_ref()
+            .expect("the edited chunk has a basis");
+        assert_eq!(
+            basis.bytes,
+            chunk_around(&old, at),
+            "the basis is the old chunk"
+        );
+        assert_eq!(basis.sig, Signature::of(&basis.bytes));
+
+        // Through the wire, the chunk crosses as a patch of a few KiB.
+        let sender = chunks_of(&new);
+        let request = encode_request(&wanted);
+        let reply = serve_request(&request, &sender, &limits).expect("serve");
+        assert!(
+            reply.len() < 8 << 10 && request.len() < 32 << 10,
+            "a {} byte chunk took a {} byte request and a {} byte reply",
+            new_chunk.len(),
+            request.len(),
+            reply.len()
+        );
+        assert_eq!(
+            decode_reply(&reply, &wanted, &limits).expect("decode"),
+            vec![(wanted[0].id, new_chunk.to_vec())]
+        );
+    }
+
+    #[test]
+    fn a_new_file_has_no_basis() {
+        let old = pseudo_random(500_000, 2);
+        let fresh = pseudo_random(500_000, 3);
+        // "n" was a directory and "s" a symlink: neither has old bytes.
+        let own = Manifest::new(vec![file("big", &old, 1), dir("n"), link("s", "big")]);
+        let theirs = Manifest::new(vec![
+            file("big", &old, 1),
+            file("fresh", &fresh, 1),
+            file("n", &fresh[..300_000], 1),
+            file("s", &fresh[200_000..], 1),
+        ]);
+        let local = chunks_of(&old);
+        let delta = diff(&own, &theirs);
+        let wanted = wanted_chunks(&delta, &own, |id| local.contains(id), &local, 64 << 20);
+        let needed = delta.needed_chunks(|id| local.contains(id));
+        assert!(!wanted.is_empty());
+        assert_eq!(ids(&wanted), needed);
+        assert!(wanted.iter().all(|w| w.basis.is_none()));
+    }
+
+    /// Two small files, each with a byte flipped in its middle.
+    fn two_edits() -> (Manifest, Manifest, MemoryChunks, [Vec<u8>; 2]) {
+        let old = [pseudo_random(1 << 20, 4), pseudo_random(1 << 20, 5)];
+        let mut new = old.clone();
+        new[0][500_000] ^= 1;
+        new[1][500_000] ^= 1;
+        let own = Manifest::new(vec![file("a", &old[0], 1), file("b", &old[1], 1)]);
+        let theirs = Manifest::new(vec![file("a", &new[0], 2), file("b", &new[1], 2)]);
+        let mut local = chunks_of(&old[0]);
+        add_chunks(&mut local, &old[1]);
+        (own, theirs, local, old)
+    }
+
+    #[test]
+    fn bases_stay_within_the_budget() {
+        let (own, theirs, local, old) = two_edits();
+        let delta = diff(&own, &theirs);
+        let want = |budget| wanted_chunks(&delta, &own, |id| local.contains(id), &local, budget);
+        let sizes = [
+            chunk_around(&old[0], 500_000).len(),
+            chunk_around(&old[1], 500_000).len(),
+        ];
+        let with_bases =
+            |wanted: &[Wanted]| -> Vec<bool> { wanted.iter().map(|w| w.basis.is_some()).collect() };
+
+        assert_eq!(with_bases(&want(usize::MAX)), [true, true]);
+        assert_eq!(with_bases(&want(0)), [false, false]);
+        assert_eq!(
+            with_bases(&want(sizes[0] - 1)),
+            [false, sizes[1] < sizes[0]]
+        );
+        assert_eq!(with_bases(&want(sizes[0])), [true, false]);
+        assert_eq!(
+            with_bases(&want(sizes[0] + sizes[1] - 1)),
+            [true, false],
+            "the budget counts all bases together"
+        );
+        assert_eq!(with_bases(&want(sizes[0] + sizes[1])), [true, true]);
+    }
+
+    #[test]
+    fn no_basis_when_the_old_bytes_cannot_be_read() {
+        let (own, theirs, _, _) = two_edits();
+        let delta = diff(&own, &theirs);
+        let empty = MemoryChunks::new();
+        let wanted = wanted_chunks(&delta, &own, |_| false, &empty, usize::MAX);
+        assert_eq!(wanted.len(), 2);
+        assert!(wanted.iter().all(|w| w.basis.is_none()));
+    }
+
+    #[test]
+    fn chunks_held_are_not_wanted_and_each_is_wanted_once() {
+        let held = pseudo_random(400_000, 6);
+        let fresh = pseudo_random(400_000, 7);
+        let own = Manifest::new(vec![file("held", &held, 1)]);
+        // Two copies of new content, and a copy of what the receiver holds.
+        let theirs = Manifest::new(vec![
+            file("copy1", &fresh, 1),
+            file("copy2", &fresh, 1),
+            file("held", &held, 1),
+            file("held-too", &held, 1),
+        ]);
+        let local = chunks_of(&held);
+        let fresh_ids: Vec<ChunkId> = chunk_bytes(&fresh).iter().map(|c| c.id).collect();
+        assert!(fresh_ids.len() > 2);
+        let delta = diff(&own, &theirs);
+
+        let wanted = wanted_chunks(&delta, &own, |id| local.contains(id), &local, 0);
+        assert_eq!(ids(&wanted), fresh_ids);
+        for (w, c) in wanted.iter().zip(chunk_bytes(&fresh)) {
+            assert_eq!(w.len, c.len);
+        }
+
+        // A chunk held elsewhere (a cache) is not wanted either.
+        let cached = fresh_ids[1];
+        let wanted = wanted_chunks(
+            &delta,
+            &own,
+            |id| local.contains(id) || *id == cached,
+            &local,
+            0,
+        );
+        let mut expected = fresh_ids.clone();
+        expected.remove(1);
+        assert_eq!(ids(&wanted), expected);
+    }
+
+    fn some_wanted(lens: &[u32]) -> Vec<Wanted> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &len)| Wanted {
+                id: ChunkId([i as u8; 32]),
+                len,
+                basis: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fetch_batches_respect_both_bounds_and_keep_order() {
+        let lens: Vec<u32> = (0..100u32).map(|i| 1 + (i * 7919) % 100_000).collect();
+        let (max_bytes, max_chunks) = (300_000u64, 7usize);
+        let batches = fetch_batches(some_wanted(&lens), max_bytes, max_chunks);
+        let flat: Vec<u32> = batches.iter().flatten().map(|w| w.len).collect();
+        assert_eq!(flat, lens, "every chunk once, in order");
+        let bytes = |b: &[Wanted]| b.iter().map(|w| u64::from(w.len)).sum::<u64>();
+        for (k, batch) in batches.iter().enumerate() {
+            assert!(!batch.is_empty() && batch.len() <= max_chunks);
+            assert!(bytes(batch) <= max_bytes);
+            // Batches are full: the next chunk did not fit.
+            if let Some(next) = batches.get(k + 1) {
+                assert!(
+                    batch.len() == max_chunks || bytes(batch) + u64::from(next[0].len) > max_bytes
+                );
+            }
+        }
+        assert!(batches.iter().any(|b| b.len() == max_chunks));
+        assert!(batches.iter().any(|b| b.len() < max_chunks));
+
+        // A batch may fill both bounds exactly.
+        let shape = |lens: &[u32], max_bytes, max_chunks| -> Vec<usize> {
+            fetch_batches(some_wanted(lens), max_bytes, max_chunks)
+                .iter()
+                .map(Vec::len)
+                .collect()
+        };
+        assert_eq!(shape(&[50, 50, 50], 100, 10), [2, 1]);
+        assert_eq!(shape(&[1, 1, 1, 1, 1], 100, 2), [2, 2, 1]);
+        // A chunk larger than the byte bound goes alone.
+        assert_eq!(shape(&[10, 500, 10, 10], 100, 10), [1, 1, 2]);
+        assert!(fetch_batches(Vec::new(), 100, 10).is_empty());
+    }
+
+    #[test]
+    fn plans_round_trip_and_refuse_malformed_bytes() {
+        let (own, theirs, local, _) = two_edits();
+        let wanted = wanted_chunks(
+            &diff(&own, &theirs),
+            &own,
+            |id| local.contains(id),
+            &local,
+            usize::MAX,
+        );
+        let batches = fetch_batches(wanted, u64::MAX, 1);
+        assert_eq!(batches.len(), 2);
+        for plan in [0, 42, u64::MAX] {
+            let bytes = encode_plan(plan, &batches);
+            let (id, requests) = decode_plan(&bytes).expect("decode");
+            assert_eq!(id, plan);
+            let expected: Vec<Vec<u8>> = batches.iter().map(|b| encode_request(b)).collect();
+            assert_eq!(requests, expected);
+        }
+        assert_eq!(
+            decode_plan(&encode_plan(7, &[])).expect("empty plan"),
+            (7, Vec::new())
+        );
+
+        let good = encode_plan(42, &batches);
+        for n in 0..good.len() {
+            assert!(decode_plan(&good[..n]).is_err(), "prefix of {n} bytes");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(decode_plan(&trailing).is_err());
+        let mut magic = good;
+        magic[3] = b'X';
+        assert!(decode_plan(&magic).is_err());
+    }
 }

@@ -348,8 +348,15 @@ struct IncomingState {
     held: HashMap<ChunkId, Vec<u8>>,
     bytes: usize,
     closed: Option<String>,
-    /// Apply is waiting for a chunk that has not arrived.
-    starving: bool,
+    /// The chunk apply waits for, if it waits.
+    awaited: Option<ChunkId>,
+}
+
+impl IncomingState {
+    /// Apply waits for a chunk that has not arrived: holding more cannot be avoided.
+    fn starving(&self) -> bool {
+        self.awaited.is_some_and(|id| !self.held.contains_key(&id))
+    }
 }
 
 impl Incoming {
@@ -376,7 +383,7 @@ impl Incoming {
                 held: HashMap::new(),
                 bytes: 0,
                 closed: None,
-                starving: false,
+                awaited: None,
             }),
             changed: std::sync::Condvar::new(),
             cap,
@@ -391,7 +398,7 @@ impl Incoming {
     /// is held, unless apply is waiting for a chunk (then holding more cannot be avoided).
     pub fn push(&self, id: ChunkId, bytes: Vec<u8>) {
         let mut state = self.lock();
-        while state.bytes > self.cap && !state.starving && state.closed.is_none() {
+        while state.bytes > self.cap && !state.starving() && state.closed.is_none() {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         if state.uses.get(&id).is_some_and(|n| *n > 0) && !state.held.contains_key(&id) {
@@ -411,6 +418,14 @@ impl Incoming {
     }
 }
 
+impl Incoming {
+    /// Whether [`close`](Incoming::close) was called: a fetch loop stops early when the
+    /// apply has already ended (it failed).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+}
+
 impl ChunkSource for Incoming {
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>, SyncError> {
         let mut state = self.lock();
@@ -419,7 +434,7 @@ impl ChunkSource for Incoming {
         }
         loop {
             if state.held.contains_key(id) {
-                state.starving = false;
+                state.awaited = None;
                 let left = state.uses.get_mut(id).map(|n| {
                     *n = n.saturating_sub(1);
                     *n
@@ -439,7 +454,7 @@ impl ChunkSource for Incoming {
                     reason: format!("chunk {id} never arrived: {reason}"),
                 });
             }
-            state.starving = true;
+            state.awaited = Some(*id);
             self.changed.notify_all();
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
@@ -447,5 +462,107 @@ impl ChunkSource for Incoming {
 
     fn contains(&self, id: &ChunkId) -> bool {
         self.lock().uses.contains_key(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::ChunkRef;
+    use crate::delta::Delta;
+    use crate::manifest::Entry;
+
+    fn file(path: &str, chunks: &[(ChunkId, usize)]) -> Entry {
+        Entry {
+            path: RelPath::new(path).expect("valid path"),
+            kind: EntryKind::File {
+                size: chunks.iter().map(|(_, n)| *n as u64).sum(),
+                chunks: chunks
+                    .iter()
+                    .map(|(id, n)| ChunkRef {
+                        id: *id,
+                        len: *n as u32,
+                    })
+                    .collect(),
+            },
+            mode: 0o644,
+            mtime_ns: 0,
+        }
+    }
+
+    /// Apply's reads wait for chunks that are still on their way, a chunk used twice is
+    /// kept until its second use, and the holder never grows far beyond its cap while
+    /// apply keeps up.
+    #[test]
+    fn incoming_hands_chunks_over_in_order_within_its_cap() {
+        let chunks: Vec<(ChunkId, Vec<u8>)> = (0..50u8)
+            .map(|i| {
+                let bytes = vec![i; 1000];
+                (ChunkId::of(&bytes), bytes)
+            })
+            .collect();
+        let shared = chunks[0].0;
+        let mut entries = vec![file("a", &[(shared, 1000)])];
+        for (n, (id, _)) in chunks.iter().enumerate().skip(1) {
+            entries.push(file(&format!("f{n:02}"), &[(*id, 1000)]));
+        }
+        entries.push(file("z", &[(shared, 1000)]));
+        let delta = Delta {
+            upserts: entries,
+            deletes: Vec::new(),
+        };
+        let incoming = Incoming::new(&delta, chunks.iter().map(|(id, _)| *id), 5_000);
+        let most_held = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut got = Vec::new();
+                for entry in &delta.upserts {
+                    let EntryKind::File { chunks, .. } = &entry.kind else {
+                        continue;
+                    };
+                    for c in chunks {
+                        got.push(incoming.get(&c.id).expect("chunk arrives"));
+                    }
+                }
+                got
+            });
+            let mut most = 0;
+            for (id, bytes) in &chunks {
+                incoming.push(*id, bytes.clone());
+                most = most.max(incoming.lock().bytes);
+            }
+            incoming.close(None);
+            let got = reader.join().expect("reader");
+            assert_eq!(got.len(), 51);
+            assert_eq!(got[0], chunks[0].1);
+            assert_eq!(got[50], chunks[0].1, "the shared chunk is still there");
+            most
+        });
+        assert!(most_held <= 7_000, "held {most_held} bytes");
+        assert_eq!(incoming.lock().bytes, 0, "everything was handed over");
+    }
+
+    /// A transfer that fails makes a waiting apply fail with the reason instead of
+    /// waiting forever; unexpected chunks are not found at once.
+    #[test]
+    fn incoming_closed_with_an_error_fails_the_waiting_reader() {
+        let id = ChunkId::of(b"never");
+        let delta = Delta {
+            upserts: vec![file("f", &[(id, 5)])],
+            deletes: Vec::new(),
+        };
+        let incoming = Incoming::new(&delta, [id], 1 << 20);
+        assert!(matches!(
+            incoming.get(&ChunkId::of(b"other")),
+            Err(SyncError::ChunkNotFound { .. })
+        ));
+        let err = std::thread::scope(|s| {
+            let reader = s.spawn(|| incoming.get(&id));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            incoming.close(Some("the server hung up".to_owned()));
+            reader.join().expect("reader")
+        })
+        .expect_err("no chunk");
+        assert!(err.to_string().contains("the server hung up"), "{err}");
+        assert!(incoming.is_closed());
     }
 }

@@ -1,18 +1,20 @@
-//! Repeated syncs move only what changed: a 1-byte edit needs about one chunk, a 1 KiB
-//! insert at the start one or two, a rename none; a rescan of an unchanged tree reads no
-//! file; the receiver reuses chunks of its own old files.
+//! Repeated syncs move only what changed: a 1-byte edit needs one chunk, which crosses as
+//! a patch of a few KiB, a 1 KiB insert at the start one or two, a rename none; a rescan
+//! of an unchanged tree reads no file; the receiver reuses chunks of its own old files.
 
 mod common;
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
+use offload_sync::protocol::{decode_update, encode_update};
 use offload_sync::{
-    Chain, ChunkSource, ChunkStore, Manifest, MemoryChunks, ScanOptions, TreeChunks, apply,
-    decode_chunks, diff, encode_chunks, scan,
+    Chain, ChunkParams, ChunkSource, ChunkStore, EntryKind, Limits, Manifest, ScanOptions,
+    TreeChunks, apply, diff, scan,
 };
 
-use common::{Counting, assert_same_tree, fast_opts, pseudo_random, snapshot, write_file};
+use common::{Counting, assert_same_tree, fast_opts, fetch, pseudo_random, snapshot, write_file};
 
 const OLD_NS: i64 = 1_600_000_000_000_000_000;
 
@@ -20,24 +22,29 @@ fn rescan(root: &Path, previous: Option<&Manifest>) -> offload_sync::Scan {
     scan(root, &ScanOptions::default(), previous).expect("scan")
 }
 
-/// Syncs `src` into `dst` the way the agent will, through the wire encoding; returns the
-/// number of chunks that had to cross.
-fn sync(src: &Path, src_manifest: &Manifest, dst: &Path, dst_manifest: &Manifest) -> usize {
-    let delta = diff(dst_manifest, src_manifest);
-    let local = TreeChunks::new(dst, dst_manifest).expect("index receiver");
-    let needed = delta.needed_chunks(|id| local.contains(id));
+/// What one sync moved.
+struct Crossed {
+    /// Chunks that had to cross.
+    chunks: usize,
+    /// Bytes of the chunk requests (ids and signatures of bases).
+    request_bytes: usize,
+    /// Bytes of the chunk replies.
+    reply_bytes: usize,
+}
 
+/// Syncs `src` into `dst` the way the agent will: the manifest crosses as an update
+/// against the receiver's, the chunks through the wire protocol. Returns what crossed.
+fn sync(src: &Path, src_manifest: &Manifest, dst: &Path, dst_manifest: &Manifest) -> Crossed {
+    let limits = Limits::default();
+    let update = encode_update(src_manifest, Some(dst_manifest));
+    let remote = decode_update(&update, Some(dst_manifest), &limits).expect("decode update");
+    assert_eq!(&remote, src_manifest);
+
+    let delta = diff(dst_manifest, &remote);
+    let local = TreeChunks::new(dst, dst_manifest).expect("index receiver");
     let sender = TreeChunks::new(src, src_manifest).expect("index sender");
-    let bytes: Vec<_> = needed
-        .iter()
-        .map(|id| (*id, sender.get(id).expect("sender has chunk")))
-        .collect();
-    let wire = encode_chunks(bytes.iter().map(|(id, b)| (*id, &b[..]))).expect("encode");
-    let mut received = MemoryChunks::new();
-    for (id, b) in decode_chunks(&wire, &Default::default()).expect("decode") {
-        received.insert(id, b).expect("verified");
-    }
-    let received = Counting::new(&received);
+    let fetched = fetch(&delta, dst_manifest, &local, &sender);
+    let received = Counting::new(&fetched.chunks);
     apply(
         dst,
         &delta,
@@ -47,10 +54,25 @@ fn sync(src: &Path, src_manifest: &Manifest, dst: &Path, dst_manifest: &Manifest
     .expect("apply");
     assert_same_tree(&snapshot(src), &snapshot(dst));
     assert!(
-        received.served() >= needed.len(),
+        received.served() >= fetched.wanted.len(),
         "every needed chunk came from the batch"
     );
-    needed.len()
+    Crossed {
+        chunks: fetched.wanted.len(),
+        request_bytes: fetched.request_bytes,
+        reply_bytes: fetched.reply_bytes,
+    }
+}
+
+/// Distinct chunks of all files of `manifest`.
+fn distinct_chunks(manifest: &Manifest) -> usize {
+    let mut ids = HashSet::new();
+    for entry in &manifest.entries {
+        if let EntryKind::File { chunks, .. } = &entry.kind {
+            ids.extend(chunks.iter().map(|c| c.id));
+        }
+    }
+    ids.len()
 }
 
 struct Pair {
@@ -68,7 +90,12 @@ fn pair_with_big_file(content: &[u8]) -> (Pair, Manifest, Manifest) {
     write_file(&src.join("small.txt"), b"small", 0o644, OLD_NS);
     let m_src = rescan(&src, None).manifest;
     let first = sync(&src, &m_src, &dst, &Manifest::empty());
-    assert!(first >= content.len() / offload_sync::MAX_CHUNK_SIZE);
+    assert_eq!(
+        first.chunks,
+        distinct_chunks(&m_src),
+        "everything crosses once"
+    );
+    assert!(first.chunks >= content.len() / offload_sync::MAX_CHUNK_SIZE);
     let m_dst = rescan(&dst, None).manifest;
     assert_eq!(m_dst, m_src);
     (
@@ -82,9 +109,15 @@ fn pair_with_big_file(content: &[u8]) -> (Pair, Manifest, Manifest) {
     )
 }
 
+/// Large-tier chunks (about 1 MiB) keep a large file's chunk list short; the cost of an
+/// edit stays small because the changed chunk crosses as a patch against the old one.
 #[test]
-fn one_byte_edit_needs_one_chunk() {
+fn one_byte_edit_needs_one_chunk_that_crosses_as_a_small_patch() {
     let mut content = pseudo_random(8 << 20, 42);
+    assert_eq!(
+        ChunkParams::for_size(content.len() as u64),
+        ChunkParams::LARGE
+    );
     let (pair, m_src, m_dst) = pair_with_big_file(&content);
     content[5_000_000] ^= 0x55;
     write_file(
@@ -98,8 +131,17 @@ fn one_byte_edit_needs_one_chunk() {
         rescanned.stats.hashed_files, 1,
         "only the edited file is read"
     );
-    let needed = sync(&pair.src, &rescanned.manifest, &pair.dst, &m_dst);
-    assert_eq!(needed, 1, "a 1-byte edit should need exactly one new chunk");
+    let crossed = sync(&pair.src, &rescanned.manifest, &pair.dst, &m_dst);
+    assert_eq!(
+        crossed.chunks, 1,
+        "a 1-byte edit should need exactly one new chunk"
+    );
+    assert!(
+        crossed.reply_bytes < 8 << 10 && crossed.request_bytes < 32 << 10,
+        "a 1-byte edit crossed as a {} byte request and a {} byte reply",
+        crossed.request_bytes,
+        crossed.reply_bytes
+    );
 }
 
 #[test]
@@ -115,10 +157,16 @@ fn insert_at_start_needs_one_or_two_chunks() {
         OLD_NS + 1_000_000_000,
     );
     let rescanned = rescan(&pair.src, Some(&m_src));
-    let needed = sync(&pair.src, &rescanned.manifest, &pair.dst, &m_dst);
+    let crossed = sync(&pair.src, &rescanned.manifest, &pair.dst, &m_dst);
     assert!(
-        (1..=2).contains(&needed),
-        "a 1 KiB insert needed {needed} chunks"
+        (1..=2).contains(&crossed.chunks),
+        "a 1 KiB insert needed {} chunks",
+        crossed.chunks
+    );
+    assert!(
+        crossed.reply_bytes < 16 << 10,
+        "a 1 KiB insert crossed as a {} byte reply",
+        crossed.reply_bytes
     );
 }
 
@@ -130,7 +178,9 @@ fn rename_needs_no_chunks_and_reads_the_old_file_before_deleting_it() {
     let m_src = rescan(&pair.src, None).manifest;
     let delta = diff(&m_dst, &m_src);
     assert_eq!(delta.deletes.len(), 1);
-    assert_eq!(sync(&pair.src, &m_src, &pair.dst, &m_dst), 0);
+    let crossed = sync(&pair.src, &m_src, &pair.dst, &m_dst);
+    assert_eq!(crossed.chunks, 0);
+    assert_eq!(crossed.reply_bytes, 0, "no batch is asked for");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Property tests: scan → diff → apply reproduces any generated tree exactly, into an
-//! empty directory, into a different existing tree, and below a conflicts prefix.
+//! Property tests: scan → diff → fetch over the wire protocol → apply reproduces any
+//! generated tree exactly, into an empty directory, into a different existing tree, and
+//! below a conflicts prefix.
 
 mod common;
 
@@ -9,12 +10,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use offload_sync::{
-    ApplyOptions, Chain, Manifest, RelPath, ScanOptions, TreeChunks, apply, diff, scan,
+    ApplyOptions, Chain, ChunkSource, Manifest, RelPath, ScanOptions, TreeChunks, apply, diff, scan,
 };
 use proptest::prelude::*;
 
 use common::{
-    Counting, assert_same_tree, fast_opts, make_symlink, pseudo_random, snapshot, write_file,
+    assert_same_tree, fast_opts, fetch, ids, make_symlink, pseudo_random, snapshot, write_file,
 };
 
 #[derive(Debug, Clone)]
@@ -168,8 +169,14 @@ proptest! {
         build(&src, &spec, 0);
 
         let manifest = scanned(&src);
-        let delta = diff(&Manifest::empty(), &manifest);
-        let source = TreeChunks::new(&src, &manifest).expect("index");
+        let empty = Manifest::empty();
+        let delta = diff(&empty, &manifest);
+        let sender = TreeChunks::new(&src, &manifest).expect("index sender");
+        let local = TreeChunks::new(&dst, &empty).expect("index receiver");
+        let fetched = fetch(&delta, &empty, &local, &sender);
+        prop_assert!(fetched.wanted.iter().all(|w| w.basis.is_none()));
+        // Everything the tree holds came over the wire.
+        let source = fetched.chunks;
         apply(&dst, &delta, &source, &fast_opts()).expect("apply");
         assert_same_tree(&snapshot(&src), &snapshot(&dst));
         // The receiver's own scan agrees with the sender's manifest.
@@ -202,21 +209,18 @@ proptest! {
 
         let local = TreeChunks::new(&dst, &old_manifest).expect("index local");
         let remote = TreeChunks::new(&src, &new_manifest).expect("index remote");
-        let remote = Counting::new(&remote);
         let needed = delta.needed_chunks(|id| local.contains(id));
-        let source = Chain::new(vec![&local, &remote]);
+        let fetched = fetch(&delta, &old_manifest, &local, &remote);
+        let source = Chain::new(vec![&local, &fetched.chunks]);
         let opts = ApplyOptions { allow_mass_delete: true, ..fast_opts() };
         apply(&dst, &delta, &source, &opts).expect("apply");
 
         assert_same_tree(&snapshot(&src), &snapshot(&dst));
-        // Only chunks the receiver lacked crossed (repeats within the delta may be fetched
-        // again, but never one it had).
-        let needed_set: std::collections::HashSet<_> = needed.iter().collect();
-        prop_assert!(remote.served() >= needed_set.len());
+        // Exactly the chunks the receiver lacked crossed, each once (`fetch` checks the
+        // sender read each wanted chunk once).
+        prop_assert_eq!(ids(&fetched.wanted), needed);
         // Applying again is a no-op that still converges.
         let again = diff(&scanned(&dst), &new_manifest);
         prop_assert!(again.is_empty(), "second diff not empty: {:?}", again);
     }
 }
-
-use offload_sync::ChunkSource as _;

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: deterministic data, tree building, an
-//! independent tree snapshot to compare against, and a counting chunk source.
+//! independent tree snapshot to compare against, a counting chunk source, and a chunk
+//! fetch through the wire protocol.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -9,7 +10,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use offload_sync::{ChunkId, ChunkSource, SyncError};
+use offload_sync::protocol::{
+    Wanted, decode_reply, encode_request, fetch_batches, serve_request, wanted_chunks,
+};
+use offload_sync::{ChunkId, ChunkSource, Delta, Limits, Manifest, MemoryChunks, SyncError};
 
 /// Deterministic pseudo-random bytes (xorshift64*).
 pub fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
@@ -183,4 +187,69 @@ pub fn fast_opts() -> offload_sync::ApplyOptions {
         fsync: false,
         ..Default::default()
     }
+}
+
+/// Old bytes a receiver may describe as bases, as the agent allows.
+pub const BASIS_BUDGET: usize = 64 << 20;
+/// Bounds of one fetch, smaller than the agent's so that tests cross several batches.
+pub const BATCH_BYTES: u64 = 1 << 20;
+pub const BATCH_CHUNKS: usize = 8;
+
+/// What one fetch moved.
+pub struct Fetched {
+    /// The chunks asked for, in order.
+    pub wanted: Vec<Wanted>,
+    /// The chunks received, verified.
+    pub chunks: MemoryChunks,
+    pub batches: usize,
+    /// Bytes of all requests (ids and signatures of bases).
+    pub request_bytes: usize,
+    /// Bytes of all replies (chunks, raw, compressed or patched).
+    pub reply_bytes: usize,
+}
+
+/// Fetches the chunks `delta` needs from `sender` the way the agent does: the receiver
+/// works out what it lacks with [`wanted_chunks`] against its own manifest and tree
+/// (`local`), and each batch crosses as `encode_request` → `serve_request` →
+/// `decode_reply`. Asserts that the sender read each wanted chunk once and nothing else.
+pub fn fetch(
+    delta: &Delta,
+    own: &Manifest,
+    local: &dyn ChunkSource,
+    sender: &dyn ChunkSource,
+) -> Fetched {
+    let limits = Limits::default();
+    let wanted = wanted_chunks(delta, own, |id| local.contains(id), local, BASIS_BUDGET);
+    let sender = Counting::new(sender);
+    let mut fetched = Fetched {
+        wanted: wanted.clone(),
+        chunks: MemoryChunks::new(),
+        batches: 0,
+        request_bytes: 0,
+        reply_bytes: 0,
+    };
+    for batch in fetch_batches(wanted, BATCH_BYTES, BATCH_CHUNKS) {
+        let request = encode_request(&batch);
+        let reply = serve_request(&request, &sender, &limits).expect("serve request");
+        let chunks = decode_reply(&reply, &batch, &limits).expect("decode reply");
+        assert_eq!(chunks.len(), batch.len());
+        for (id, bytes) in chunks {
+            fetched.chunks.insert(id, bytes).expect("verified chunk");
+        }
+        fetched.batches += 1;
+        fetched.request_bytes += request.len();
+        fetched.reply_bytes += reply.len();
+    }
+    assert_eq!(
+        sender.served(),
+        fetched.wanted.len(),
+        "the sender read each wanted chunk once"
+    );
+    assert_eq!(fetched.chunks.len(), fetched.wanted.len());
+    fetched
+}
+
+/// The ids of `wanted`, in order.
+pub fn ids(wanted: &[Wanted]) -> Vec<ChunkId> {
+    wanted.iter().map(|w| w.id).collect()
 }
