@@ -228,7 +228,7 @@ pub fn chunk_bytes(data: &[u8]) -> Vec<ChunkRef> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Deterministic pseudo-random bytes (xorshift64*), independent of any crate.

@@ -240,18 +240,7 @@ pub fn unpatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            out.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use crate::chunk::tests::pseudo_random;
 
     fn round_trip(old: &[u8], new: &[u8]) -> usize {
         let sig = Signature::of(old);

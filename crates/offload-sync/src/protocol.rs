@@ -284,21 +284,9 @@ pub fn fetch_batches(wanted: Vec<Wanted>, max_bytes: u64, max_chunks: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::tests::pseudo_random;
     use crate::chunk::{ChunkParams, chunk_bytes, cut_points};
     use crate::source::MemoryChunks;
-
-    /// Deterministic pseudo-random bytes (xorshift64*); `seed` must not be 0.
-    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            out.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
 
     fn path(s: &str) -> RelPath {
         RelPath::new(s).expect("valid path")

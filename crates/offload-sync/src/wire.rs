@@ -223,20 +223,8 @@ mod tests {
     use std::ops::Range;
 
     use super::*;
+    use crate::chunk::tests::pseudo_random;
     use crate::source::MemoryChunks;
-
-    /// Deterministic pseudo-random bytes (xorshift64*); `seed` must not be 0.
-    fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            out.extend_from_slice(&seed.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
 
     fn wanted(bytes: &[u8]) -> Wanted {
         Wanted {
