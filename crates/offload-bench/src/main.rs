@@ -288,15 +288,10 @@ fn run_scenario(
         rsync: Vec::new(),
         copy: Vec::new(),
     };
-    let (rsync_dst, offload_dst, copy_dst, cache) = (
-        dir.join("rsync"),
-        dir.join("offload"),
-        dir.join("cp"),
-        dir.join("chunk-cache"),
-    );
+    let (rsync_dst, offload_dst, copy_dst) =
+        (dir.join("rsync"), dir.join("offload"), dir.join("cp"));
     for run in 0..runs {
         eprintln!("{}: run {}/{runs}", measured.title, run + 1);
-        tree::empty_dir(&cache)?;
         // Both destinations start from the same state: the scenario's base (an exact copy,
         // mtimes included, so rsync's quick check and offload's rescan both see unchanged
         // files as unchanged) or, for the fresh tree, nothing.
@@ -336,7 +331,6 @@ fn run_scenario(
             root: &offload_dst,
             previous: Some(&receiver_previous),
             base: sender_previous.as_ref(),
-            cache: &cache,
         };
         // Alternate who goes first, so neither always meets a warmer or colder cache.
         let run_rsync = |m: &mut Measured| -> Result<()> {

@@ -10,14 +10,14 @@
 //!    base); it gets an [`encode_update`]: the binary delta from that base, or the whole
 //!    binary manifest when it names none. Meanwhile it rescans its own tree (with its
 //!    previous scan, so unchanged files are not read);
-//! 2. computes the chunks it lacks against its own tree ([`TreeChunks`]) and its chunk
-//!    cache ([`ChunkStore`]) with [`wanted_chunks`], which gives a chunk that replaces old
-//!    bytes of the same file those bytes as a basis to patch against;
+//! 2. computes the chunks its own tree ([`TreeChunks`]) lacks with [`wanted_chunks`],
+//!    which gives a chunk that replaces old bytes of the same file those bytes as a basis
+//!    to patch against;
 //! 3. asks for them in batches ([`encode_request`]: ids and basis signatures,
 //!    [`BATCH_WINDOW`] batches in flight); the sender reads them out of its tree and
 //!    answers with [`serve_request`] (raw, LZ4 or a patch);
 //! 4. decodes and verifies each batch ([`decode_reply`]) and hands the chunks to an apply
-//!    that runs beside the transfer from `Chain(own tree, cache, incoming chunks)`
+//!    that runs beside the transfer from `Chain(own tree, incoming chunks)`
 //!    ([`Incoming`]), writing each file once its chunks are in, with fsync; then
 //!    acknowledges.
 
@@ -32,8 +32,8 @@ use offload_sync::protocol::{
     serve_request, wanted_chunks,
 };
 use offload_sync::{
-    ApplyOptions, Chain, ChunkSource, ChunkStore, Incoming, Limits, Manifest, ScanOptions,
-    TreeChunks, apply, diff, scan,
+    ApplyOptions, Chain, ChunkSource, Incoming, Limits, Manifest, ScanOptions, TreeChunks, apply,
+    diff, scan,
 };
 
 /// Most raw chunk bytes the receiver asks for in one request.
@@ -58,12 +58,11 @@ pub struct SenderSide<'a> {
 }
 
 /// What the receiving side holds: its tree, its previous scan of it, the sender's manifest
-/// it last received and acknowledged (its base), and its chunk cache.
+/// it last received and acknowledged (its base).
 pub struct ReceiverSide<'a> {
     pub root: &'a Path,
     pub previous: Option<&'a Manifest>,
     pub base: Option<&'a Manifest>,
-    pub cache: &'a Path,
 }
 
 /// Receiver to sender.
@@ -222,14 +221,7 @@ fn receive(
     run.delta_at = start.elapsed();
 
     let local = TreeChunks::new(side.root, &own)?;
-    let cache = ChunkStore::open(side.cache)?;
-    let wanted = wanted_chunks(
-        &delta,
-        &own,
-        |id| local.contains(id) || cache.contains(id),
-        &local,
-        BASIS_BUDGET,
-    );
+    let wanted = wanted_chunks(&delta, &own, |id| local.contains(id), &local, BASIS_BUDGET);
     run.chunks_fetched = wanted.len() as u64;
     run.chunks_patched = wanted.iter().filter(|w| w.basis.is_some()).count() as u64;
     let batches: Vec<Vec<Wanted>> = fetch_batches(wanted, BATCH_BYTES, BATCH_CHUNKS);
@@ -245,7 +237,7 @@ fn receive(
             let result = apply(
                 side.root,
                 &delta,
-                &Chain::new(vec![&local, &cache, &incoming]),
+                &Chain::new(vec![&local, &incoming]),
                 &opts,
             );
             incoming.close(Some("the apply ended".to_owned()));
@@ -301,11 +293,7 @@ mod tests {
     #[test]
     fn syncs_fresh_then_incrementally() -> Result<()> {
         let tmp = tempfile::tempdir()?;
-        let (src, dst, cache) = (
-            tmp.path().join("src"),
-            tmp.path().join("dst"),
-            tmp.path().join("cache"),
-        );
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
         tree::big_file_tree(&src, 3 << 20)?;
         let files = tree::small_files(&src, 50, 3)?;
         std::fs::create_dir(&dst)?;
@@ -320,7 +308,6 @@ mod tests {
                 root: &dst,
                 previous: None,
                 base: None,
-                cache: &cache,
             },
         )?;
         let src_manifest = scan_of(&src)?;
@@ -342,7 +329,6 @@ mod tests {
                 root: &dst,
                 previous: Some(&dst_manifest),
                 base: Some(&src_previous),
-                cache: &cache,
             },
         )?;
         assert_eq!(scan_of(&dst)?, scan_of(&src)?);
