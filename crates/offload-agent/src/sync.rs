@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use futures::StreamExt;
 use offload_core::agent::AgentMessage;
 use offload_sync::protocol::{
     PushReport, PushRequest, Wanted, decode_plan, decode_reply, decode_update, encode_request,
@@ -20,6 +21,8 @@ use crate::client::{Api, CallError};
 
 /// Fetched bytes held for the apply before the fetch waits for it to catch up.
 const INCOMING_CAP: usize = 128 << 20;
+/// Chunk requests a pull keeps in flight.
+const BATCHES_IN_FLIGHT: usize = 2;
 /// Largest chunk batch the agent asks for at once.
 const BATCH_BYTES: u64 = 16 << 20;
 const BATCH_CHUNKS: usize = 4096;
@@ -146,23 +149,28 @@ async fn pull_once(
             Ok(())
         })
     };
-    let mut fetching = std::time::Duration::ZERO;
     let mut wire = 0u64;
     let fetched: anyhow::Result<()> = async {
         let mut done = 0u64;
-        for batch in fetch_batches(wanted, BATCH_BYTES, BATCH_CHUNKS) {
+        // Requests in flight: the server reads and encodes the next batch while this side
+        // decodes the last.
+        let mut replies = futures::stream::iter(fetch_batches(wanted, BATCH_BYTES, BATCH_CHUNKS))
+            .map(|batch| async move {
+                let bytes = api
+                    .exchange_bytes(
+                        &format!("/v1/containers/{id}/workspace/fetch"),
+                        encode_request(&batch),
+                    )
+                    .await?;
+                Ok::<_, anyhow::Error>((batch, bytes))
+            })
+            .buffered(BATCHES_IN_FLIGHT);
+        while let Some(reply) = replies.next().await {
+            let (batch, bytes) = reply?;
             if incoming.is_closed() {
                 // The apply failed; its error says why.
                 break;
             }
-            let asked = std::time::Instant::now();
-            let bytes = api
-                .exchange_bytes(
-                    &format!("/v1/containers/{id}/workspace/fetch"),
-                    encode_request(&batch),
-                )
-                .await?;
-            fetching += asked.elapsed();
             wire += bytes.len() as u64;
             let incoming = incoming.clone();
             done += tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
@@ -197,7 +205,6 @@ async fn pull_once(
         %id,
         manifest = ?manifest_at,
         local_scan = ?(scanned_at - manifest_at),
-        fetch_wait = ?fetching,
         fetched = ?(fetched_at - scanned_at),
         applied_after = ?(started.elapsed() - fetched_at),
         bytes = wire,

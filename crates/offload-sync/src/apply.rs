@@ -8,8 +8,9 @@
 //!    to be replaced by a file or symlink may hold only paths the delta deletes; the
 //!    mass-deletion guard. A refused delta changes nothing.
 //! 2. **Stage**: every upserted file is assembled in a staging directory at the root
-//!    (`.offload-tmp-stage-*`): each chunk fetched, its length and hash checked, mode and
-//!    mtime set, fsynced. All reads of the old tree (a [`TreeChunks`] over the receiver's
+//!    (`.offload-tmp-stage-*`): each chunk fetched, its length and hash checked (the hash
+//!    by the source, when it says it does: [`ChunkSource::verified`]), mode and mtime set,
+//!    fsynced. All reads of the old tree (a [`TreeChunks`] over the receiver's
 //!    own files) happen here, before anything is destroyed, and a missing or bad chunk
 //!    stops the apply with the tree untouched.
 //! 3. **Commit**: deletes deepest first, then upserts parents first: directories created,
@@ -272,11 +273,10 @@ impl Plan<'_> {
     ) -> Result<HashMap<RelPath, String>, SyncError> {
         let mut staged = HashMap::new();
         let many = self.opts.fsync && self.upserts.len() > FSYNC_EACH_UP_TO;
-        let mut flusher = if many {
-            Flusher::start(&stage.fd)
-        } else {
-            None
-        };
+        // Started once there is enough to write back early.
+        let mut flusher: Option<Flusher> = None;
+        let mut unflushed = 0u64;
+        let verified = source.verified();
         for (n, (path, entry)) in self.upserts.iter().enumerate() {
             let EntryKind::File { chunks, .. } = &entry.kind else {
                 continue;
@@ -301,9 +301,12 @@ impl Plan<'_> {
                         reason: format!("{} bytes where {} were expected", bytes.len(), chunk.len),
                     });
                 }
-                verify_chunk(&chunk.id, &bytes)?;
+                if !verified {
+                    verify_chunk(&chunk.id, &bytes)?;
+                }
                 file.write_all(&bytes).map_err(disk)?;
                 report.bytes_written += bytes.len() as u64;
+                unflushed += bytes.len() as u64;
             }
             rustix::fs::fchmod(&file, Mode::from_raw_mode((entry.mode & 0o777) as _))
                 .map_err(|e| disk(e.into()))?;
@@ -311,8 +314,16 @@ impl Plan<'_> {
             if self.opts.fsync && !many {
                 file.sync_all().map_err(disk)?;
             }
-            if let Some(flusher) = &mut flusher {
-                flusher.written(chunks.iter().map(|c| u64::from(c.len)).sum());
+            // Between files only: a flush while a file is still being written made its
+            // writes wait (measured: a 192 MB file took 2.2 s to apply instead of 0.8 s).
+            if many && unflushed >= Flusher::EVERY {
+                unflushed = 0;
+                if flusher.is_none() {
+                    flusher = Flusher::start(&stage.fd);
+                }
+                if let Some(flusher) = &flusher {
+                    flusher.kick();
+                }
             }
             staged.insert(path.clone(), name);
         }
@@ -476,15 +487,14 @@ impl Plan<'_> {
     }
 }
 
-/// Starts writeback of staged files while later ones are still being written: after every
-/// [`Flusher::EVERY`] bytes, a background thread runs `syncfs`. The final `syncfs` then
+/// Starts writeback of staged files while later ones are still being written: after each
+/// file that completes [`Flusher::EVERY`] bytes, a background thread runs `syncfs`. The final `syncfs` then
 /// waits only for the rest, instead of for every byte at the end (the kernel otherwise
 /// holds many seconds of writes in memory on a large machine). Durability does not depend
 /// on it.
 struct Flusher {
     kick: std::sync::mpsc::SyncSender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
-    since: u64,
 }
 
 impl Flusher {
@@ -504,17 +514,12 @@ impl Flusher {
         Some(Flusher {
             kick,
             thread: Some(thread),
-            since: 0,
         })
     }
 
-    fn written(&mut self, bytes: u64) {
-        self.since += bytes;
-        if self.since >= Self::EVERY {
-            self.since = 0;
-            // A flush already queued covers this one too.
-            let _ = self.kick.try_send(());
-        }
+    fn kick(&self) {
+        // A flush already queued covers this one too.
+        let _ = self.kick.try_send(());
     }
 }
 

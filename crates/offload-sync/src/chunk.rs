@@ -43,7 +43,7 @@ impl ChunkParams {
     };
     /// Files of [`LARGE_FILE_SIZE`] or more.
     pub const LARGE: ChunkParams = ChunkParams {
-        min: 256 * 1024,
+        min: 512 * 1024,
         avg: 1 << 20,
         max: MAX_CHUNK_SIZE,
     };
@@ -258,6 +258,18 @@ pub(crate) mod tests {
             "chunk id of the first chunk changed"
         );
     }
+
+    /// The large-file parameters, pinned the same way.
+    #[test]
+    fn golden_cut_points_of_a_large_file() {
+        let data = pseudo_random(LARGE_FILE_SIZE as usize + 4 * 1024 * 1024, 0x0FF1_0AD6);
+        let cuts = cut_points(&data);
+        assert_eq!(cuts, GOLDEN_LARGE_CUTS, "large-file cut points changed");
+    }
+
+    const GOLDEN_LARGE_CUTS: &[usize] = &[
+        2409598, 3639275, 4774420, 5925918, 7236940, 9624763, 10169875, 11295705, 12582912,
+    ];
 
     const GOLDEN_CUTS: &[usize] = &[
         130449, 230094, 318270, 434884, 501692, 536336, 594498, 683898, 703212, 750302, 814533,

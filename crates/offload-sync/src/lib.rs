@@ -8,7 +8,7 @@
 //!
 //! - Files are cut into content-defined chunks by FastCDC 2020 with the protocol constants
 //!   of [`ChunkParams`]: 16/64/256 KiB (min/average/max) in files below
-//!   [`LARGE_FILE_SIZE`] (8 MiB), 256 KiB/1 MiB/4 MiB ([`MAX_CHUNK_SIZE`]) in larger ones,
+//!   [`LARGE_FILE_SIZE`] (8 MiB), 512 KiB/1 MiB/4 MiB ([`MAX_CHUNK_SIZE`]) in larger ones,
 //!   normalisation level 1, pinned by golden-vector tests. A chunk is named by its BLAKE3
 //!   hash, a [`ChunkId`]; a file lists its [`ChunkRef`]s `{ id, len }`. An edit changes
 //!   only the chunks around it, and identical content anywhere is never sent twice.

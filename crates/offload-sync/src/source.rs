@@ -15,13 +15,19 @@ use crate::path::RelPath;
 use crate::rooted::RootDir;
 
 /// Gives the bytes of a chunk by id. Implementations return [`SyncError::ChunkNotFound`]
-/// when they do not hold it, so a [`Chain`] can try the next source. Callers verify the
-/// bytes again; a source need not be trusted.
+/// when they do not hold it, so a [`Chain`] can try the next source. A source need not be
+/// trusted: callers verify what it gives, unless it says it verified it already.
 pub trait ChunkSource {
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>, SyncError>;
 
     /// Whether `get` would find the chunk. May be answered without reading it.
     fn contains(&self, id: &ChunkId) -> bool;
+
+    /// Whether every chunk `get` gives has been checked against its id already, so
+    /// [`apply`](crate::apply) need not hash it again. False unless a source makes sure.
+    fn verified(&self) -> bool {
+        false
+    }
 }
 
 /// Checks that `bytes` are the chunk `id`.
@@ -78,6 +84,11 @@ impl ChunkSource for MemoryChunks {
 
     fn contains(&self, id: &ChunkId) -> bool {
         self.chunks.contains_key(id)
+    }
+
+    /// Checked on insert.
+    fn verified(&self) -> bool {
+        true
     }
 }
 
@@ -183,6 +194,11 @@ impl ChunkSource for ChunkStore {
     fn contains(&self, id: &ChunkId) -> bool {
         self.path_of(id).is_file()
     }
+
+    /// Every read is hashed (bit rot is an error).
+    fn verified(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -287,6 +303,11 @@ impl ChunkSource for TreeChunks {
     fn contains(&self, id: &ChunkId) -> bool {
         self.index.contains_key(id)
     }
+
+    /// Every read is hashed (that is how a changed file is noticed).
+    fn verified(&self) -> bool {
+        true
+    }
 }
 
 /// Tries sources in order; the first that holds a chunk gives it.
@@ -323,6 +344,10 @@ impl ChunkSource for Chain<'_> {
 
     fn contains(&self, id: &ChunkId) -> bool {
         self.sources.iter().any(|s| s.contains(id))
+    }
+
+    fn verified(&self) -> bool {
+        self.sources.iter().all(|s| s.verified())
     }
 }
 
@@ -394,7 +419,7 @@ impl Incoming {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands over a chunk the caller has verified against its id. Waits while too much
+    /// Hands over a chunk the caller has verified against its id (apply trusts it). Waits while too much
     /// is held, unless apply is waiting for a chunk (then holding more cannot be avoided).
     pub fn push(&self, id: ChunkId, bytes: Vec<u8>) {
         let mut state = self.lock();
@@ -462,6 +487,12 @@ impl ChunkSource for Incoming {
 
     fn contains(&self, id: &ChunkId) -> bool {
         self.lock().uses.contains_key(id)
+    }
+
+    /// [`push`](Incoming::push) takes only chunks its caller verified
+    /// ([`decode_reply`](crate::protocol::decode_reply) does).
+    fn verified(&self) -> bool {
+        true
     }
 }
 

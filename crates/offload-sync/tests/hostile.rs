@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use offload_sync::{
-    ApplyOptions, ChunkId, ChunkRef, ChunkSource, Delta, Entry, EntryKind, Limits, Manifest,
+    ApplyOptions, Chain, ChunkId, ChunkRef, ChunkSource, Delta, Entry, EntryKind, Limits, Manifest,
     MemoryChunks, RelPath, SyncError, apply, chunk_bytes,
 };
 use proptest::prelude::*;
@@ -308,6 +308,13 @@ fn bad_or_missing_chunks_leave_the_tree_untouched() {
         deletes: vec![rel("d/f")],
     };
     let err = fx.refused(&delta, &Liar, &fast_opts());
+    assert!(matches!(err, SyncError::ChunkCorrupt { .. }), "{err}");
+    // A liar behind a source that verifies is still caught: a chain vouches for its
+    // chunks only if every source in it does.
+    let honest = MemoryChunks::new();
+    let chain = Chain::new(vec![&honest, &Liar]);
+    assert!(!chain.verified());
+    let err = fx.refused(&delta, &chain, &fast_opts());
     assert!(matches!(err, SyncError::ChunkCorrupt { .. }), "{err}");
     let err = fx.refused(&delta, &MemoryChunks::new(), &fast_opts());
     assert!(matches!(err, SyncError::ChunkNotFound { .. }), "{err}");
