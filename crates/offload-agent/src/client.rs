@@ -161,10 +161,7 @@ impl Api {
     ) -> Result<Option<T>, CallError> {
         let response = self.raw(request, &url).await?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| CallError::Unreachable {
-            url,
-            reason: describe_reqwest(&e),
-        })?;
+        let bytes = body_bytes(response, url).await?;
         if bytes.is_empty() {
             return Ok(None);
         }
@@ -204,10 +201,7 @@ impl Api {
     pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, CallError> {
         let url = self.url(path);
         let response = self.raw(self.http.get(&url), &url).await?;
-        response.bytes().await.map_err(|e| CallError::Unreachable {
-            url,
-            reason: describe_reqwest(&e),
-        })
+        body_bytes(response, url).await
     }
 
     /// POSTs raw bytes and returns the binary answer (a chunk batch, a push plan).
@@ -217,27 +211,23 @@ impl Api {
         body: Vec<u8>,
     ) -> Result<bytes::Bytes, CallError> {
         let url = self.url(path);
-        let request = self
-            .http
-            .post(&url)
-            .header("content-type", "application/octet-stream")
-            .body(body);
-        let response = self.raw(request, &url).await?;
-        response.bytes().await.map_err(|e| CallError::Unreachable {
-            url,
-            reason: describe_reqwest(&e),
-        })
+        let response = self.raw(self.binary_post(&url, body), &url).await?;
+        body_bytes(response, url).await
     }
 
     /// POSTs raw bytes and expects no answer body.
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<(), CallError> {
         let url = self.url(path);
-        let request = self
-            .http
-            .post(&url)
+        self.raw(self.binary_post(&url, body), &url)
+            .await
+            .map(|_| ())
+    }
+
+    fn binary_post(&self, url: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+        self.http
+            .post(url)
             .header("content-type", "application/octet-stream")
-            .body(body);
-        self.raw(request, &url).await.map(|_| ())
+            .body(body)
     }
 
     /// GETs a streaming answer (an image archive).
@@ -396,5 +386,13 @@ pub async fn join(server: &str, token: &str) -> anyhow::Result<ClientConfig> {
         admin: joined.admin,
         token: joined.token,
         ca_pem,
+    })
+}
+
+/// The whole body of a successful answer.
+async fn body_bytes(response: reqwest::Response, url: String) -> Result<bytes::Bytes, CallError> {
+    response.bytes().await.map_err(|e| CallError::Unreachable {
+        url,
+        reason: describe_reqwest(&e),
     })
 }

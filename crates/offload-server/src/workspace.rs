@@ -147,6 +147,15 @@ impl Workspaces {
         Ok(manifest)
     }
 
+    /// The manifest of the last scan, scanning first if there was none. The caller holds
+    /// the workspace's lock.
+    async fn last_scan(&self, id: &ContainerId) -> Result<Arc<Manifest>, ActionError> {
+        match self.cached(id) {
+            Some(m) => Ok(m),
+            None => self.rescan(id).await,
+        }
+    }
+
     /// The current manifest of the cloud copy.
     pub async fn manifest(&self, id: &ContainerId) -> Result<Arc<Manifest>, ActionError> {
         let _guard = self.lock(id).await;
@@ -170,10 +179,7 @@ impl Workspaces {
     /// scan makes the answer a conflict: the caller fetches the manifest again.
     pub async fn fetch(&self, id: &ContainerId, request: Vec<u8>) -> Result<Vec<u8>, ActionError> {
         let _guard = self.lock(id).await;
-        let manifest = match self.cached(id) {
-            Some(m) => m,
-            None => self.rescan(id).await?,
-        };
+        let manifest = self.last_scan(id).await?;
         let dir = self.dir(id);
         tokio::task::spawn_blocking(move || {
             let tree = TreeChunks::new(&dir, &manifest).map_err(sync_err)?;
@@ -195,10 +201,7 @@ impl Workspaces {
     pub async fn plan(&self, id: &ContainerId, delta: Vec<u8>) -> Result<Vec<u8>, ActionError> {
         let delta = Arc::new(Delta::from_bytes(&delta, &limits()).map_err(sync_err)?);
         let _guard = self.lock(id).await;
-        let manifest = match self.cached(id) {
-            Some(m) => m,
-            None => self.rescan(id).await?,
-        };
+        let manifest = self.last_scan(id).await?;
         let dir = self.dir(id);
         let staging = self.staging_dir(id);
         let planned = delta.clone();
@@ -228,21 +231,22 @@ impl Workspaces {
         Ok(body)
     }
 
-    fn planned_batch(
+    /// Reads the push plan `plan` of a workspace; a conflict when it is not the one in
+    /// progress (the server restarted, or a newer push replaced it).
+    fn with_plan<T>(
         &self,
         id: &ContainerId,
         plan: u64,
-        batch: usize,
-    ) -> Result<Vec<Wanted>, ActionError> {
+        read: impl FnOnce(&Plan) -> T,
+    ) -> Result<T, ActionError> {
         let plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
-        let found = plans.get(id).filter(|p| p.id == plan).ok_or_else(|| {
-            ActionError::Conflict(format!("no push plan {plan} in progress; plan again"))
-        })?;
-        found
-            .batches
-            .get(batch)
-            .cloned()
-            .ok_or_else(|| ActionError::BadRequest(format!("plan {plan} has no batch {batch}")))
+        plans
+            .get(id)
+            .filter(|p| p.id == plan)
+            .map(read)
+            .ok_or_else(|| {
+                ActionError::Conflict(format!("no push plan {plan} in progress; plan again"))
+            })
     }
 
     /// Verifies the answer to batch `batch` of plan `plan` and keeps its chunks until
@@ -254,7 +258,9 @@ impl Workspaces {
         batch: usize,
         body: Vec<u8>,
     ) -> Result<usize, ActionError> {
-        let wanted = self.planned_batch(id, plan, batch)?;
+        let wanted = self
+            .with_plan(id, plan, |p| p.batches.get(batch).cloned())?
+            .ok_or_else(|| ActionError::BadRequest(format!("plan {plan} has no batch {batch}")))?;
         let staging = self.staging_dir(id);
         tokio::task::spawn_blocking(move || {
             let chunks = decode_reply(&body, &wanted, &limits()).map_err(sync_err)?;
@@ -276,20 +282,8 @@ impl Workspaces {
         conflict_dir: Option<RelPath>,
     ) -> Result<PushReport, ActionError> {
         let _guard = self.lock(id).await;
-        let delta = {
-            let plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
-            plans
-                .get(id)
-                .filter(|p| p.id == plan)
-                .map(|p| p.delta.clone())
-                .ok_or_else(|| {
-                    ActionError::Conflict(format!("no push plan {plan} in progress; plan again"))
-                })?
-        };
-        let manifest = match self.cached(id) {
-            Some(m) => m,
-            None => self.rescan(id).await?,
-        };
+        let delta = self.with_plan(id, plan, |p| p.delta.clone())?;
+        let manifest = self.last_scan(id).await?;
         let dir = self.dir(id);
         let staging = self.staging_dir(id);
         let prefix = conflict_dir.clone();
