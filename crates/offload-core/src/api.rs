@@ -98,7 +98,7 @@ impl From<&ContainerRecord> for ContainerView {
             owner: r.owner.to_string(),
             location: r.location,
             state: r.state,
-            generation: r.generation,
+            generation: r.generation.get(),
             runtime_id: r.runtime_id.clone(),
             command: r.command.clone(),
             cpus: r.cpus,

@@ -9,13 +9,15 @@ pub mod agent;
 pub mod api;
 pub mod container;
 pub mod id;
+pub mod moves;
 pub mod size;
 pub mod token;
 
-pub use container::{
-    ContainerRecord, Location, MoveDirection, MoveRecord, MoveReport, MoveStep, State,
-};
+pub use container::{ContainerRecord, Location, State};
 pub use id::{ContainerId, ImageRef, Name, UserName, ValidationError};
+pub use moves::{
+    Generation, MoveDirection, MoveOutcome, MovePhase, MoveRecord, MoveReport, MoveStep,
+};
 pub use size::parse_memory;
 
 /// Label keys every engine container created by offload carries (invariant I4).

@@ -41,9 +41,9 @@ pub struct Controller {
     locks: Mutex<HashMap<ContainerId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) hub: Arc<AgentHub>,
     pub(crate) sync: Arc<Workspaces>,
-    pub(crate) started_at: std::time::Instant,
     pub(crate) monitor: crate::monitor::Monitor,
     pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) restarts: crate::reconciler::RestartBackoff,
 }
 
 impl Controller {
@@ -76,9 +76,9 @@ impl Controller {
             locks: Mutex::new(HashMap::new()),
             hub: Arc::new(AgentHub::new()),
             sync,
-            started_at: std::time::Instant::now(),
             monitor,
             metrics: crate::metrics::Metrics::new(),
+            restarts: Default::default(),
         })
     }
 
@@ -100,12 +100,18 @@ impl Controller {
         Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
     }
 
+    fn lock_of(&self, id: &ContainerId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.clone()).or_default().clone()
+    }
+
     pub(crate) async fn lock(&self, id: &ContainerId) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(id.clone()).or_default().clone()
-        };
-        lock.lock_owned().await
+        self.lock_of(id).lock_owned().await
+    }
+
+    /// The container's lock if nobody holds it now (a move, an action).
+    pub(crate) fn try_lock(&self, id: &ContainerId) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.lock_of(id).try_lock_owned().ok()
     }
 
     /// The host directory holding a container's workspace.
@@ -237,7 +243,7 @@ impl Controller {
             memory_bytes,
             location: Location::Cloud,
             state: State::Creating,
-            generation: 1,
+            generation: offload_core::Generation::FIRST,
             runtime_id: None,
             reason: None,
             created_at: at,
@@ -480,8 +486,8 @@ impl Controller {
     fn view_with(&self, record: &ContainerRecord, mv: Option<&MoveRecord>) -> ContainerView {
         let mut view = ContainerView::from(record);
         view.moving = mv.map(|m| MoveStatus {
-            direction: m.direction,
-            step: m.step,
+            direction: m.direction(),
+            step: m.phase.step(),
             started_at: m.started_at,
             progress: self.hub.progress(&record.id),
         });
@@ -495,6 +501,7 @@ impl Controller {
         generation: u64,
         conflict: bool,
     ) -> Result<(), ActionError> {
+        let generation = offload_core::Generation::new(generation);
         if conflict {
             if generation >= record.generation {
                 return Err(ActionError::BadRequest(
@@ -505,8 +512,8 @@ impl Controller {
         }
         if record.location != Location::Edge || generation != record.generation {
             return Err(ActionError::StaleGeneration {
-                pushed: generation,
-                current: record.generation,
+                pushed: generation.get(),
+                current: record.generation.get(),
             });
         }
         Ok(())
@@ -573,120 +580,9 @@ impl Controller {
         }
         self.sync.apply(&record.id, req.plan, None).await
     }
-
-    /// Brings the store in line with the cloud engine after a start or a crash (I4):
-    /// adopts containers that run, never creates a duplicate, and records what vanished.
-    pub async fn reconcile(&self) -> Result<ReconcileReport, ActionError> {
-        let engine = self.runtime.list_labelled(labels::ID).await?;
-        let mut by_id: HashMap<String, Vec<RuntimeContainer>> = HashMap::new();
-        // An agent's containers (on an engine that plays both sides) are not ours.
-        for c in engine
-            .into_iter()
-            .filter(|c| !c.labels.contains_key(labels::EDGE))
-        {
-            if let Some(id) = c.labels.get(labels::ID) {
-                by_id.entry(id.clone()).or_default().push(c);
-            }
-        }
-        let records = self.db(|s| s.containers(None)).await?;
-        let mut report = ReconcileReport::default();
-        for found in records {
-            let _guard = self.lock(&found.id).await;
-            let mut record = self.reload(&found.id).await?;
-            if record.location != Location::Cloud || record.state == State::Moving {
-                // Moves in flight are settled by `resume_interrupted_moves`.
-                by_id.remove(record.id.as_str());
-                continue;
-            }
-            let mut candidates = by_id.remove(record.id.as_str()).unwrap_or_default();
-            // Prefer the recorded engine container, then a running one.
-            candidates.sort_by_key(|c| {
-                (
-                    Some(&c.runtime_id) != record.runtime_id.as_ref(),
-                    !c.running,
-                )
-            });
-            let mut candidates = candidates.into_iter();
-            let before = (record.state, record.runtime_id.clone());
-            match candidates.next() {
-                Some(keep) => {
-                    record.runtime_id = Some(keep.runtime_id.clone());
-                    record.state = match (record.state, keep.running) {
-                        (_, true) => State::Running,
-                        (State::Stopped, false) => State::Stopped,
-                        (_, false) => {
-                            // It stopped while the server was away: start it again, as
-                            // the record says it should run.
-                            match self.runtime.start(&keep.runtime_id).await {
-                                Ok(()) => State::Running,
-                                Err(e) => {
-                                    record.reason = Some(format!(
-                                        "found stopped at server start and could not restart: {e}"
-                                    ));
-                                    State::Stopped
-                                }
-                            }
-                        }
-                    };
-                    if record.state == State::Running {
-                        record.reason = None;
-                    }
-                    report.adopted += 1;
-                }
-                None => match record.state {
-                    State::Creating => {
-                        record.state = State::Failed;
-                        record.reason = Some(
-                            "the server stopped before the container was created; remove it and start again"
-                                .into(),
-                        );
-                    }
-                    State::Running | State::Stopped => {
-                        record.state = State::Missing;
-                        record.runtime_id = None;
-                        record.reason = Some(
-                            "its engine container was not found at server start; `offload start` on it recreates it from the workspace"
-                                .into(),
-                        );
-                        report.missing += 1;
-                    }
-                    _ => {}
-                },
-            }
-            for extra in candidates {
-                tracing::warn!(id = %record.id, runtime_id = %extra.runtime_id, "removing a duplicate engine container");
-                self.runtime.remove(&extra.runtime_id).await?;
-                report.duplicates_removed += 1;
-            }
-            if (record.state, record.runtime_id.clone()) != before {
-                record.updated_at = now();
-                let detail = record
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| format!("{} after server start", record.state.as_str()));
-                self.save(&record, "reconciled", &detail).await?;
-            }
-        }
-        for (id, orphans) in by_id {
-            for orphan in orphans {
-                tracing::warn!(offload_id = %id, runtime_id = %orphan.runtime_id, "engine container carries an offload id this server does not know; leaving it alone");
-                report.unknown += 1;
-            }
-        }
-        Ok(report)
-    }
 }
 
-/// What a reconciliation found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReconcileReport {
-    pub adopted: usize,
-    pub missing: usize,
-    pub duplicates_removed: usize,
-    pub unknown: usize,
-}
-
-fn create_workspace(path: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn create_workspace(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(path)?;
     // The data directory above is 0700, so only root on the host can reach this; inside

@@ -78,6 +78,8 @@ pub struct AgentHub {
     agents: Mutex<HashMap<UserName, Arc<AgentLink>>>,
     exec_waiters: Mutex<HashMap<String, (UserName, oneshot::Sender<WebSocket>)>>,
     progress: Mutex<HashMap<ContainerId, Progress>>,
+    /// Moves in flight, with the owner whose agent takes part.
+    moves: Mutex<HashMap<ContainerId, UserName>>,
     next: AtomicU64,
 }
 
@@ -217,7 +219,14 @@ impl AgentHub {
         lock(&self.progress).get(id).cloned()
     }
 
-    pub fn clear_progress(&self, id: &ContainerId) {
+    /// A move of `id` started; `owner`'s agent takes part in it.
+    pub fn begin_move(&self, id: &ContainerId, owner: &UserName) {
+        lock(&self.moves).insert(id.clone(), owner.clone());
+    }
+
+    /// The move of `id` ended: its progress is gone.
+    pub fn end_move(&self, id: &ContainerId) {
+        lock(&self.moves).remove(id);
         lock(&self.progress).remove(id);
     }
 }

@@ -15,6 +15,7 @@ mod listener;
 pub mod metrics;
 mod monitor;
 mod mover;
+pub mod reconciler;
 pub mod tls;
 pub mod workspace;
 
@@ -44,12 +45,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
 
     let report = ctl.reconcile().await?;
     tracing::info!(?report, "reconciled the store with the engine");
-    // Moves interrupted by a crash wait for their agents for a while, then settle.
-    let resume = ctl.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(mover::AGENT_GRACE).await;
-        resume.resume_interrupted_moves(None).await;
-    });
+    // From here on, level-triggered: cloud containers, interrupted moves, edge states.
+    tokio::spawn(ctl.clone().run_reconciler());
     tokio::spawn(ctl.clone().run_monitor());
 
     let state = http::AppState {

@@ -1,23 +1,30 @@
-//! The move state machine of DESIGN.md §4, driven by the server.
+//! Carries out the move state machine of `offload_core::moves` (DESIGN.md §4).
 //!
-//! A move is a background task holding its container's lock. Before each step the step is
-//! written to the store (I4), so a restarted server knows what may have happened; the
-//! edge copy starts only after the cloud copy was confirmed stopped and the other way
-//! round (I1); any failure leaves a working container, with the reason recorded (I5).
+//! A move is a background task holding its container's lock. It enters each phase by
+//! writing it to the store (I4), takes the phase's action, and asks [`advance`] what
+//! follows from what happened. A move whose outcome is in doubt (the agent vanished while
+//! the edge may have started its copy) stays recorded and is picked up by the
+//! level-triggered [`Controller::settle_moves`], which asks [`settle`] with what the
+//! agent reports; no copy starts while another may run (I1), and every move that fails
+//! leaves a working container, or one the reconciler keeps trying to start (I5).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use offload_core::agent::{Command, EdgeContainer, EdgeSpec, Reply, Timings};
+use offload_core::agent::{Command, EdgeSpec, Reply};
 use offload_core::api::MoveRequest;
+use offload_core::moves::{
+    Decision, EdgeView, PhaseEvent, Rollback, ToCloud, ToEdge, World, advance, settle,
+};
 use offload_core::{
-    ContainerId, ContainerRecord, Location, MoveDirection, MoveRecord, MoveReport, MoveStep, State,
+    ContainerId, ContainerRecord, Generation, Location, MoveDirection, MoveOutcome, MovePhase,
+    MoveRecord, MoveReport, State,
 };
 use offload_store::Principal;
 
 use crate::controller::{Controller, now};
 use crate::error::ActionError;
-use crate::hub::AgentLink;
+use crate::hub::HubError;
 
 /// How long an agent may take to fetch an image and pre-copy a workspace.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -25,11 +32,39 @@ const PREPARE_TIMEOUT: Duration = Duration::from_secs(3600);
 const FINALIZE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long stopping the edge copy and its last push may take.
 const STOP_EDGE_TIMEOUT: Duration = Duration::from_secs(600);
-/// How long a restarted server waits for the agent of an interrupted move.
-pub const AGENT_GRACE: Duration = Duration::from_secs(45);
+/// How long the agent may take to answer a command that only tidies up.
+const TIDY_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn ms(since: Instant) -> Option<u64> {
     Some(since.elapsed().as_millis() as u64)
+}
+
+/// What a phase's action learned on its way, for the phases after it.
+struct Run {
+    record: ContainerRecord,
+    mv: MoveRecord,
+    started: Instant,
+    /// Whether the cloud copy ran when the move began: a rollback restarts only then.
+    was_running: bool,
+    spec: Option<EdgeSpec>,
+    /// The engine id of the copy the target now runs.
+    target_runtime_id: Option<String>,
+}
+
+/// How an agent's answer bears on the phase that asked.
+fn event_of(result: Result<Reply, HubError>, accept: impl FnOnce(Reply) -> bool) -> PhaseEvent {
+    match result {
+        Ok(reply) => {
+            let shown = format!("{reply:?}");
+            if accept(reply) {
+                PhaseEvent::Succeeded
+            } else {
+                PhaseEvent::Lost(format!("unexpected answer from the agent: {shown}"))
+            }
+        }
+        Err(e) if e.is_ambiguous() => PhaseEvent::Lost(e.to_string()),
+        Err(e) => PhaseEvent::Failed(e.to_string()),
+    }
 }
 
 impl Controller {
@@ -41,30 +76,60 @@ impl Controller {
         req: MoveRequest,
     ) -> Result<ContainerRecord, ActionError> {
         let found = self.find(who, id_or_name).await?;
-        let guard = self.lock(&found.id).await;
-        let mut record = self.reload(&found.id).await?;
-        if record.state == State::Moving {
+        let Some(guard) = self.try_lock(&found.id) else {
             return Err(ActionError::Conflict(format!(
-                "container {} is already moving",
-                record.id
+                "container {} is busy (a move or another action is in progress)",
+                found.id
             )));
-        }
-        if record.location == req.to {
+        };
+        let mut record = self.reload(&found.id).await?;
+        if record.location == req.to && record.state != State::Moving {
             return Err(ActionError::Conflict(format!(
                 "container {} is already at the {}",
                 record.id,
                 req.to.as_str()
             )));
         }
-        let agent = self.hub.agent(&record.owner);
-        match req.to {
+        let in_flight = self.move_of(&record.id).await?;
+        if req.to == Location::Cloud && req.force {
+            // Forcing is how an owner ends a move whose edge never came back.
+            if in_flight
+                .as_ref()
+                .is_some_and(|mv| mv.phase == MovePhase::ToCloud(ToCloud::StartingCloud))
+            {
+                return Err(ActionError::Conflict(format!(
+                    "container {} is already starting in the cloud",
+                    record.id
+                )));
+            }
+            self.force_to_cloud(&mut record, in_flight).await?;
+            drop(guard);
+            return Ok(record);
+        }
+        if record.state == State::Moving || in_flight.is_some() {
+            return Err(ActionError::Conflict(format!(
+                "container {} is already moving{}",
+                record.id,
+                match record.reason.as_deref() {
+                    Some(why) => format!(" ({why})"),
+                    None => String::new(),
+                }
+            )));
+        }
+        if self.hub.agent(&record.owner).is_none() {
+            return Err(ActionError::Conflict(match req.to {
+                Location::Edge => format!(
+                    "{}'s agent is not connected; start `offload agent` on the edge machine first",
+                    record.owner
+                ),
+                Location::Cloud => format!(
+                    "{}'s agent is not connected; `offload move {} --to cloud --force` starts the cloud copy from the last synced files",
+                    record.owner, record.id
+                ),
+            }));
+        }
+        let direction = match req.to {
             Location::Edge => {
-                let agent = agent.ok_or_else(|| {
-                    ActionError::Conflict(format!(
-                        "{}'s agent is not connected; start `offload agent` on the edge machine first",
-                        record.owner
-                    ))
-                })?;
                 if !matches!(record.state, State::Running | State::Stopped) {
                     return Err(ActionError::Conflict(format!(
                         "container {} is {}; only a running or stopped container can move",
@@ -72,58 +137,41 @@ impl Controller {
                         record.state.as_str()
                     )));
                 }
-                let mv = self
-                    .begin(&mut record, MoveDirection::ToEdge, MoveStep::Preparing)
-                    .await?;
-                let ctl = self.clone();
-                let moving = record.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    ctl.move_to_edge(moving, mv, agent).await;
-                });
+                MoveDirection::ToEdge
             }
-            Location::Cloud if req.force => {
-                self.force_to_cloud(&mut record).await?;
-                drop(guard);
-            }
-            Location::Cloud => {
-                let agent = agent.ok_or_else(|| {
-                    ActionError::Conflict(format!(
-                        "{}'s agent is not connected; `offload move {} --to cloud --force` starts the cloud copy from the last synced files",
-                        record.owner, record.id
-                    ))
-                })?;
-                let mv = self
-                    .begin(&mut record, MoveDirection::ToCloud, MoveStep::StoppingEdge)
-                    .await?;
-                let ctl = self.clone();
-                let moving = record.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    ctl.move_to_cloud(moving, mv, agent).await;
-                });
-            }
-        }
+            Location::Cloud => MoveDirection::ToCloud,
+        };
+        let was_running = direction == MoveDirection::ToEdge && self.cloud_running(&record).await;
+        let mv = self.begin(&mut record, direction, false).await?;
+        let run = Run {
+            record: record.clone(),
+            mv,
+            started: Instant::now(),
+            was_running,
+            spec: None,
+            target_runtime_id: None,
+        };
+        let ctl = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            ctl.drive(run).await;
+        });
         Ok(record)
     }
 
+    /// Records a new move and the record as `moving`, in one transaction.
     async fn begin(
         &self,
         record: &mut ContainerRecord,
         direction: MoveDirection,
-        step: MoveStep,
+        forced: bool,
     ) -> Result<MoveRecord, ActionError> {
-        let mv = MoveRecord {
-            container_id: record.id.clone(),
-            direction,
-            step,
-            from_generation: record.generation,
-            started_at: now(),
-            timings: Timings::default(),
-        };
+        let mut mv = MoveRecord::new(record.id.clone(), direction, record.generation);
+        mv.forced = forced;
+        mv.started_at = now();
         record.state = State::Moving;
         record.reason = None;
-        record.updated_at = now();
+        record.updated_at = mv.started_at;
         let (r, m) = (record.clone(), mv.clone());
         self.db(move |s| {
             s.begin_move(&r, &m)?;
@@ -131,49 +179,344 @@ impl Controller {
                 &r.id,
                 r.updated_at,
                 "move",
-                &format!("move {} started", m.direction.as_str()),
+                &format!(
+                    "move {} started{}",
+                    m.direction().as_str(),
+                    if m.forced { " (forced)" } else { "" }
+                ),
             )
         })
         .await?;
+        self.hub.begin_move(&record.id, &record.owner);
         Ok(mv)
     }
 
-    async fn step(&self, mv: &mut MoveRecord, step: MoveStep) -> Result<(), ActionError> {
-        mv.step = step;
+    async fn move_of(&self, id: &ContainerId) -> Result<Option<MoveRecord>, ActionError> {
+        let id = id.clone();
+        self.db(move |s| s.move_of(&id)).await
+    }
+
+    /// Runs a move from its recorded phase until it ends or its outcome is in doubt.
+    async fn drive(&self, mut run: Run) {
+        loop {
+            let phase = run.mv.phase;
+            let event = match self.enter(&run.mv).await {
+                Ok(()) => self.take_phase(&mut run).await,
+                Err(e) => PhaseEvent::Failed(format!("cannot record the move: {e}")),
+            };
+            tracing::debug!(id = %run.record.id, ?phase, ?event, "move phase ended");
+            match advance(phase, event) {
+                Decision::Enter(next) => run.mv.phase = next,
+                decision => return self.conclude(run, decision).await,
+            }
+        }
+    }
+
+    async fn conclude(&self, run: Run, decision: Decision) {
+        match decision {
+            Decision::Enter(phase) => {
+                tracing::error!(id = %run.record.id, ?phase, "a move cannot end by entering a phase");
+            }
+            Decision::Complete => self.complete(run).await,
+            Decision::RollBack(rollback) => self.roll_back(run, rollback).await,
+            Decision::AwaitEdge(reason) => self.await_edge(run, reason).await,
+        }
+    }
+
+    async fn enter(&self, mv: &MoveRecord) -> Result<(), ActionError> {
         let m = mv.clone();
         self.db(move |s| s.update_move(&m)).await
     }
 
-    /// Ends a move: the record as it now is, the report, and the move row gone.
-    async fn finish(
-        &self,
-        record: &mut ContainerRecord,
-        mv: &MoveRecord,
-        outcome: &str,
-        reason: Option<String>,
-        forced: bool,
-    ) {
+    /// The action of the run's current phase.
+    async fn take_phase(&self, run: &mut Run) -> PhaseEvent {
+        let owner = run.record.owner.clone();
+        match run.mv.phase {
+            MovePhase::ToEdge(ToEdge::Preparing) => {
+                let spec = match self.edge_spec(&run.record).await {
+                    Ok(spec) => spec,
+                    Err(e) => return PhaseEvent::Failed(e.to_string()),
+                };
+                run.spec = Some(spec.clone());
+                let result = self
+                    .hub
+                    .request(&owner, Command::Prepare { spec }, PREPARE_TIMEOUT)
+                    .await;
+                let timings = &mut run.mv.timings;
+                match event_of(result, |reply| match reply {
+                    Reply::Prepared { timings: t } => {
+                        timings.image_ms = t.image_ms;
+                        timings.precopy_ms = t.precopy_ms;
+                        timings.image = t.image;
+                        timings.bytes = t.bytes;
+                        true
+                    }
+                    _ => false,
+                }) {
+                    PhaseEvent::Failed(why) | PhaseEvent::Lost(why) => {
+                        PhaseEvent::Failed(format!("preparing the edge failed: {why}"))
+                    }
+                    ok => ok,
+                }
+            }
+            MovePhase::ToEdge(ToEdge::StoppingCloud) => {
+                let stop_started = Instant::now();
+                if let Some(runtime_id) = &run.record.runtime_id {
+                    match self.runtime().stop(runtime_id, self.grace()).await {
+                        Ok(()) | Err(offload_runtime::RuntimeError::NotFound { .. }) => {}
+                        Err(e) => {
+                            return PhaseEvent::Failed(format!(
+                                "stopping the cloud copy failed: {e}"
+                            ));
+                        }
+                    }
+                }
+                run.mv.timings.stop_ms = ms(stop_started);
+                PhaseEvent::Succeeded
+            }
+            MovePhase::ToEdge(ToEdge::Finalizing) => {
+                let spec = match &run.spec {
+                    Some(spec) => spec.clone(),
+                    None => match self.edge_spec(&run.record).await {
+                        Ok(spec) => spec,
+                        Err(e) => return PhaseEvent::Failed(e.to_string()),
+                    },
+                };
+                let finalize = Command::Finalize {
+                    spec,
+                    generation: run.mv.to().get(),
+                };
+                let result = self.hub.request(&owner, finalize, FINALIZE_TIMEOUT).await;
+                let (timings, target) = (&mut run.mv.timings, &mut run.target_runtime_id);
+                match event_of(result, |reply| match reply {
+                    Reply::Started {
+                        runtime_id,
+                        timings: t,
+                    } => {
+                        timings.final_sync_ms = t.final_sync_ms;
+                        timings.start_ms = t.start_ms;
+                        timings.bytes += t.bytes;
+                        *target = Some(runtime_id);
+                        true
+                    }
+                    _ => false,
+                }) {
+                    PhaseEvent::Failed(why) => {
+                        PhaseEvent::Failed(format!("starting at the edge failed: {why}"))
+                    }
+                    PhaseEvent::Lost(why) => {
+                        PhaseEvent::Lost(format!("starting at the edge was interrupted: {why}"))
+                    }
+                    ok => ok,
+                }
+            }
+            MovePhase::ToCloud(ToCloud::StoppingEdge) => {
+                let stop = Command::StopForReturn {
+                    container_id: run.record.id.to_string(),
+                    generation: run.mv.from.get(),
+                };
+                let result = self.hub.request(&owner, stop, STOP_EDGE_TIMEOUT).await;
+                let timings = &mut run.mv.timings;
+                match event_of(result, |reply| match reply {
+                    Reply::Stopped { timings: t } => {
+                        timings.stop_ms = t.stop_ms;
+                        timings.final_sync_ms = t.final_sync_ms;
+                        timings.bytes = t.bytes;
+                        true
+                    }
+                    _ => false,
+                }) {
+                    PhaseEvent::Failed(why) => {
+                        PhaseEvent::Failed(format!("stopping at the edge failed: {why}"))
+                    }
+                    PhaseEvent::Lost(why) => {
+                        PhaseEvent::Lost(format!("stopping at the edge was interrupted: {why}"))
+                    }
+                    ok => ok,
+                }
+            }
+            MovePhase::ToCloud(ToCloud::StartingCloud) => {
+                let start_started = Instant::now();
+                let mut starting = run.record.clone();
+                starting.generation = run.mv.to();
+                match self.restart_cloud_copy(&mut starting).await {
+                    Ok(()) => {
+                        run.mv.timings.start_ms = ms(start_started);
+                        run.target_runtime_id = starting.runtime_id;
+                        PhaseEvent::Succeeded
+                    }
+                    Err(e) => PhaseEvent::Failed(format!("starting in the cloud failed: {e}")),
+                }
+            }
+        }
+    }
+
+    /// The target copy runs at the move's next generation.
+    async fn complete(&self, mut run: Run) {
+        let timings = &mut run.mv.timings;
+        timings.total_ms = ms(run.started);
+        timings.downtime_ms = Some(
+            timings.stop_ms.unwrap_or(0)
+                + timings.final_sync_ms.unwrap_or(0)
+                + timings.start_ms.unwrap_or(0),
+        );
+        let record = &mut run.record;
+        let direction = run.mv.direction();
+        if direction == MoveDirection::ToEdge
+            && let Some(old) = record.runtime_id.take()
+            && let Err(e) = self.runtime().remove(&old).await
+        {
+            tracing::warn!(id = %record.id, error = %e, "cannot remove the stopped cloud copy");
+        }
+        record.location = direction.target();
+        record.state = State::Running;
+        record.generation = run.mv.to();
+        record.runtime_id = run.target_runtime_id.take();
+        self.finish(record, &run.mv, MoveOutcome::Done).await;
+        if direction == MoveDirection::ToCloud {
+            let release = Command::Release {
+                container_id: record.id.to_string(),
+            };
+            if let Err(e) = self.hub.request(&record.owner, release, TIDY_TIMEOUT).await {
+                tracing::info!(id = %record.id, error = %e, "the agent releases its stopped copy when it reports next");
+            }
+        }
+    }
+
+    /// The move ends without happening: the container runs where it was (I5).
+    async fn roll_back(&self, mut run: Run, rollback: Rollback) {
+        tracing::warn!(id = %run.record.id, reason = %rollback.reason, "rolling a move back");
+        let record = &mut run.record;
+        let mut reason = rollback.reason;
+        record.location = rollback.to;
+        match rollback.to {
+            Location::Cloud => {
+                let abort = Command::Abort {
+                    container_id: record.id.to_string(),
+                };
+                if self.hub.agent(&record.owner).is_some()
+                    && let Err(e) = self.hub.request(&record.owner, abort, TIDY_TIMEOUT).await
+                {
+                    tracing::info!(id = %record.id, error = %e, "the edge did not confirm the abort");
+                }
+                if rollback.fence {
+                    record.generation = run.mv.from.fence();
+                }
+                // A fenced copy is a new engine container carrying the new generation.
+                if rollback.fence || (rollback.restart && run.was_running) {
+                    match self.restart_cloud_copy(record).await {
+                        Ok(()) => record.state = State::Running,
+                        Err(e) => {
+                            reason = format!(
+                                "{reason}; starting the cloud copy again failed ({e}), offload keeps trying"
+                            );
+                            record.state = State::Starting;
+                        }
+                    }
+                } else {
+                    record.state = if self.cloud_running(record).await {
+                        State::Running
+                    } else {
+                        State::Stopped
+                    };
+                }
+            }
+            Location::Edge => {
+                record.generation = run.mv.from;
+                record.state = State::Running;
+                if rollback.restart {
+                    // The edge copy stopped for the return with everything pushed; the
+                    // cloud could not take it over, so it starts there again.
+                    let restarted = match self.edge_spec(record).await {
+                        Ok(spec) => {
+                            let finalize = Command::Finalize {
+                                spec,
+                                generation: record.generation.get(),
+                            };
+                            self.hub
+                                .request(&record.owner, finalize, FINALIZE_TIMEOUT)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match restarted {
+                        Ok(Reply::Started { runtime_id, .. }) => {
+                            record.runtime_id = Some(runtime_id);
+                        }
+                        Ok(other) => {
+                            reason = format!("{reason}; the edge answered {other:?}");
+                            record.state = State::Stopped;
+                        }
+                        Err(e) => {
+                            reason = format!("{reason}; starting it at the edge again failed: {e}");
+                            record.state = State::Stopped;
+                        }
+                    }
+                }
+            }
+        }
+        let fence = rollback.fence;
+        self.finish(record, &run.mv, MoveOutcome::RolledBack { reason })
+            .await;
+        if fence {
+            self.fence_edge(record).await;
+        }
+    }
+
+    /// The outcome is unknown: the move stays recorded in its phase, and the container
+    /// says why, until the agent reports or the owner forces the move.
+    async fn await_edge(&self, mut run: Run, reason: String) {
+        tracing::warn!(id = %run.record.id, %reason, "a move waits for its agent");
+        let record = &mut run.record;
+        record.state = State::Moving;
+        record.reason = Some(format!(
+            "{reason}; waiting for the agent to report (`offload move {} --to cloud --force` starts the cloud copy from the last synced files)",
+            record.name
+        ));
         record.updated_at = now();
-        record.reason = reason.clone();
+        let m = run.mv.clone();
+        let r = record.clone();
+        let saved = self
+            .db(move |s| {
+                s.update_move(&m)?;
+                s.update_container(&r)?;
+                s.record_event(
+                    &r.id,
+                    r.updated_at,
+                    "move",
+                    r.reason.as_deref().unwrap_or_default(),
+                )
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::error!(id = %record.id, error = %e, "cannot record a move in doubt");
+        }
+    }
+
+    /// Ends a move: the record as it now is, the report, and the move row gone.
+    async fn finish(&self, record: &mut ContainerRecord, mv: &MoveRecord, outcome: MoveOutcome) {
+        record.updated_at = now();
+        record.reason = outcome.reason().map(str::to_owned);
+        let label = outcome.as_str();
+        let detail = match outcome.reason() {
+            Some(why) => format!("move {} {label}: {why}", mv.direction().as_str()),
+            None => format!("move {} {label}", mv.direction().as_str()),
+        };
         record.last_move = Some(MoveReport {
-            direction: mv.direction,
-            outcome: outcome.to_owned(),
-            forced,
-            from_generation: mv.from_generation,
+            direction: mv.direction(),
+            outcome,
+            forced: mv.forced,
+            from_generation: mv.from,
             to_generation: record.generation,
             started_at: mv.started_at,
             finished_at: record.updated_at,
-            reason: reason.clone(),
             timings: mv.timings.clone(),
         });
-        self.hub.clear_progress(&record.id);
+        self.hub.end_move(&record.id);
         self.metrics
-            .move_ended(mv.direction.as_str(), outcome, mv.timings.downtime_ms);
+            .move_ended(mv.direction().as_str(), label, mv.timings.downtime_ms);
         let r = record.clone();
-        let detail = match &reason {
-            Some(why) => format!("move {} {outcome}: {why}", mv.direction.as_str()),
-            None => format!("move {} {outcome}", mv.direction.as_str()),
-        };
         let result = self
             .db(move |s| {
                 s.finish_move(&r)?;
@@ -183,7 +526,7 @@ impl Controller {
         if let Err(e) = result {
             tracing::error!(id = %record.id, error = %e, "cannot record the end of a move");
         }
-        tracing::info!(id = %record.id, direction = mv.direction.as_str(), outcome, ?reason, "move ended");
+        tracing::info!(id = %record.id, direction = mv.direction().as_str(), outcome = label, reason = ?record.reason, "move ended");
     }
 
     /// What the edge needs to run the container.
@@ -211,181 +554,19 @@ impl Controller {
         })
     }
 
-    async fn move_to_edge(
-        self: Arc<Self>,
-        mut record: ContainerRecord,
-        mut mv: MoveRecord,
-        agent: Arc<AgentLink>,
-    ) {
-        let started = Instant::now();
-        let was_running = self.cloud_running(&record).await;
-        let spec = match self.edge_spec(&record).await {
-            Ok(spec) => spec,
-            Err(e) => {
-                return self
-                    .roll_back_to_cloud(record, mv, e.to_string(), was_running, false)
-                    .await;
-            }
-        };
-        // 1. Image and pre-copy while the cloud copy runs.
-        match self
-            .hub
-            .request(
-                &agent.user,
-                Command::Prepare { spec: spec.clone() },
-                PREPARE_TIMEOUT,
-            )
-            .await
-        {
-            Ok(Reply::Prepared { timings }) => {
-                mv.timings.image_ms = timings.image_ms;
-                mv.timings.precopy_ms = timings.precopy_ms;
-                mv.timings.image = timings.image;
-                mv.timings.bytes = timings.bytes;
-            }
-            Ok(other) => {
-                let why = format!("unexpected answer to prepare: {other:?}");
-                return self
-                    .roll_back_to_cloud(record, mv, why, was_running, false)
-                    .await;
-            }
-            Err(e) => {
-                let why = format!("preparing the edge failed: {e}");
-                return self
-                    .roll_back_to_cloud(record, mv, why, was_running, false)
-                    .await;
-            }
-        }
-        // 2. Stop the cloud copy.
-        if let Err(e) = self.step(&mut mv, MoveStep::StoppingCloud).await {
-            return self
-                .roll_back_to_cloud(record, mv, e.to_string(), was_running, false)
-                .await;
-        }
-        let stop_started = Instant::now();
-        if let Some(runtime_id) = &record.runtime_id {
-            match self.runtime().stop(runtime_id, self.grace()).await {
-                Ok(()) | Err(offload_runtime::RuntimeError::NotFound { .. }) => {}
-                Err(e) => {
-                    let why = format!("stopping the cloud copy failed: {e}");
-                    return self
-                        .roll_back_to_cloud(record, mv, why, was_running, false)
-                        .await;
-                }
-            }
-        }
-        mv.timings.stop_ms = ms(stop_started);
-        // 3. Final delta and start at the edge, at the next generation.
-        if let Err(e) = self.step(&mut mv, MoveStep::Finalizing).await {
-            return self
-                .roll_back_to_cloud(record, mv, e.to_string(), was_running, false)
-                .await;
-        }
-        let generation = mv.from_generation + 1;
-        let finalize = Command::Finalize { spec, generation };
-        match self
-            .hub
-            .request(&agent.user, finalize, FINALIZE_TIMEOUT)
-            .await
-        {
-            Ok(Reply::Started {
-                runtime_id,
-                timings,
-            }) => {
-                mv.timings.final_sync_ms = timings.final_sync_ms;
-                mv.timings.start_ms = timings.start_ms;
-                mv.timings.bytes += timings.bytes;
-                mv.timings.total_ms = ms(started);
-                mv.timings.downtime_ms = Some(
-                    mv.timings.stop_ms.unwrap_or(0)
-                        + mv.timings.final_sync_ms.unwrap_or(0)
-                        + mv.timings.start_ms.unwrap_or(0),
-                );
-                if let Some(old) = record.runtime_id.take() {
-                    let _ = self.runtime().remove(&old).await;
-                }
-                record.location = Location::Edge;
-                record.state = State::Running;
-                record.generation = generation;
-                record.runtime_id = Some(runtime_id);
-                self.finish(&mut record, &mv, "done", None, false).await;
-            }
-            Ok(other) => {
-                let why = format!("unexpected answer to finalize: {other:?}");
-                self.roll_back_to_cloud(record, mv, why, was_running, true)
-                    .await;
-            }
-            Err(e) => {
-                let ambiguous = e.is_ambiguous();
-                let why = format!("starting at the edge failed: {e}");
-                self.roll_back_to_cloud(record, mv, why, was_running, ambiguous)
-                    .await;
-            }
-        }
-    }
-
-    async fn cloud_running(&self, record: &ContainerRecord) -> bool {
+    pub(crate) async fn cloud_running(&self, record: &ContainerRecord) -> bool {
         match &record.runtime_id {
             Some(id) => matches!(self.runtime().inspect(id).await, Ok(Some(c)) if c.running),
             None => false,
         }
     }
 
-    /// A move to the edge failed: the cloud copy runs again (I5). When the edge may have
-    /// started its copy (`fence`), the generation moves past it so that copy is stopped
-    /// as stale wherever it turns up (I1).
-    async fn roll_back_to_cloud(
-        &self,
-        mut record: ContainerRecord,
-        mv: MoveRecord,
-        reason: String,
-        was_running: bool,
-        fence: bool,
-    ) {
-        tracing::warn!(id = %record.id, %reason, "rolling a move to the edge back");
-        let _ = self
-            .hub
-            .request(
-                &record.owner,
-                Command::Abort {
-                    container_id: record.id.to_string(),
-                },
-                Duration::from_secs(30),
-            )
-            .await;
-        record.location = Location::Cloud;
-        if fence {
-            record.generation = mv.from_generation + 2;
-        }
-        let mut reason = reason;
-        // The cloud copy is started again when it may have been stopped for the move, or
-        // when the edge may run a copy (a new engine container carries the new generation).
-        let restart = fence || (was_running && mv.step.source_may_be_stopped());
-        if restart {
-            match self.restart_cloud_copy(&mut record).await {
-                Ok(()) => record.state = State::Running,
-                Err(e) => {
-                    reason = format!("{reason}; restarting the cloud copy failed too: {e}");
-                    record.state = State::Stopped;
-                }
-            }
-        } else {
-            record.state = if self.cloud_running(&record).await {
-                State::Running
-            } else {
-                State::Stopped
-            };
-        }
-        self.finish(&mut record, &mv, "rolled_back", Some(reason), false)
-            .await;
-        if fence {
-            self.fence_edge(&record).await;
-        }
-    }
-
     /// Starts the cloud copy on its workspace: a fresh engine container, labelled with the
     /// record's current generation.
-    async fn restart_cloud_copy(&self, record: &mut ContainerRecord) -> Result<(), ActionError> {
+    pub(crate) async fn restart_cloud_copy(
+        &self,
+        record: &mut ContainerRecord,
+    ) -> Result<(), ActionError> {
         if let Some(old) = record.runtime_id.take() {
             self.runtime().remove(&old).await?;
         }
@@ -400,7 +581,7 @@ impl Controller {
     async fn fence_edge(&self, record: &ContainerRecord) {
         let command = Command::Fence {
             container_id: record.id.to_string(),
-            generation: record.generation,
+            generation: record.generation.get(),
         };
         if let Err(e) = self
             .hub
@@ -411,379 +592,163 @@ impl Controller {
         }
     }
 
-    async fn move_to_cloud(
-        self: Arc<Self>,
-        mut record: ContainerRecord,
-        mut mv: MoveRecord,
-        agent: Arc<AgentLink>,
-    ) {
-        let started = Instant::now();
-        // 1. Stop at the edge and push the last changes.
-        let stop = Command::StopForReturn {
-            container_id: record.id.to_string(),
-            generation: record.generation,
-        };
-        match self.hub.request(&agent.user, stop, STOP_EDGE_TIMEOUT).await {
-            Ok(Reply::Stopped { timings }) => {
-                mv.timings.stop_ms = timings.stop_ms;
-                mv.timings.final_sync_ms = timings.final_sync_ms;
-                mv.timings.bytes = timings.bytes;
-            }
-            other => {
-                let why = match other {
-                    Err(e) => format!("stopping at the edge failed: {e}"),
-                    Ok(reply) => format!("unexpected answer to stop: {reply:?}"),
-                };
-                record.state = State::Running;
-                return self
-                    .finish(&mut record, &mv, "rolled_back", Some(why), false)
-                    .await;
-            }
-        }
-        // 2. Start in the cloud, at the next generation.
-        if let Err(e) = self.step(&mut mv, MoveStep::StartingCloud).await {
-            tracing::error!(id = %record.id, error = %e, "cannot record a move step");
-        }
-        let start_started = Instant::now();
-        record.generation = mv.from_generation + 1;
-        match self.restart_cloud_copy(&mut record).await {
-            Ok(()) => {
-                mv.timings.start_ms = ms(start_started);
-                mv.timings.total_ms = ms(started);
-                mv.timings.downtime_ms = Some(
-                    mv.timings.stop_ms.unwrap_or(0)
-                        + mv.timings.final_sync_ms.unwrap_or(0)
-                        + mv.timings.start_ms.unwrap_or(0),
-                );
-                record.location = Location::Cloud;
-                record.state = State::Running;
-                self.finish(&mut record, &mv, "done", None, false).await;
-                let release = Command::Release {
-                    container_id: record.id.to_string(),
-                };
-                let _ = self
-                    .hub
-                    .request(&agent.user, release, Duration::from_secs(60))
-                    .await;
-            }
-            Err(e) => {
-                // The edge copy stopped cleanly with everything pushed: start it again there.
-                let why = format!("starting in the cloud failed: {e}");
-                record.generation = mv.from_generation;
-                record.location = Location::Edge;
-                let restarted = match self.edge_spec(&record).await {
-                    Ok(spec) => self
-                        .hub
-                        .request(
-                            &agent.user,
-                            Command::Finalize {
-                                spec,
-                                generation: record.generation,
-                            },
-                            FINALIZE_TIMEOUT,
-                        )
-                        .await
-                        .ok(),
-                    Err(_) => None,
-                };
-                record.state = match restarted {
-                    Some(Reply::Started { runtime_id, .. }) => {
-                        record.runtime_id = Some(runtime_id);
-                        State::Running
-                    }
-                    _ => State::Stopped,
-                };
-                self.finish(&mut record, &mv, "rolled_back", Some(why), false)
-                    .await;
-            }
-        }
-    }
-
     /// `move --to cloud --force`: the edge is not asked. The cloud copy starts from the
-    /// last acknowledged files at a new generation, which fences the edge copy.
-    async fn force_to_cloud(&self, record: &mut ContainerRecord) -> Result<(), ActionError> {
-        if record.location != Location::Edge {
-            return Err(ActionError::Conflict(format!(
-                "container {} is not at the edge",
-                record.id
-            )));
-        }
-        let mv = MoveRecord {
-            container_id: record.id.clone(),
-            direction: MoveDirection::ToCloud,
-            step: MoveStep::StartingCloud,
-            from_generation: record.generation,
-            started_at: now(),
-            timings: Timings::default(),
-        };
-        let started = Instant::now();
-        record.generation = mv.from_generation + 1;
-        record.location = Location::Cloud;
-        record.state = State::Moving;
-        record.runtime_id = None;
-        let (r, m) = (record.clone(), mv.clone());
-        self.db(move |s| s.begin_move(&r, &m)).await?;
-        let mut mv = mv;
-        match self.restart_cloud_copy(record).await {
-            Ok(()) => {
-                mv.timings.start_ms = ms(started);
-                mv.timings.total_ms = ms(started);
-                record.state = State::Running;
-                self.finish(record, &mv, "done", None, true).await;
+    /// last acknowledged files past any generation the edge may run, which fences it. A
+    /// move in doubt is ended this way.
+    async fn force_to_cloud(
+        &self,
+        record: &mut ContainerRecord,
+        in_flight: Option<MoveRecord>,
+    ) -> Result<(), ActionError> {
+        let edge_may_run_newer = match &in_flight {
+            None if record.location == Location::Edge => false,
+            Some(mv) if mv.direction() == MoveDirection::ToEdge => true,
+            Some(_) => false,
+            None => {
+                return Err(ActionError::Conflict(format!(
+                    "container {} is not at the edge",
+                    record.id
+                )));
             }
+        };
+        if let Some(old) = in_flight {
+            // The move in doubt ends here; the forced move is recorded in its place.
+            let why = "ended by a forced move to the cloud".to_owned();
+            let mut ended = record.clone();
+            ended.location = old.direction().source();
+            self.finish(&mut ended, &old, MoveOutcome::RolledBack { reason: why })
+                .await;
+            record.last_move = ended.last_move;
+        }
+        let mut mv = self.begin(record, MoveDirection::ToCloud, true).await?;
+        if edge_may_run_newer {
+            // The edge may run the next generation: the cloud copy must pass it.
+            mv.from = mv.from.next();
+        }
+        mv.phase = MovePhase::ToCloud(ToCloud::StartingCloud);
+        let mut run = Run {
+            record: record.clone(),
+            mv,
+            started: Instant::now(),
+            was_running: false,
+            spec: None,
+            target_runtime_id: None,
+        };
+        let event = match self.enter(&run.mv).await {
+            Ok(()) => self.take_phase(&mut run).await,
+            Err(e) => PhaseEvent::Failed(format!("cannot record the move: {e}")),
+        };
+        match event {
+            PhaseEvent::Succeeded => {
+                self.complete(run).await;
+                *record = self.reload(&record.id).await?;
+                self.fence_edge(record).await;
+                Ok(())
+            }
+            PhaseEvent::Failed(why) | PhaseEvent::Lost(why) => {
+                // Nothing runs anywhere the server can reach; the reconciler keeps trying
+                // to start the cloud copy.
+                run.record.location = Location::Cloud;
+                run.record.generation = run.mv.to();
+                run.record.runtime_id = None;
+                run.record.state = State::Starting;
+                self.finish(
+                    &mut run.record,
+                    &run.mv,
+                    MoveOutcome::Failed {
+                        reason: why.clone(),
+                    },
+                )
+                .await;
+                *record = run.record;
+                Err(ActionError::Unavailable(format!(
+                    "{why}; offload keeps trying to start it"
+                )))
+            }
+        }
+    }
+
+    /// Moves nobody runs — after a restart, or in doubt — decided again from what the
+    /// store and the agents say now. Level-triggered: a move whose lock is taken is
+    /// looked at on the next round.
+    pub async fn settle_moves(self: &Arc<Self>) {
+        let moves = match self.db(|s| s.moves()).await {
+            Ok(moves) => moves,
             Err(e) => {
-                record.state = State::Stopped;
-                let why = format!("starting in the cloud failed: {e}");
-                self.finish(record, &mv, "failed", Some(why.clone()), true)
-                    .await;
-                return Err(ActionError::Internal(why));
+                tracing::error!(error = %e, "cannot read the moves in flight");
+                return;
             }
-        }
-        if self.hub.agent(&record.owner).is_some() {
-            self.fence_edge(record).await;
-        }
-        Ok(())
-    }
-
-    /// An agent told us what it holds: fence stale copies, adopt the outcome of a move
-    /// interrupted by a server restart, and keep `unreachable`/`running` current.
-    pub async fn on_agent_report(
-        self: &Arc<Self>,
-        agent: Arc<AgentLink>,
-        containers: Vec<EdgeContainer>,
-    ) {
-        for held in containers {
-            let Ok(id) = ContainerId::parse(&held.id) else {
-                continue;
-            };
-            let record = match self.reload(&id).await {
-                Ok(r) if r.owner == agent.user => r,
-                _ => {
-                    // Unknown here (removed, or never ours): the agent drops it.
-                    let release = Command::Release {
-                        container_id: held.id.clone(),
-                    };
-                    let _ = self
-                        .hub
-                        .request(&agent.user, release, Duration::from_secs(60))
-                        .await;
-                    continue;
-                }
-            };
-            if held.generation < record.generation {
-                if held.running || !held.synced {
-                    self.fence_edge(&record).await;
-                } else {
-                    let release = Command::Release {
-                        container_id: held.id.clone(),
-                    };
-                    let _ = self
-                        .hub
-                        .request(&agent.user, release, Duration::from_secs(60))
-                        .await;
-                }
-                continue;
-            }
-            if record.location == Location::Edge && held.generation == record.generation {
-                let _guard = match self.locks_try(&id).await {
-                    Some(g) => g,
-                    None => continue,
-                };
-                let Ok(mut fresh) = self.reload(&id).await else {
-                    continue;
-                };
-                if fresh.state == State::Moving || fresh.generation != held.generation {
-                    continue;
-                }
-                let state = if held.running {
-                    State::Running
-                } else {
-                    State::Stopped
-                };
-                if fresh.state != state || fresh.runtime_id != held.runtime_id {
-                    fresh.state = state;
-                    fresh.runtime_id = held.runtime_id.clone();
-                    fresh.reason = None;
-                    fresh.updated_at = now();
-                    let _ = self
-                        .save(&fresh, "edge", &format!("{} at the edge", state.as_str()))
-                        .await;
-                }
-            }
-        }
-        self.resume_interrupted_moves(Some(agent)).await;
-    }
-
-    async fn locks_try(&self, id: &ContainerId) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        tokio::time::timeout(Duration::from_millis(200), self.lock(id))
-            .await
-            .ok()
-    }
-
-    /// The owner's agent went away: its edge containers become `unreachable` (and keep
-    /// running there; nothing else happens by itself).
-    pub async fn on_agent_gone(&self, agent: &AgentLink) {
-        let owner = agent.user.clone();
-        let Ok(records) = self.db(move |s| s.containers(Some(&owner))).await else {
-            return;
-        };
-        for record in records {
-            if record.location != Location::Edge || record.state == State::Moving {
-                continue;
-            }
-            let Some(_guard) = self.locks_try(&record.id).await else {
-                continue;
-            };
-            let Ok(mut fresh) = self.reload(&record.id).await else {
-                continue;
-            };
-            if fresh.location == Location::Edge && fresh.state == State::Running {
-                fresh.state = State::Unreachable;
-                fresh.updated_at = now();
-                let _ = self.save(&fresh, "edge", "the agent disconnected").await;
-            }
-        }
-    }
-
-    /// Moves interrupted by a server restart. With the agent's report in hand the outcome
-    /// is known; without it, after [`AGENT_GRACE`], the cloud copy runs again at a
-    /// generation that fences whatever the edge may have started.
-    pub async fn resume_interrupted_moves(self: &Arc<Self>, agent: Option<Arc<AgentLink>>) {
-        let Ok(moves) = self.db(|s| s.moves()).await else {
-            return;
         };
         for listed in moves {
-            let Some(guard) = self.locks_try(&listed.container_id).await else {
+            let Some(guard) = self.try_lock(&listed.container_id) else {
                 continue;
             };
-            // The move may have ended while we waited for its lock.
-            let id = listed.container_id.clone();
-            let Ok(Some(mv)) = self.db(move |s| s.move_of(&id)).await else {
+            // The move may have ended while we looked at others.
+            let Ok(Some(mv)) = self.move_of(&listed.container_id).await else {
                 continue;
             };
-            let Ok(mut record) = self.reload(&mv.container_id).await else {
+            let Ok(record) = self.reload(&mv.container_id).await else {
                 continue;
             };
-            let link = self.hub.agent(&record.owner);
-            if agent.as_ref().is_some_and(|a| a.user != record.owner) {
-                continue;
-            }
-            let held = link.as_ref().and_then(|l| {
-                l.containers()
+            let held = self.hub.agent(&record.owner).map(|link| {
+                link.containers()
                     .into_iter()
                     .find(|c| c.id == record.id.as_str())
             });
-            let waited_enough = now() - mv.started_at >= AGENT_GRACE.as_secs() as i64
-                || self.started_at.elapsed() >= AGENT_GRACE;
-            match (mv.direction, mv.step) {
-                (MoveDirection::ToEdge, MoveStep::Finalizing) => match (&link, held) {
-                    (Some(_), Some(h)) if h.generation == mv.from_generation + 1 && h.running => {
-                        record.location = Location::Edge;
-                        record.state = State::Running;
-                        record.generation = h.generation;
-                        if let Some(old) = record.runtime_id.take() {
-                            let _ = self.runtime().remove(&old).await;
-                        }
-                        record.runtime_id = h.runtime_id.clone();
-                        self.finish(
-                            &mut record,
-                            &mv,
-                            "done",
-                            Some("completed after a server restart".into()),
-                            false,
-                        )
-                        .await;
-                    }
-                    (Some(_), _) => {
-                        self.roll_back_to_cloud(
-                            record,
-                            mv,
-                            "interrupted by a server restart".into(),
-                            true,
-                            true,
-                        )
-                        .await;
-                    }
-                    (None, _) if waited_enough => {
-                        self.roll_back_to_cloud(
-                            record,
-                            mv,
-                            "interrupted by a server restart; the agent did not return".into(),
-                            true,
-                            true,
-                        )
-                        .await;
-                    }
-                    (None, _) => {}
+            let edge = match &held {
+                None => EdgeView::Absent,
+                Some(None) => EdgeView::NoCopy,
+                Some(Some(copy)) => EdgeView::Copy {
+                    generation: Generation::new(copy.generation),
+                    running: copy.running,
                 },
-                (MoveDirection::ToEdge, _) => {
-                    let running =
-                        self.cloud_running(&record).await || mv.step.source_may_be_stopped();
-                    self.roll_back_to_cloud(
-                        record,
-                        mv,
-                        "interrupted by a server restart".into(),
-                        running,
-                        false,
-                    )
-                    .await;
-                }
-                (MoveDirection::ToCloud, MoveStep::StartingCloud) => {
-                    // The edge confirmed it stopped and pushed everything: start in the cloud.
-                    record.generation = mv.from_generation + 1;
-                    record.location = Location::Cloud;
-                    match self.restart_cloud_copy(&mut record).await {
-                        Ok(()) => {
-                            record.state = State::Running;
-                            self.finish(
-                                &mut record,
-                                &mv,
-                                "done",
-                                Some("completed after a server restart".into()),
-                                false,
-                            )
-                            .await;
-                        }
-                        Err(e) => {
-                            record.state = State::Stopped;
-                            self.finish(
-                                &mut record,
-                                &mv,
-                                "failed",
-                                Some(format!("starting in the cloud failed: {e}")),
-                                false,
-                            )
-                            .await;
+            };
+            let decision = settle(World {
+                phase: mv.phase,
+                from: mv.from,
+                edge,
+            });
+            if let Decision::AwaitEdge(_) = decision
+                && record.reason.is_some()
+            {
+                continue;
+            }
+            tracing::info!(id = %record.id, phase = ?mv.phase, ?edge, ?decision, "settling a move");
+            let target_runtime_id = match (mv.phase, held) {
+                (MovePhase::ToEdge(_), Some(Some(copy))) => copy.runtime_id,
+                _ => None,
+            };
+            let mut run = Run {
+                record,
+                mv,
+                started: Instant::now(),
+                // The move may have stopped it; a rollback restarts it.
+                was_running: true,
+                spec: None,
+                target_runtime_id,
+            };
+            self.hub.begin_move(&run.record.id, &run.record.owner);
+            match decision {
+                Decision::Enter(phase) => {
+                    run.mv.phase = phase;
+                    if run.record.reason.take().is_some() {
+                        run.record.updated_at = now();
+                        let r = run.record.clone();
+                        if let Err(e) = self.db(move |s| s.update_container(&r)).await {
+                            tracing::warn!(id = %run.record.id, error = %e, "cannot record a resumed move");
                         }
                     }
+                    let ctl = self.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        ctl.drive(run).await;
+                    });
                 }
-                (MoveDirection::ToCloud, _) => match (&link, held) {
-                    (Some(l), Some(_)) => {
-                        // Run the move again: stopping and pushing are idempotent.
-                        let ctl = self.clone();
-                        let l = l.clone();
-                        tokio::spawn(async move {
-                            let _guard = guard;
-                            ctl.move_to_cloud(record, mv, l).await;
-                        });
-                    }
-                    (Some(_), None) | (None, _) if waited_enough => {
-                        // The agent lost it, or never came back: back to the edge state,
-                        // unreachable, for the owner to decide (`--force`).
-                        record.state = State::Unreachable;
-                        record.location = Location::Edge;
-                        self.finish(
-                            &mut record,
-                            &mv,
-                            "rolled_back",
-                            Some("interrupted by a server restart".into()),
-                            false,
-                        )
-                        .await;
-                    }
-                    _ => {}
-                },
+                decision => self.conclude(run, decision).await,
             }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,8 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use offload_core::{
-    ContainerId, ContainerRecord, ImageRef, Location, MoveDirection, MoveRecord, MoveStep, Name,
-    State, UserName,
+    ContainerId, ContainerRecord, Generation, ImageRef, Location, MoveDirection, MovePhase,
+    MoveRecord, MoveStep, Name, State, UserName,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -132,6 +132,8 @@ const MIGRATIONS: &[&str] = &[
         move_bytes INTEGER NOT NULL
     );
     CREATE INDEX queries_by_owner ON queries (owner, created_at);",
+    // 4: whether a move skipped the edge (`--force`).
+    "ALTER TABLE moves ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A query as the store keeps it.
@@ -281,7 +283,7 @@ impl Store {
                 record.memory_bytes as i64,
                 record.location.as_str(),
                 record.state.as_str(),
-                record.generation as i64,
+                record.generation.get() as i64,
                 record.runtime_id,
                 record.reason,
                 record.created_at,
@@ -318,27 +320,28 @@ impl Store {
         )?;
         tx.execute(
             "INSERT OR REPLACE INTO moves (container_id, direction, step, from_generation,
-                 started_at, timings) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 started_at, timings, forced) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 mv.container_id.as_str(),
-                mv.direction.as_str(),
-                mv.step.as_str(),
-                mv.from_generation as i64,
+                mv.direction().as_str(),
+                mv.phase.step().as_str(),
+                mv.from.get() as i64,
                 mv.started_at,
                 serde_json::to_string(&mv.timings).unwrap_or_else(|_| "{}".into()),
+                mv.forced,
             ],
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Records the step a move is about to take, and the timings so far.
+    /// Records the phase a move is about to enter, and the timings so far.
     pub fn update_move(&self, mv: &MoveRecord) -> Result<()> {
         self.conn().execute(
             "UPDATE moves SET step = ?2, timings = ?3 WHERE container_id = ?1",
             params![
                 mv.container_id.as_str(),
-                mv.step.as_str(),
+                mv.phase.step().as_str(),
                 serde_json::to_string(&mv.timings).unwrap_or_else(|_| "{}".into()),
             ],
         )?;
@@ -365,7 +368,8 @@ impl Store {
     pub fn moves(&self) -> Result<Vec<MoveRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT container_id, direction, step, from_generation, started_at, timings FROM moves",
+            "SELECT container_id, direction, step, from_generation, started_at, timings, forced
+             FROM moves",
         )?;
         let rows = stmt.query_map([], |row| {
             Ok((
@@ -375,18 +379,30 @@ impl Store {
                 row.get::<_, i64>(3)?,
                 row.get::<_, i64>(4)?,
                 row.get::<_, String>(5)?,
+                row.get::<_, bool>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, direction, step, from_generation, started_at, timings) = row?;
+            let (id, direction, step, from_generation, started_at, timings, forced) = row?;
+            let direction = MoveDirection::parse(&direction)
+                .ok_or_else(|| corrupt("moves.direction", &direction))?;
+            let step = MoveStep::parse(&step).ok_or_else(|| corrupt("moves.step", &step))?;
             out.push(MoveRecord {
                 container_id: ContainerId::parse(&id)
                     .map_err(|_| corrupt("moves.container_id", &id))?,
-                direction: MoveDirection::parse(&direction)
-                    .ok_or_else(|| corrupt("moves.direction", &direction))?,
-                step: MoveStep::parse(&step).ok_or_else(|| corrupt("moves.step", &step))?,
-                from_generation: from_generation as u64,
+                phase: MovePhase::from_parts(direction, step).ok_or_else(|| {
+                    corrupt(
+                        "moves.step",
+                        format!("{} in a move {}", step.as_str(), direction.as_str()),
+                    )
+                })?,
+                from: Generation::new(
+                    u64::try_from(from_generation).map_err(|_| {
+                        corrupt("moves.from_generation", from_generation.to_string())
+                    })?,
+                ),
+                forced,
                 started_at,
                 timings: serde_json::from_str(&timings)
                     .map_err(|_| corrupt("moves.timings", &timings))?,
@@ -609,7 +625,7 @@ fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 8]
         Box::new(record.id.as_str()),
         Box::new(record.location.as_str()),
         Box::new(record.state.as_str()),
-        Box::new(record.generation as i64),
+        Box::new(record.generation.get() as i64),
         Box::new(record.runtime_id.as_deref()),
         Box::new(record.reason.as_deref()),
         Box::new(record.updated_at),
@@ -688,8 +704,10 @@ impl RawContainer {
                 .ok_or_else(|| corrupt("containers.location", &self.location))?,
             state: State::parse(&self.state)
                 .ok_or_else(|| corrupt("containers.state", &self.state))?,
-            generation: u64::try_from(self.generation)
-                .map_err(|_| corrupt("containers.generation", self.generation.to_string()))?,
+            generation: Generation::new(
+                u64::try_from(self.generation)
+                    .map_err(|_| corrupt("containers.generation", self.generation.to_string()))?,
+            ),
             runtime_id: self.runtime_id,
             reason: self.reason,
             created_at: self.created_at,
@@ -724,7 +742,7 @@ mod tests {
             memory_bytes: 1 << 28,
             location: Location::Cloud,
             state: State::Creating,
-            generation: 1,
+            generation: Generation::FIRST,
             runtime_id: None,
             reason: None,
             created_at: 1,
@@ -792,29 +810,41 @@ mod tests {
         let mut rec = record("alice", "box");
         store.insert_container(&rec).unwrap();
         rec.state = State::Moving;
-        let mut mv = MoveRecord {
-            container_id: rec.id.clone(),
-            direction: MoveDirection::ToEdge,
-            step: MoveStep::Preparing,
-            from_generation: 1,
-            started_at: 5,
-            timings: Default::default(),
-        };
+        let mut mv = MoveRecord::new(rec.id.clone(), MoveDirection::ToEdge, rec.generation);
+        mv.started_at = 5;
         store.begin_move(&rec, &mv).unwrap();
         assert_eq!(
             store.container(&rec.id).unwrap().unwrap().state,
             State::Moving
         );
-        mv.step = MoveStep::StoppingCloud;
+        mv.phase = MovePhase::ToEdge(offload_core::moves::ToEdge::StoppingCloud);
         mv.timings.precopy_ms = Some(12);
         store.update_move(&mv).unwrap();
         assert_eq!(store.move_of(&rec.id).unwrap(), Some(mv.clone()));
         rec.state = State::Running;
         rec.location = Location::Edge;
-        rec.generation = 2;
+        rec.generation = mv.to();
         store.finish_move(&rec).unwrap();
         assert!(store.moves().unwrap().is_empty());
         assert_eq!(store.container(&rec.id).unwrap().unwrap(), rec);
+    }
+
+    #[test]
+    fn a_stored_move_in_an_impossible_phase_is_refused() {
+        let store = Store::open_in_memory().unwrap();
+        store.upsert_user(&user("alice"), false, 0).unwrap();
+        let rec = record("alice", "box");
+        store.insert_container(&rec).unwrap();
+        let mut mv = MoveRecord::new(rec.id.clone(), MoveDirection::ToCloud, rec.generation);
+        mv.forced = true;
+        store.begin_move(&rec, &mv).unwrap();
+        assert_eq!(store.moves().unwrap(), vec![mv]);
+        store
+            .conn()
+            .execute("UPDATE moves SET step = 'preparing'", [])
+            .unwrap();
+        let err = store.moves().unwrap_err();
+        assert!(err.to_string().contains("moves.step"), "{err}");
     }
 
     #[test]

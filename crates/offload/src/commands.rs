@@ -376,12 +376,12 @@ fn print_details(v: &ContainerView) {
         println!(
             "last move:   to the {}, {}{} (generation {} -> {})",
             m.direction.target().as_str(),
-            m.outcome.replace('_', " "),
+            m.outcome.as_str().replace('_', " "),
             if m.forced { ", forced" } else { "" },
             m.from_generation,
             m.to_generation
         );
-        if let Some(reason) = &m.reason {
+        if let Some(reason) = m.outcome.reason() {
             println!("             {reason}");
         }
         println!(

@@ -54,6 +54,18 @@ pub async fn follow_move(api: &Api, id: &str) -> anyhow::Result<i32> {
         let Some(moving) = &view.moving else {
             break view;
         };
+        if let Some(why) = &view.reason {
+            // The server cannot tell how the move ended until the agent reports.
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            eprintln!(
+                "error: the move of {} is in doubt at {}: {why}",
+                view.id,
+                moving.step.as_str()
+            );
+            return Ok(1);
+        }
         if let Some(bar) = &bar {
             match &moving.progress {
                 Some(p) => {
@@ -72,7 +84,7 @@ pub async fn follow_move(api: &Api, id: &str) -> anyhow::Result<i32> {
     let Some(report) = &view.last_move else {
         bail!("the move of {id} ended without a report");
     };
-    if report.outcome == "done" {
+    if report.outcome == offload_core::MoveOutcome::Done {
         println!(
             "{} is at the {} (generation {}): {}",
             view.id,
@@ -82,10 +94,14 @@ pub async fn follow_move(api: &Api, id: &str) -> anyhow::Result<i32> {
         );
         Ok(0)
     } else {
+        let ended = match report.outcome {
+            offload_core::MoveOutcome::Failed { .. } => "failed",
+            _ => "was rolled back",
+        };
         eprintln!(
-            "error: the move of {} was rolled back: {}; it is {} in the {}",
+            "error: the move of {} {ended}: {}; it is {} in the {}",
             view.id,
-            report.reason.as_deref().unwrap_or("no reason given"),
+            report.outcome.reason().unwrap_or("no reason given"),
             view.state.as_str(),
             view.location.as_str()
         );
