@@ -20,6 +20,30 @@ pub enum Call {
     Exec(String, Vec<String>),
 }
 
+/// An engine operation whose failure a test can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    Run,
+    Start,
+    Stop,
+    Remove,
+    Inspect,
+    List,
+}
+
+impl Op {
+    fn action(self) -> &'static str {
+        match self {
+            Op::Run => "container create",
+            Op::Start => "container start",
+            Op::Stop => "container stop",
+            Op::Remove => "container remove",
+            Op::Inspect => "container inspect",
+            Op::List => "container list",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     containers: BTreeMap<String, (ContainerSpec, bool)>,
@@ -27,7 +51,27 @@ struct Inner {
     calls: Vec<Call>,
     next_id: u64,
     fail_runs: bool,
+    /// How many more calls of each operation fail (`usize::MAX`: all of them).
+    failures: BTreeMap<Op, usize>,
     usage: BTreeMap<String, UsageReading>,
+}
+
+impl Inner {
+    /// Counts down an injected failure of `op`, if one is left.
+    fn injected(&mut self, op: Op) -> Result<()> {
+        match self.failures.get_mut(&op) {
+            Some(0) | None => Ok(()),
+            Some(left) => {
+                if *left != usize::MAX {
+                    *left -= 1;
+                }
+                Err(RuntimeError::Engine {
+                    action: op.action(),
+                    message: "injected failure".to_owned(),
+                })
+            }
+        }
+    }
 }
 
 /// A fake engine: containers are records, exec echoes its command.
@@ -61,6 +105,11 @@ impl FakeRuntime {
         );
     }
 
+    /// Makes `image` absent again.
+    pub fn forget_image(&self, image: &str) {
+        self.lock().images.remove(image);
+    }
+
     /// Sets what `usage` reports for the container named `name`.
     pub fn set_usage(&self, name: &str, reading: UsageReading) {
         self.lock().usage.insert(name.to_owned(), reading);
@@ -69,6 +118,24 @@ impl FakeRuntime {
     /// Makes every later `run` fail.
     pub fn fail_runs(&self, fail: bool) {
         self.lock().fail_runs = fail;
+    }
+
+    /// Makes the next `times` calls of `op` fail with an engine error (`usize::MAX`: every
+    /// call until [`FakeRuntime::heal`]).
+    pub fn fail(&self, op: Op, times: usize) {
+        self.lock().failures.insert(op, times);
+    }
+
+    /// Ends every injected failure.
+    pub fn heal(&self) {
+        self.lock().failures.clear();
+    }
+
+    /// Stops a container behind offload's back, as an engine restart does.
+    pub fn kill(&self, runtime_id: &str) {
+        if let Some((_, running)) = self.lock().containers.get_mut(runtime_id) {
+            *running = false;
+        }
     }
 
     /// The calls received so far.
@@ -178,6 +245,7 @@ impl ContainerRuntime for FakeRuntime {
     async fn run(&self, spec: &ContainerSpec) -> Result<String> {
         let mut inner = self.lock();
         inner.calls.push(Call::Run(spec.name.clone()));
+        inner.injected(Op::Run)?;
         if inner.fail_runs || !inner.images.contains_key(&spec.image) {
             return Err(RuntimeError::ImageUnavailable {
                 image: spec.image.clone(),
@@ -193,6 +261,7 @@ impl ContainerRuntime for FakeRuntime {
     async fn start(&self, runtime_id: &str) -> Result<()> {
         let mut inner = self.lock();
         inner.calls.push(Call::Start(runtime_id.to_owned()));
+        inner.injected(Op::Start)?;
         match inner.containers.get_mut(runtime_id) {
             Some((_, running)) => {
                 *running = true;
@@ -207,6 +276,7 @@ impl ContainerRuntime for FakeRuntime {
     async fn stop(&self, runtime_id: &str, _grace: Duration) -> Result<()> {
         let mut inner = self.lock();
         inner.calls.push(Call::Stop(runtime_id.to_owned()));
+        inner.injected(Op::Stop)?;
         match inner.containers.get_mut(runtime_id) {
             Some((_, running)) => {
                 *running = false;
@@ -221,21 +291,24 @@ impl ContainerRuntime for FakeRuntime {
     async fn remove(&self, runtime_id: &str) -> Result<()> {
         let mut inner = self.lock();
         inner.calls.push(Call::Remove(runtime_id.to_owned()));
+        inner.injected(Op::Remove)?;
         inner.containers.remove(runtime_id);
         Ok(())
     }
 
     async fn inspect(&self, runtime_id: &str) -> Result<Option<RuntimeContainer>> {
-        Ok(self
-            .lock()
+        let mut inner = self.lock();
+        inner.injected(Op::Inspect)?;
+        Ok(inner
             .containers
             .get(runtime_id)
             .map(|(spec, running)| Self::view(runtime_id, spec, *running)))
     }
 
     async fn list_labelled(&self, key: &str) -> Result<Vec<RuntimeContainer>> {
-        Ok(self
-            .lock()
+        let mut inner = self.lock();
+        inner.injected(Op::List)?;
+        Ok(inner
             .containers
             .iter()
             .filter(|(_, (spec, _))| spec.labels.contains_key(key))
@@ -271,5 +344,48 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn exec_exit_code(&self, _exec_id: &str) -> Result<Option<i64>> {
         Ok(Some(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            name: "offload-x".into(),
+            image: "busybox".into(),
+            command: Vec::new(),
+            env: Vec::new(),
+            cpus: 1.0,
+            memory_bytes: 1 << 28,
+            workspace: "/tmp/x".into(),
+            workspace_target: "/workspace".into(),
+            labels: BTreeMap::new(),
+            network: crate::NetworkMode::None,
+            stop_grace_secs: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn injected_failures_hit_only_their_operation_and_count_down() {
+        let fake = FakeRuntime::new();
+        fake.add_image("busybox");
+        let id = fake.run(&spec()).await.unwrap();
+        fake.fail(Op::Stop, 2);
+        let grace = Duration::from_secs(1);
+        assert!(fake.stop(&id, grace).await.is_err());
+        assert!(fake.inspect(&id).await.unwrap().unwrap().running);
+        assert!(fake.stop(&id, grace).await.is_err());
+        fake.stop(&id, grace).await.unwrap();
+        assert!(!fake.inspect(&id).await.unwrap().unwrap().running);
+        fake.fail(Op::Start, usize::MAX);
+        for _ in 0..3 {
+            assert!(fake.start(&id).await.is_err());
+        }
+        fake.heal();
+        fake.start(&id).await.unwrap();
+        fake.kill(&id);
+        assert_eq!(fake.running(), Vec::<String>::new());
     }
 }
