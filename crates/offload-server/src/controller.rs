@@ -44,6 +44,7 @@ pub struct Controller {
     pub(crate) monitor: crate::monitor::Monitor,
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) restarts: crate::reconciler::RestartBackoff,
+    pub(crate) started_at: tokio::time::Instant,
 }
 
 impl Controller {
@@ -79,6 +80,7 @@ impl Controller {
             monitor,
             metrics: crate::metrics::Metrics::new(),
             restarts: Default::default(),
+            started_at: tokio::time::Instant::now(),
         })
     }
 

@@ -25,6 +25,9 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 /// on every attempt up to [`RESTART_BACKOFF_MAX`], as a kubelet's crash-loop back-off.
 const RESTART_BACKOFF: Duration = Duration::from_secs(5);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// After a server start, agents get this long to reconnect before their containers are
+/// shown as unreachable: a restart of the server is not the laptop going away.
+const RECONNECT_GRACE: Duration = Duration::from_secs(20);
 
 /// What a reconciliation found and did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -90,7 +93,9 @@ impl Controller {
             Err(e) => tracing::warn!(error = %e, "cannot reconcile with the cloud engine"),
         }
         self.settle_moves().await;
-        self.mark_unreachable(None).await;
+        if self.started_at.elapsed() >= RECONNECT_GRACE {
+            self.mark_unreachable(None).await;
+        }
         for agent in self.hub.agents() {
             self.follow_edge(&agent, &agent.containers()).await;
         }

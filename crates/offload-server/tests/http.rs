@@ -1,0 +1,216 @@
+//! The HTTP layer in process: the real router over a fake engine and an in-memory store,
+//! driven with `tower::ServiceExt::oneshot`. Every error is JSON with a stable code, and
+//! nothing about another user's container leaks.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use offload_core::UserName;
+use offload_runtime::fake::FakeRuntime;
+use offload_server::ServerConfig;
+use offload_server::auth::{random_secret, token_hash};
+use offload_server::controller::Controller;
+use offload_server::http::{AppState, MAX_JSON_BODY, router};
+use offload_store::{Store, TokenKind};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Api {
+    _dir: tempfile::TempDir,
+    app: axum::Router,
+    fake: FakeRuntime,
+    alice: String,
+    bob: String,
+}
+
+fn api() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open_in_memory().unwrap());
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let user = UserName::parse(name).unwrap();
+        store.upsert_user(&user, false, 0).unwrap();
+        let token = random_secret();
+        store
+            .insert_token(&token_hash(&token), &user, TokenKind::Api, 0, None)
+            .unwrap();
+        tokens.push(token);
+    }
+    let fake = FakeRuntime::new();
+    fake.add_image("busybox");
+    let config = ServerConfig {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
+    let ctl = Arc::new(Controller::new(store, Arc::new(fake.clone()), config).unwrap());
+    let app = router(AppState {
+        ctl,
+        ca_pem: Arc::from(""),
+    });
+    let bob = tokens.pop().unwrap();
+    let alice = tokens.pop().unwrap();
+    Api {
+        _dir: dir,
+        app,
+        fake,
+        alice,
+        bob,
+    }
+}
+
+impl Api {
+    async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            panic!(
+                "{status}: the body is not JSON: {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, body)
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> Request<Body> {
+        let mut request = Request::get(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request.body(Body::empty()).unwrap()
+    }
+
+    fn post(&self, path: &str, token: &str, body: impl Into<Body>) -> Request<Body> {
+        Request::post(path)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.into())
+            .unwrap()
+    }
+}
+
+/// An API error: the status, a sentence, and the code.
+fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["code"], code, "{}", got.1);
+    let sentence = got.1["error"].as_str().unwrap();
+    assert!(
+        !sentence.is_empty() && !sentence.ends_with('.'),
+        "{sentence}"
+    );
+}
+
+#[tokio::test]
+async fn calls_without_a_valid_token_are_refused_with_json() {
+    let api = api();
+    let got = api.call(api.get("/v1/containers", None)).await;
+    assert_error(&got, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let got = api.call(api.get("/v1/containers", Some("nonsense"))).await;
+    assert_error(&got, StatusCode::UNAUTHORIZED, "invalid_token");
+    let got = api
+        .call(api.get("/v1/containers", Some(&random_secret())))
+        .await;
+    assert_error(&got, StatusCode::UNAUTHORIZED, "invalid_token");
+}
+
+#[tokio::test]
+async fn unknown_routes_methods_and_bodies_get_json_errors() {
+    let api = api();
+    let got = api
+        .call(api.get("/v1/nothing-here", Some(&api.alice)))
+        .await;
+    assert_error(&got, StatusCode::NOT_FOUND, "no_route");
+    let request = Request::delete("/v1/containers")
+        .header(header::AUTHORIZATION, format!("Bearer {}", api.alice))
+        .body(Body::empty())
+        .unwrap();
+    let got = api.call(request).await;
+    assert_error(&got, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    for bad in [
+        "{".to_owned(),
+        json!({"image": "busybox", "privileged": true}).to_string(),
+        json!({"image": "busybox", "cpus": "two"}).to_string(),
+        json!({"image": "../../etc"}).to_string(),
+        json!({"image": "busybox", "cpus": -1.0}).to_string(),
+        json!({"image": "busybox", "memory": "lots"}).to_string(),
+    ] {
+        let got = api
+            .call(api.post("/v1/containers", &api.alice, bad.clone()))
+            .await;
+        assert!(
+            got.0 == StatusCode::BAD_REQUEST || got.0 == StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {} {}",
+            got.0,
+            got.1
+        );
+        assert!(got.1["code"].is_string(), "{bad}: {}", got.1);
+    }
+    let huge = format!(
+        "{{\"image\": \"busybox\", \"name\": \"{}\"}}",
+        "x".repeat(MAX_JSON_BODY + 1)
+    );
+    let got = api.call(api.post("/v1/containers", &api.alice, huge)).await;
+    assert_eq!(got.0, StatusCode::PAYLOAD_TOO_LARGE, "{}", got.1);
+    // Nothing was created by any of it.
+    assert!(api.fake.calls().is_empty(), "{:?}", api.fake.calls());
+    let (status, list) = api.call(api.get("/v1/containers", Some(&api.alice))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list, json!([]));
+}
+
+#[tokio::test]
+async fn another_users_container_looks_exactly_like_a_missing_one() {
+    let api = api();
+    let (status, created) = api
+        .call(api.post(
+            "/v1/containers",
+            &api.alice,
+            json!({"image": "busybox", "name": "box"}).to_string(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, shown) = api
+        .call(api.get(&format!("/v1/containers/{id}"), Some(&api.alice)))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["location"], "cloud");
+    assert_eq!(shown["generation"], 1);
+
+    let missing = api
+        .call(api.get("/v1/containers/c0123456789abcdef", Some(&api.bob)))
+        .await;
+    for path in [
+        format!("/v1/containers/{id}"),
+        "/v1/containers/box".to_owned(),
+    ] {
+        let theirs = api.call(api.get(&path, Some(&api.bob))).await;
+        assert_error(&theirs, StatusCode::NOT_FOUND, "not_found");
+        assert_eq!(theirs.1["code"], missing.1["code"]);
+    }
+    for action in ["stop", "start", "move"] {
+        let body = if action == "move" {
+            json!({"to": "edge"}).to_string()
+        } else {
+            String::new()
+        };
+        let got = api
+            .call(api.post(&format!("/v1/containers/{id}/{action}"), &api.bob, body))
+            .await;
+        assert_error(&got, StatusCode::NOT_FOUND, "not_found");
+    }
+    // The owner's own move without an agent is a conflict with a way forward.
+    let got = api
+        .call(api.post(
+            &format!("/v1/containers/{id}/move"),
+            &api.alice,
+            json!({"to": "edge"}).to_string(),
+        ))
+        .await;
+    assert_error(&got, StatusCode::CONFLICT, "conflict");
+    assert!(got.1["error"].as_str().unwrap().contains("offload agent"));
+}
