@@ -236,6 +236,18 @@ impl Policy {
         self.pending.contains_key(container_id)
     }
 
+    /// Records a query about `container_id` asked at `now` outside this policy's own asks
+    /// (an operator's, or one persisted before a restart), so its deadline is kept by the
+    /// same rule. A query already pending keeps its time.
+    pub fn record_ask(&mut self, container_id: &str, owner: &str, now: Duration) {
+        self.pending
+            .entry(container_id.to_owned())
+            .or_insert_with(|| PendingQuery {
+                owner: owner.to_owned(),
+                asked_at: now.as_secs_f64(),
+            });
+    }
+
     /// Records the owner's answer to the query about `container_id`. A decline keeps the
     /// container from being asked again for `decline_cooldown_secs`; an accept counts it
     /// as leaving until it stops running in the cloud (or `move_timeout_secs` pass).

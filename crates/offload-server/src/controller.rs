@@ -29,6 +29,42 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The server's clock for deadlines: the wall time read once at start, advanced by
+/// tokio's monotonic clock. A query's deadline, its expiry and the policy's view of time
+/// all read this one clock, and tests pause and advance it with tokio's test clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base_since_epoch: Duration,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            base_since_epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Time since the Unix epoch.
+    pub fn since_epoch(&self) -> Duration {
+        self.base_since_epoch + self.base.elapsed()
+    }
+
+    /// Unix seconds.
+    pub fn unix(&self) -> i64 {
+        i64::try_from(self.since_epoch().as_secs()).unwrap_or(i64::MAX)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Executes actions against the store and the cloud engine.
 pub struct Controller {
     store: Arc<Store>,
@@ -45,6 +81,7 @@ pub struct Controller {
     pub(crate) metrics: crate::metrics::Metrics,
     pub(crate) restarts: crate::reconciler::RestartBackoff,
     pub(crate) started_at: tokio::time::Instant,
+    pub(crate) clock: Clock,
 }
 
 impl Controller {
@@ -66,7 +103,8 @@ impl Controller {
         std::fs::create_dir_all(&workspaces).map_err(|e| {
             ActionError::Internal(format!("cannot create {}: {e}", workspaces.display()))
         })?;
-        let monitor = crate::monitor::Monitor::new(config.monitor.clone())?;
+        let clock = Clock::new();
+        let monitor = crate::monitor::Monitor::new(config.monitor.clone(), clock)?;
         Ok(Controller {
             store,
             runtime,
@@ -81,6 +119,7 @@ impl Controller {
             metrics: crate::metrics::Metrics::new(),
             restarts: Default::default(),
             started_at: tokio::time::Instant::now(),
+            clock,
         })
     }
 

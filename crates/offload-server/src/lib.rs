@@ -16,6 +16,8 @@ pub mod metrics;
 mod monitor;
 mod mover;
 pub mod reconciler;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod workspace;
 

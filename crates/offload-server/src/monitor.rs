@@ -12,14 +12,14 @@ use offload_core::agent::ServerMessage;
 use offload_core::api::{MonitorView, MoveRequest, QueryView, ResourceView, UsageView};
 use offload_core::{ContainerId, ContainerRecord, Location, State, UserName};
 use offload_monitor::{
-    AgentReport, Answer, ContainerUsage, CpuReading, DefaultAction, HostSample, HostSampler,
-    MoveNeeds, Observation, Policy, PolicyConfig, PoolCapacity, ProcHostSampler, SamplerSource,
-    Status, container_cpu_cores,
+    AgentReport, Answer, ContainerUsage, CpuReading, DefaultAction, Expiry, HostSample,
+    HostSampler, MoveNeeds, Observation, Policy, PolicyConfig, PoolCapacity, ProcHostSampler,
+    SamplerSource, Status, container_cpu_cores,
 };
 use offload_runtime::UsageReading;
 use offload_store::{Principal, QueryRecord};
 
-use crate::controller::{Controller, now};
+use crate::controller::{Clock, Controller};
 use crate::error::ActionError;
 
 /// How often a container's workspace size is measured for the move-cost estimate.
@@ -29,7 +29,7 @@ const SIZE_REFRESH: Duration = Duration::from_secs(30);
 pub struct Monitor {
     policy: Mutex<Policy>,
     config: PolicyConfig,
-    started: Instant,
+    clock: Clock,
     last: Mutex<Option<(Status, Vec<UsageView>)>>,
 }
 
@@ -45,19 +45,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Monitor {
-    pub fn new(config: PolicyConfig) -> Result<Self, ActionError> {
+    pub fn new(config: PolicyConfig, clock: Clock) -> Result<Self, ActionError> {
         let policy =
             Policy::new(config.clone()).map_err(|e| ActionError::BadRequest(e.to_string()))?;
         Ok(Monitor {
             policy: Mutex::new(policy),
             config,
-            started: Instant::now(),
+            clock,
             last: Mutex::new(None),
         })
     }
 
+    /// The policy's time: the server clock's, so query deadlines in the store and the
+    /// policy's expiries are the same instants.
     fn now(&self) -> Duration {
-        self.started.elapsed()
+        self.clock.since_epoch()
     }
 
     /// What `offload top` shows.
@@ -142,6 +144,11 @@ impl Controller {
             memory: HashMap::new(),
             sizes: HashMap::new(),
         };
+        // Queries persisted before a restart keep their deadlines.
+        match self.db(|s| s.pending_queries()).await {
+            Ok(pending) => pending.iter().for_each(|q| self.remember_query(q)),
+            Err(e) => tracing::warn!(error = %e, "cannot read the pending queries"),
+        }
         let mut tick = tokio::time::interval(Duration::from_secs_f64(config.interval_secs));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -303,7 +310,7 @@ impl Controller {
         for id in &decision.withdrawn {
             self.withdraw(id).await;
         }
-        self.expire_queries().await;
+        self.apply_expiries(&decision.expired).await;
         for ret in &decision.return_moves {
             self.auto_return(ret.container_id.as_str(), &ret.reason)
                 .await;
@@ -342,7 +349,7 @@ impl Controller {
         deadline: Duration,
         move_bytes: u64,
     ) -> Result<QueryView, ActionError> {
-        let at = now();
+        let at = self.clock.unix();
         let query = QueryRecord {
             id: format!("q{}", &crate::auth::random_secret()[..10]),
             container_id: record.id.clone(),
@@ -356,6 +363,7 @@ impl Controller {
         };
         let stored = query.clone();
         self.db(move |s| s.insert_query(&stored)).await?;
+        self.remember_query(&query);
         self.metrics.query("asked");
         let view = query_view(&query, record.name.as_str());
         tracing::info!(id = %record.id, query = %query.id, %reason, "asking the owner to move");
@@ -371,10 +379,23 @@ impl Controller {
         Ok(view)
     }
 
+    /// Tells the policy of a stored query, dated so that the policy expires it at the
+    /// deadline the store shows: one rule for both.
+    fn remember_query(&self, query: &QueryRecord) {
+        let deadline = u64::try_from(query.deadline_at).unwrap_or(0) as f64;
+        let asked_at = (deadline - self.monitor.config.query_deadline_secs).max(0.0);
+        lock(&self.monitor.policy).record_ask(
+            query.container_id.as_str(),
+            query.owner.as_str(),
+            Duration::from_secs_f64(asked_at),
+        );
+    }
+
     async fn close(&self, query: &QueryRecord, state: &'static str) -> bool {
         let id = query.id.clone();
+        let at = self.clock.unix();
         let closed = self
-            .db(move |s| s.close_query(&id, state, now()))
+            .db(move |s| s.close_query(&id, state, at))
             .await
             .unwrap_or(false);
         if closed {
@@ -401,30 +422,28 @@ impl Controller {
         }
     }
 
-    /// Pending queries past their deadline take the default action.
-    async fn expire_queries(self: &Arc<Self>) {
+    /// Queries the policy found past their deadline take the action it chose for them:
+    /// the policy alone decides expiries, by the deadline the query was stored with.
+    async fn apply_expiries(self: &Arc<Self>, expired: &[Expiry]) {
+        if expired.is_empty() {
+            return;
+        }
         let Ok(pending) = self.db(|s| s.pending_queries()).await else {
             return;
         };
-        let at = now();
-        for q in pending.into_iter().filter(|q| q.deadline_at <= at) {
-            let auto = self.hub.agent(&q.owner).is_some_and(|a| a.auto_accept);
-            let accept = auto || self.monitor.config.default_action == DefaultAction::Accept;
-            if !self.close(&q, "expired").await {
-                continue;
-            }
-            tracing::info!(query = %q.id, accept, "query expired");
-            lock(&self.monitor.policy).record_answer(
-                q.container_id.as_str(),
+        for expiry in expired {
+            for q in pending
+                .iter()
+                .filter(|q| q.container_id.as_str() == expiry.container_id)
+            {
+                if !self.close(q, "expired").await {
+                    continue;
+                }
+                let accept = expiry.action == DefaultAction::Accept;
+                tracing::info!(query = %q.id, accept, "query expired");
                 if accept {
-                    Answer::Accept
-                } else {
-                    Answer::Decline
-                },
-                self.monitor.now(),
-            );
-            if accept {
-                self.start_accepted_move(&q).await;
+                    self.start_accepted_move(q).await;
+                }
             }
         }
     }
@@ -507,8 +526,8 @@ impl Controller {
                 query.state
             )));
         }
-        if query.deadline_at <= now() {
-            self.expire_queries().await;
+        if query.deadline_at <= self.clock.unix() {
+            // The next round of the monitor applies the default action.
             return Err(ActionError::Conflict(format!(
                 "query {query_id} expired before the answer came"
             )));
@@ -562,7 +581,8 @@ impl Controller {
             let declined_recently = history.iter().any(|q| {
                 q.container_id == record.id
                     && q.state == "declined"
-                    && q.answered_at.is_some_and(|at| now() - at < cooldown)
+                    && q.answered_at
+                        .is_some_and(|at| self.clock.unix() - at < cooldown)
             });
             let eligible = record.location == Location::Cloud
                 && record.state == State::Running
