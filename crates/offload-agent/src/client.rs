@@ -1,7 +1,7 @@
 //! The client side of the API: the stored credentials, the HTTPS client that trusts only
 //! the server's CA, and the join flow that pins that CA.
 
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,25 +55,41 @@ impl ClientConfig {
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
-    /// Writes the file with mode 0600, atomically.
+    /// Writes the file with mode 0600, atomically and durably.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         use std::io::Write;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // Directories we create hold a secret: nobody else needs to list them.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let text = toml::to_string(self)?;
-        let tmp = path.with_extension("toml.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        // A fresh, randomly named temp file is created 0600 by tempfile; a fixed name
+        // could be a stale file of another mode, which opening it would keep.
+        let mut file = tempfile::Builder::new()
+            .prefix(".offload-config.")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot write in {}", dir.display()))?;
+        let written = file
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.as_file().sync_all());
+        written.with_context(|| format!("cannot write in {}", dir.display()))?;
+        file.persist(path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
+        // Earlier versions wrote through this fixed name; a leftover may hold credentials
+        // readable by others.
+        let _ = std::fs::remove_file(path.with_extension("toml.tmp"));
         Ok(())
     }
 }
@@ -395,4 +411,55 @@ async fn body_bytes(response: reqwest::Response, url: String) -> Result<bytes::B
         url,
         reason: describe_reqwest(&e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config() -> ClientConfig {
+        ClientConfig {
+            server: "https://127.0.0.1:7443".into(),
+            user: "alice".into(),
+            admin: false,
+            token: "secret".into(),
+            ca_pem: String::new(),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn credentials_are_private_even_over_a_stale_world_readable_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offload").join("config.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let stale = path.with_extension("toml.tmp");
+        std::fs::write(&stale, "left by an earlier run").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        config().save(&path).unwrap();
+
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(ClientConfig::load(&path).unwrap().token, "secret");
+        // Nothing readable by others is left beside it.
+        for entry in std::fs::read_dir(path.parent().unwrap()).unwrap() {
+            let entry = entry.unwrap().path();
+            assert_eq!(mode(&entry), 0o600, "{}", entry.display());
+        }
+    }
+
+    #[test]
+    fn saving_over_a_world_readable_config_makes_it_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        config().save(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+    }
 }
