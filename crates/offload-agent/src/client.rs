@@ -94,14 +94,28 @@ impl ClientConfig {
     }
 }
 
-/// Builds a rustls client configuration that trusts exactly `ca_pem`.
+/// The one CA certificate in a stored config. More than one is refused: `offload join`
+/// stores only the certificate its token pinned, so a second one was put there by someone
+/// else (or by a version that trusted whatever `/v1/ca` answered).
+fn config_ca(ca_pem: &str) -> anyhow::Result<CertificateDer<'static>> {
+    let mut certs = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("invalid CA certificate in the config")?;
+    match certs.len() {
+        1 => Ok(certs.remove(0)),
+        0 => bail!("the config holds no CA certificate; run `offload join SERVER_URL TOKEN` again"),
+        n => bail!(
+            "the config trusts {n} CA certificates, but a join pins exactly one; run `offload join SERVER_URL TOKEN` again"
+        ),
+    }
+}
+
+/// Builds a rustls client configuration that trusts exactly the config's CA.
 pub fn rustls_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(cert.context("invalid CA certificate in the config")?)
-            .context("unusable CA certificate in the config")?;
-    }
+    roots
+        .add(config_ca(ca_pem)?)
+        .context("unusable CA certificate in the config")?;
     Ok(Arc::new(
         rustls::ClientConfig::builder()
             .with_root_certificates(roots)
@@ -110,7 +124,7 @@ pub fn rustls_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> 
 }
 
 fn http_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
-    let cert = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+    let cert = reqwest::Certificate::from_der(config_ca(ca_pem)?.as_ref())
         .context("invalid CA certificate in the config")?;
     Ok(reqwest::Client::builder()
         .tls_certs_only([cert])
@@ -366,16 +380,8 @@ pub async fn join(server: &str, token: &str) -> anyhow::Result<ClientConfig> {
             response.status()
         );
     }
-    let ca_pem = response.text().await?;
-    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-        .context("the server sent an invalid CA certificate")?;
-    let fingerprint = hex::encode(Sha256::digest(ca_der.as_ref()));
-    if fingerprint != token.ca_fingerprint {
-        bail!(
-            "the server's CA fingerprint {fingerprint} does not match the token's {}; refusing to join (wrong server, or someone in between)",
-            token.ca_fingerprint
-        );
-    }
+    let answer = response.text().await?;
+    let ca_pem = pinned_ca(&answer, &token.ca_fingerprint)?;
     let http = http_client(&ca_pem)?;
     let url = format!("{server}/v1/join");
     let response = http
@@ -403,6 +409,46 @@ pub async fn join(server: &str, token: &str) -> anyhow::Result<ClientConfig> {
         token: joined.token,
         ca_pem,
     })
+}
+
+/// The certificate in a `/v1/ca` answer whose SHA-256 fingerprint is `fingerprint`, as
+/// PEM. Only that one is returned: trusting the rest of an unauthenticated answer would
+/// let whoever wrote it add a CA of their own beside the real one.
+pub fn pinned_ca(answer: &str, fingerprint: &str) -> anyhow::Result<String> {
+    let mut cursor = std::io::Cursor::new(answer.as_bytes());
+    let mut seen = Vec::new();
+    loop {
+        let start = usize::try_from(cursor.position()).unwrap_or(answer.len());
+        let section = rustls_pki_types::pem::from_buf(&mut cursor)
+            .map_err(|e| anyhow::anyhow!("the server sent an invalid CA certificate: {e}"))?;
+        let Some((kind, der)) = section else { break };
+        if kind != rustls_pki_types::pem::SectionKind::Certificate {
+            continue;
+        }
+        let found = hex::encode(Sha256::digest(&der));
+        if found.eq_ignore_ascii_case(fingerprint) {
+            let end = usize::try_from(cursor.position()).unwrap_or(answer.len());
+            let block = answer.get(start..end).unwrap_or_default();
+            let begin = block.find("-----BEGIN").unwrap_or(0);
+            let mut pem = block[begin..].trim_end().to_owned();
+            pem.push('\n');
+            // The PEM text we keep must be the certificate we checked.
+            let kept = CertificateDer::from_pem_slice(pem.as_bytes())
+                .context("the server sent an invalid CA certificate")?;
+            if kept.as_ref() != der.as_slice() {
+                bail!("the server sent an invalid CA certificate");
+            }
+            return Ok(pem);
+        }
+        seen.push(found);
+    }
+    if seen.is_empty() {
+        bail!("the server sent no CA certificate; is it an offload server?");
+    }
+    bail!(
+        "the server's CA fingerprint {} does not match the token's {fingerprint}; refusing to join (wrong server, or someone in between)",
+        seen.join(", ")
+    )
 }
 
 /// The whole body of a successful answer.
