@@ -16,7 +16,7 @@ pub use container::{
     ContainerRecord, Location, MoveDirection, MoveRecord, MoveReport, MoveStep, State,
 };
 pub use id::{ContainerId, ImageRef, Name, UserName, ValidationError};
-pub use size::parse_memory;
+pub use size::{parse_cpus, parse_memory};
 
 /// Label keys every engine container created by offload carries (invariant I4).
 pub mod labels {

@@ -249,8 +249,8 @@ pub struct StartArgs {
     /// A name to use instead of the id.
     #[arg(long)]
     pub name: Option<String>,
-    /// CPU limit in cores.
-    #[arg(long)]
+    /// CPU limit in cores (a positive number).
+    #[arg(long, value_parser = offload_core::parse_cpus)]
     pub cpus: Option<f64>,
     /// Memory limit, e.g. 512m or 2g.
     #[arg(long)]
@@ -272,4 +272,25 @@ pub struct DemoArgs {
     /// A locally available image to run.
     #[arg(long, default_value = "offload-demo/busybox:latest")]
     pub image: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn start_refuses_cpus_that_are_not_a_positive_number_as_bad_usage() {
+        for bad in ["NaN", "inf", "-inf", "0", "-2"] {
+            let flag = format!("--cpus={bad}");
+            let err = Cli::try_parse_from(["offload", "start", "busybox", flag.as_str()])
+                .err()
+                .unwrap_or_else(|| panic!("--cpus {bad} was accepted"));
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("invalid cpus"), "{bad}: {err}");
+        }
+        let ok = Cli::try_parse_from(["offload", "start", "busybox", "--cpus", "0.5"]);
+        assert!(ok.is_ok());
+    }
 }
