@@ -170,6 +170,9 @@ Config file keys (TOML; flags override them), with their defaults:
   default_cpus = 1.0  max_cpus = 4.0  default_memory = \"1g\"  max_memory = \"8g\"
   max_containers_per_user = 20       stop_grace_secs = 10
   tls_sans = []                      join_token_ttl_secs = 86400
+  header_read_timeout_secs = 10      idle_timeout_secs = 120
+  body_read_timeout_secs = 30        (connections closed / requests failed after these)
+  max_connections = 1024             max_connections_per_address = 64
 
 [monitor]
   interval_secs = 2          seconds between evaluations
