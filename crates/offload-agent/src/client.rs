@@ -1,7 +1,7 @@
 //! The client side of the API: the stored credentials, the HTTPS client that trusts only
 //! the server's CA, and the join flow that pins that CA.
 
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,37 +55,67 @@ impl ClientConfig {
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
-    /// Writes the file with mode 0600, atomically.
+    /// Writes the file with mode 0600, atomically and durably.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         use std::io::Write;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // Directories we create hold a secret: nobody else needs to list them.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let text = toml::to_string(self)?;
-        let tmp = path.with_extension("toml.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+        // A fresh, randomly named temp file is created 0600 by tempfile; a fixed name
+        // could be a stale file of another mode, which opening it would keep.
+        let mut file = tempfile::Builder::new()
+            .prefix(".offload-config.")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot write in {}", dir.display()))?;
+        let written = file
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.as_file().sync_all());
+        written.with_context(|| format!("cannot write in {}", dir.display()))?;
+        file.persist(path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
+        // Earlier versions wrote through this fixed name; a leftover may hold credentials
+        // readable by others.
+        let _ = std::fs::remove_file(path.with_extension("toml.tmp"));
         Ok(())
     }
 }
 
-/// Builds a rustls client configuration that trusts exactly `ca_pem`.
+/// The one CA certificate in a stored config. More than one is refused: `offload join`
+/// stores only the certificate its token pinned, so a second one was put there by someone
+/// else (or by a version that trusted whatever `/v1/ca` answered).
+fn config_ca(ca_pem: &str) -> anyhow::Result<CertificateDer<'static>> {
+    let mut certs = CertificateDer::pem_slice_iter(ca_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("invalid CA certificate in the config")?;
+    match certs.len() {
+        1 => Ok(certs.remove(0)),
+        0 => bail!("the config holds no CA certificate; run `offload join SERVER_URL TOKEN` again"),
+        n => bail!(
+            "the config trusts {n} CA certificates, but a join pins exactly one; run `offload join SERVER_URL TOKEN` again"
+        ),
+    }
+}
+
+/// Builds a rustls client configuration that trusts exactly the config's CA.
 pub fn rustls_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(cert.context("invalid CA certificate in the config")?)
-            .context("unusable CA certificate in the config")?;
-    }
+    roots
+        .add(config_ca(ca_pem)?)
+        .context("unusable CA certificate in the config")?;
     Ok(Arc::new(
         rustls::ClientConfig::builder()
             .with_root_certificates(roots)
@@ -94,7 +124,7 @@ pub fn rustls_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> 
 }
 
 fn http_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
-    let cert = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+    let cert = reqwest::Certificate::from_der(config_ca(ca_pem)?.as_ref())
         .context("invalid CA certificate in the config")?;
     Ok(reqwest::Client::builder()
         .tls_certs_only([cert])
@@ -350,16 +380,8 @@ pub async fn join(server: &str, token: &str) -> anyhow::Result<ClientConfig> {
             response.status()
         );
     }
-    let ca_pem = response.text().await?;
-    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-        .context("the server sent an invalid CA certificate")?;
-    let fingerprint = hex::encode(Sha256::digest(ca_der.as_ref()));
-    if fingerprint != token.ca_fingerprint {
-        bail!(
-            "the server's CA fingerprint {fingerprint} does not match the token's {}; refusing to join (wrong server, or someone in between)",
-            token.ca_fingerprint
-        );
-    }
+    let answer = response.text().await?;
+    let ca_pem = pinned_ca(&answer, &token.ca_fingerprint)?;
     let http = http_client(&ca_pem)?;
     let url = format!("{server}/v1/join");
     let response = http
@@ -389,10 +411,101 @@ pub async fn join(server: &str, token: &str) -> anyhow::Result<ClientConfig> {
     })
 }
 
+/// The certificate in a `/v1/ca` answer whose SHA-256 fingerprint is `fingerprint`, as
+/// PEM. Only that one is returned: trusting the rest of an unauthenticated answer would
+/// let whoever wrote it add a CA of their own beside the real one.
+pub fn pinned_ca(answer: &str, fingerprint: &str) -> anyhow::Result<String> {
+    let mut cursor = std::io::Cursor::new(answer.as_bytes());
+    let mut seen = Vec::new();
+    loop {
+        let start = usize::try_from(cursor.position()).unwrap_or(answer.len());
+        let section = rustls_pki_types::pem::from_buf(&mut cursor)
+            .map_err(|e| anyhow::anyhow!("the server sent an invalid CA certificate: {e}"))?;
+        let Some((kind, der)) = section else { break };
+        if kind != rustls_pki_types::pem::SectionKind::Certificate {
+            continue;
+        }
+        let found = hex::encode(Sha256::digest(&der));
+        if found.eq_ignore_ascii_case(fingerprint) {
+            let end = usize::try_from(cursor.position()).unwrap_or(answer.len());
+            let block = answer.get(start..end).unwrap_or_default();
+            let begin = block.find("-----BEGIN").unwrap_or(0);
+            let mut pem = block[begin..].trim_end().to_owned();
+            pem.push('\n');
+            // The PEM text we keep must be the certificate we checked.
+            let kept = CertificateDer::from_pem_slice(pem.as_bytes())
+                .context("the server sent an invalid CA certificate")?;
+            if kept.as_ref() != der.as_slice() {
+                bail!("the server sent an invalid CA certificate");
+            }
+            return Ok(pem);
+        }
+        seen.push(found);
+    }
+    if seen.is_empty() {
+        bail!("the server sent no CA certificate; is it an offload server?");
+    }
+    bail!(
+        "the server's CA fingerprint {} does not match the token's {fingerprint}; refusing to join (wrong server, or someone in between)",
+        seen.join(", ")
+    )
+}
+
 /// The whole body of a successful answer.
 async fn body_bytes(response: reqwest::Response, url: String) -> Result<bytes::Bytes, CallError> {
     response.bytes().await.map_err(|e| CallError::Unreachable {
         url,
         reason: describe_reqwest(&e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn config() -> ClientConfig {
+        ClientConfig {
+            server: "https://127.0.0.1:7443".into(),
+            user: "alice".into(),
+            admin: false,
+            token: "secret".into(),
+            ca_pem: String::new(),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn credentials_are_private_even_over_a_stale_world_readable_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offload").join("config.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let stale = path.with_extension("toml.tmp");
+        std::fs::write(&stale, "left by an earlier run").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        config().save(&path).unwrap();
+
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(ClientConfig::load(&path).unwrap().token, "secret");
+        // Nothing readable by others is left beside it.
+        for entry in std::fs::read_dir(path.parent().unwrap()).unwrap() {
+            let entry = entry.unwrap().path();
+            assert_eq!(mode(&entry), 0o600, "{}", entry.display());
+        }
+    }
+
+    #[test]
+    fn saving_over_a_world_readable_config_makes_it_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        config().save(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+    }
 }

@@ -21,6 +21,8 @@ pub enum ValidationError {
     Image(String, &'static str),
     #[error("invalid memory size {0:?}: use a number with an optional unit (k, m, g), e.g. 512m")]
     Memory(String),
+    #[error("invalid cpus {0:?}: use a positive number of cores, e.g. 0.5 or 2")]
+    Cpus(String),
 }
 
 macro_rules! string_newtype {

@@ -18,7 +18,7 @@ pub use id::{ContainerId, ImageRef, Name, UserName, ValidationError};
 pub use moves::{
     Generation, MoveDirection, MoveOutcome, MovePhase, MoveRecord, MoveReport, MoveStep,
 };
-pub use size::parse_memory;
+pub use size::{parse_cpus, parse_memory};
 
 /// Label keys every engine container created by offload carries (invariant I4).
 pub mod labels {

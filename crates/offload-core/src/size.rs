@@ -1,4 +1,4 @@
-//! Memory sizes as users write them (`512m`, `1g`, `1.5GiB`, `1048576`).
+//! Memory sizes as users write them (`512m`, `1g`, `1.5GiB`, `1048576`), and CPU limits.
 
 use crate::ValidationError;
 
@@ -26,6 +26,16 @@ pub fn parse_memory(input: &str) -> Result<u64, ValidationError> {
     Ok(bytes as u64)
 }
 
+/// Parses a CPU limit in cores. NaN, infinities, zero and negative numbers are refused:
+/// none of them is a limit, and NaN would otherwise travel as JSON `null`, the server's
+/// "use the default".
+pub fn parse_cpus(input: &str) -> Result<f64, ValidationError> {
+    match input.trim().parse::<f64>() {
+        Ok(cpus) if cpus.is_finite() && cpus > 0.0 => Ok(cpus),
+        _ => Err(ValidationError::Cpus(input.to_owned())),
+    }
+}
+
 /// Formats bytes for people: `512 MiB`, `1.5 GiB`.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -45,6 +55,18 @@ pub fn format_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpus_must_be_a_positive_finite_number() {
+        assert_eq!(parse_cpus("0.5"), Ok(0.5));
+        assert_eq!(parse_cpus("2"), Ok(2.0));
+        for bad in [
+            "NaN", "nan", "inf", "-inf", "infinity", "1e999", "0", "-1", "", "x",
+        ] {
+            let err = parse_cpus(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid cpus"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn parses_units() {

@@ -35,6 +35,17 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     /// How long a join token stays valid, in seconds.
     pub join_token_ttl_secs: u64,
+    /// Seconds a client has to send a request's headers (and, on HTTP/1.1, the next
+    /// request on a kept-alive connection).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection with no request in flight may send nothing before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds a request body may deliver no data before the request fails.
+    pub body_read_timeout_secs: u64,
+    /// Most open connections, in total.
+    pub max_connections: usize,
+    /// Most open connections from one client address.
+    pub max_connections_per_address: usize,
     /// The resource monitor: watermarks, sustain, forecast, queries, returns, pool.
     pub monitor: offload_monitor::PolicyConfig,
 }
@@ -54,6 +65,11 @@ impl Default for ServerConfig {
             stop_grace_secs: 10,
             tls_sans: Vec::new(),
             join_token_ttl_secs: 24 * 3600,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 120,
+            body_read_timeout_secs: 30,
+            max_connections: 1024,
+            max_connections_per_address: 64,
             monitor: offload_monitor::PolicyConfig::default(),
         }
     }
@@ -147,7 +163,43 @@ impl ServerConfig {
         if self.join_token_ttl_secs == 0 {
             return Err(value("join_token_ttl_secs", "must be at least 1".into()));
         }
+        for (key, secs) in [
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("body_read_timeout_secs", self.body_read_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(value(key, "must be at least 1".into()));
+            }
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(value(
+                "max_connections_per_address",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_connections < self.max_connections_per_address {
+            return Err(value(
+                "max_connections",
+                format!(
+                    "must be at least max_connections_per_address ({})",
+                    self.max_connections_per_address
+                ),
+            ));
+        }
         Ok(limits)
+    }
+
+    /// The listener's limits.
+    pub fn connection_limits(&self) -> crate::listener::ConnectionLimits {
+        let secs = std::time::Duration::from_secs;
+        crate::listener::ConnectionLimits {
+            header_read_timeout: secs(self.header_read_timeout_secs),
+            idle_timeout: secs(self.idle_timeout_secs),
+            body_read_timeout: secs(self.body_read_timeout_secs),
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+        }
     }
 }
 
@@ -190,6 +242,28 @@ mod tests {
         assert!(err.contains("monitor.cpu_"), "{err}");
         let err = toml::from_str::<ServerConfig>("[monitor]\nwatermark = 1\n").unwrap_err();
         assert!(err.to_string().contains("watermark"));
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let cfg = ServerConfig {
+            idle_timeout_secs: 0,
+            ..Default::default()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("idle_timeout_secs"), "{err}");
+        let cfg = ServerConfig {
+            max_connections: 10,
+            max_connections_per_address: 11,
+            ..Default::default()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("max_connections"), "{err}");
+        let cfg: ServerConfig = toml::from_str("header_read_timeout_secs = 3\n").unwrap();
+        assert_eq!(
+            cfg.connection_limits().header_read_timeout,
+            std::time::Duration::from_secs(3)
+        );
     }
 
     #[test]

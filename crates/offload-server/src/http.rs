@@ -64,43 +64,74 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(whoami))
         .split_for_parts();
     let openapi = Arc::new(openapi);
-    api.route(
-        "/v1/openapi.json",
-        axum::routing::get(move || {
-            let doc = openapi.clone();
-            async move { Json(doc.as_ref().clone()) }
-        }),
-    )
-    .route(
-        "/v1/containers/{id}/exec",
-        axum::routing::get(crate::exec::exec_socket),
-    )
-    .route(
-        "/v1/agent",
-        axum::routing::get(crate::agent_ws::agent_socket),
-    )
-    .route(
-        "/v1/agent/exec/{session}",
-        axum::routing::get(crate::agent_ws::agent_exec_socket),
-    )
-    .nest("/v1/containers/{id}/workspace", sync_routes())
-    .route("/metrics", axum::routing::get(metrics))
-    .fallback(|| async {
-        error_response(
-            StatusCode::NOT_FOUND,
-            "no_route",
-            "no such API endpoint; see /v1/openapi.json",
+    api.layer(refuse_declared_over(MAX_JSON_BODY))
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = openapi.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
         )
-    })
-    .method_not_allowed_fallback(|| async {
-        error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this endpoint does not take that method",
+        .route(
+            "/v1/containers/{id}/exec",
+            axum::routing::get(crate::exec::exec_socket),
         )
+        .route(
+            "/v1/agent",
+            axum::routing::get(crate::agent_ws::agent_socket),
+        )
+        .route(
+            "/v1/agent/exec/{session}",
+            axum::routing::get(crate::agent_ws::agent_exec_socket),
+        )
+        // After the layer above: the sync routes check their own, larger limits.
+        .nest("/v1/containers/{id}/workspace", sync_routes())
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(|| async {
+            error_response(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "no such API endpoint; see /v1/openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(state)
+}
+
+/// Refuses (413) a request whose declared `Content-Length` exceeds `max` before any of
+/// its body is read; the body limit layer still bounds bodies sent without one.
+fn refuse_declared_over(
+    max: usize,
+) -> axum::middleware::FromFnLayer<
+    impl Fn(Request, axum::middleware::Next) -> futures::future::BoxFuture<'static, Response> + Clone,
+    (),
+    (Request,),
+> {
+    axum::middleware::from_fn(move |request: Request, next: axum::middleware::Next| {
+        let declared = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let refuse = declared.is_some_and(|n| n > max as u64);
+        Box::pin(async move {
+            if refuse {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the request body is larger than {max} bytes"),
+                );
+            }
+            next.run(request).await
+        }) as futures::future::BoxFuture<'static, Response>
     })
-    .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
-    .with_state(state)
 }
 
 /// A query string whose rejections are API errors (400) with a JSON body.
@@ -139,7 +170,11 @@ where
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => {
-                let status = rejection.status();
+                // A body of the wrong shape (axum's 422) is bad input like any other: 400.
+                let status = match rejection.status() {
+                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                    other => other,
+                };
                 let code = match status {
                     StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
                     StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
@@ -335,27 +370,26 @@ async fn move_container(
 /// The workspace sync endpoints the agent uses (see `offload_sync::protocol`). Their
 /// bodies are binary and larger than other API calls: deltas, chunk requests and batches.
 fn sync_routes() -> Router<AppState> {
-    let request_limit = DefaultBodyLimit::max(16 << 20);
-    let batch_limit = DefaultBodyLimit::max(crate::workspace::MAX_BATCH_BYTES + (1 << 20));
+    use axum::routing::{MethodRouter, get, post};
+    let limited = |max: usize, route: MethodRouter<AppState>| {
+        route
+            .layer(DefaultBodyLimit::max(max))
+            .layer(refuse_declared_over(max))
+    };
     Router::new()
-        .route("/manifest", axum::routing::get(workspace_manifest))
-        .route(
-            "/fetch",
-            axum::routing::post(workspace_fetch).layer(request_limit),
-        )
-        .route(
-            "/plan",
-            axum::routing::post(workspace_plan).layer(DefaultBodyLimit::max(256 << 20)),
-        )
-        .route(
-            "/chunks",
-            axum::routing::post(workspace_upload).layer(batch_limit),
-        )
-        .route(
-            "/push",
-            axum::routing::post(workspace_push).layer(request_limit),
-        )
+        .route("/manifest", get(workspace_manifest))
+        .route("/fetch", limited(MAX_SYNC_REQUEST, post(workspace_fetch)))
+        .route("/plan", limited(MAX_SYNC_DELTA, post(workspace_plan)))
+        .route("/chunks", limited(MAX_SYNC_BATCH, post(workspace_upload)))
+        .route("/push", limited(MAX_SYNC_REQUEST, post(workspace_push)))
 }
+
+/// Largest chunk request or push commit.
+const MAX_SYNC_REQUEST: usize = 16 << 20;
+/// Largest push delta.
+const MAX_SYNC_DELTA: usize = 256 << 20;
+/// Largest chunk batch: the batch limit plus room for its framing.
+const MAX_SYNC_BATCH: usize = crate::workspace::MAX_BATCH_BYTES + (1 << 20);
 
 fn binary(body: Vec<u8>) -> Response {
     (

@@ -11,7 +11,7 @@ pub mod error;
 mod exec;
 pub mod http;
 pub mod hub;
-mod listener;
+pub mod listener;
 pub mod metrics;
 mod monitor;
 mod mover;
@@ -43,6 +43,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Arc::new(DockerRuntime::connect(config.docker_host.as_deref()).await?);
     runtime.ping().await?;
     let listen = config.listen;
+    let limits = config.connection_limits();
     let ctl = Arc::new(Controller::new(store, runtime, config)?);
 
     let report = ctl.reconcile().await?;
@@ -71,7 +72,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     println!("offload server listening on https://{local}");
     println!("ca fingerprint {}", pki.ca_fingerprint());
     tracing::info!(%local, fingerprint = %pki.ca_fingerprint(), "listening");
-    listener::serve(tcp, pki.server_config()?, app, handle).await?;
+    listener::serve(tcp, pki.server_config()?, app, handle, limits).await?;
     Ok(())
 }
 

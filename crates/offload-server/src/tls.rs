@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,19 +55,30 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     }
 }
 
-/// Writes a file readable by its owner only.
+/// Writes a file readable by its owner only, atomically and durably.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), TlsError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(contents).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // A fresh, randomly named temp file is created 0600; a fixed name could be a stale
+    // file of another mode, which opening it would keep.
+    let mut file = tempfile::Builder::new()
+        .prefix(".offload-")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    file.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.write_all(contents))
+        .and_then(|()| file.as_file().sync_all())
+        .map_err(io_err(dir))?;
+    file.persist(path).map_err(|e| io_err(path)(e.error))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    // Earlier versions wrote through this fixed name; a leftover may hold a key readable
+    // by others.
+    let _ = fs::remove_file(path.with_extension("tmp"));
     Ok(())
 }
 
@@ -207,5 +218,24 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         second.server_config().unwrap();
+    }
+
+    #[test]
+    fn keys_stay_private_over_stale_world_readable_temp_files() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        for stale in ["ca.tmp", "server.tmp"] {
+            let path = dir.path().join(stale);
+            fs::write(&path, "left by an earlier run").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        Pki::load(dir.path(), &[]).unwrap();
+        for key in ["ca.key", "server.key"] {
+            let mode = fs::metadata(dir.path().join(key))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
     }
 }

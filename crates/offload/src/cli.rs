@@ -170,6 +170,9 @@ Config file keys (TOML; flags override them), with their defaults:
   default_cpus = 1.0  max_cpus = 4.0  default_memory = \"1g\"  max_memory = \"8g\"
   max_containers_per_user = 20       stop_grace_secs = 10
   tls_sans = []                      join_token_ttl_secs = 86400
+  header_read_timeout_secs = 10      idle_timeout_secs = 120
+  body_read_timeout_secs = 30        (connections closed / requests failed after these)
+  max_connections = 1024             max_connections_per_address = 64
 
 [monitor]
   interval_secs = 2          seconds between evaluations
@@ -249,8 +252,8 @@ pub struct StartArgs {
     /// A name to use instead of the id.
     #[arg(long)]
     pub name: Option<String>,
-    /// CPU limit in cores.
-    #[arg(long)]
+    /// CPU limit in cores (a positive number).
+    #[arg(long, value_parser = offload_core::parse_cpus)]
     pub cpus: Option<f64>,
     /// Memory limit, e.g. 512m or 2g.
     #[arg(long)]
@@ -272,4 +275,25 @@ pub struct DemoArgs {
     /// A locally available image to run.
     #[arg(long, default_value = "offload-demo/busybox:latest")]
     pub image: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn start_refuses_cpus_that_are_not_a_positive_number_as_bad_usage() {
+        for bad in ["NaN", "inf", "-inf", "0", "-2"] {
+            let flag = format!("--cpus={bad}");
+            let err = Cli::try_parse_from(["offload", "start", "busybox", flag.as_str()])
+                .err()
+                .unwrap_or_else(|| panic!("--cpus {bad} was accepted"));
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("invalid cpus"), "{bad}: {err}");
+        }
+        let ok = Cli::try_parse_from(["offload", "start", "busybox", "--cpus", "0.5"]);
+        assert!(ok.is_ok());
+    }
 }
