@@ -102,6 +102,9 @@ async fn session(
 ) -> anyhow::Result<()> {
     let socket = edge.api.websocket("/v1/agent").await?;
     let (mut sink, mut stream) = socket.split();
+    // The engine's copies, found by label, are in every report, so the server fences
+    // the ones it does not place here.
+    edge.discover().await;
     let hello = AgentMessage::Hello {
         capacity: edge.capacity().await,
         images: edge.runtime.images().await.unwrap_or_default(),
@@ -146,6 +149,7 @@ async fn session(
         let mut last = Vec::new();
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
+            status_edge.discover().await;
             let now = status_edge.containers().await;
             if now != last {
                 if status_tx
