@@ -4,6 +4,7 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use offload_core::api::{ApiError, JoinRequest, JoinResponse};
@@ -123,15 +124,69 @@ pub fn rustls_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> 
     ))
 }
 
-fn http_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+/// Deadlines of the client's requests and how it finds dead connections.
+///
+/// A link can die silently (a partition drops packets without a reset): without these a
+/// request waits on a dead connection forever, and so does every later request that the
+/// pool puts on the same HTTP/2 connection.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    /// Establishing a connection: TCP, TLS and, for WebSockets, the upgrade.
+    pub connect: Duration,
+    /// The deadline of a request whose body is small; the server may take this long to
+    /// answer (a push commit applies and fsyncs before it answers).
+    pub request: Duration,
+    /// The slowest transfer rate still taken for a live link, in bytes per second: a
+    /// large body gets `request` plus its size at this rate, not a fixed short deadline.
+    pub min_rate: u64,
+    /// No byte read for this long fails the request, whatever its size (a streamed image).
+    pub read_idle: Duration,
+    /// HTTP/2 pings, also on idle connections, and how long their answer may take: a
+    /// connection that misses one is closed, so the next request gets a fresh one.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(120),
+            min_rate: 256 << 10,
+            read_idle: Duration::from_secs(120),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The largest answer to a binary request: a chunk batch (`offload_sync` bounds it).
+const MAX_ANSWER_BYTES: u64 = 64 << 20;
+
+impl Timeouts {
+    /// The deadline of a request that moves `bytes` in either direction.
+    pub fn for_bytes(&self, bytes: u64) -> Duration {
+        let rate = self.min_rate.max(1);
+        self.request + Duration::from_secs_f64(bytes as f64 / rate as f64)
+    }
+}
+
+fn http_client(ca_pem: &str, timeouts: &Timeouts) -> anyhow::Result<reqwest::Client> {
     let cert = reqwest::Certificate::from_der(config_ca(ca_pem)?.as_ref())
         .context("invalid CA certificate in the config")?;
     Ok(reqwest::Client::builder()
         .tls_certs_only([cert])
         // Chunk batches are megabytes: let HTTP/2 windows grow with the link.
         .http2_adaptive_window(true)
+        .http2_keep_alive_interval(timeouts.keepalive_interval)
+        .http2_keep_alive_timeout(timeouts.keepalive_timeout)
+        .http2_keep_alive_while_idle(true)
+        .tcp_keepalive(timeouts.keepalive_interval)
+        .tcp_keepalive_interval(timeouts.keepalive_interval)
+        .tcp_keepalive_retries(3)
+        .read_timeout(timeouts.read_idle)
         .no_proxy()
-        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect_timeout(timeouts.connect)
         .build()?)
 }
 
@@ -139,6 +194,7 @@ fn http_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
 #[derive(Clone)]
 pub struct Api {
     pub config: ClientConfig,
+    pub timeouts: Timeouts,
     http: reqwest::Client,
 }
 
@@ -175,8 +231,16 @@ impl CallError {
 
 impl Api {
     pub fn new(config: ClientConfig) -> anyhow::Result<Self> {
-        let http = http_client(&config.ca_pem)?;
-        Ok(Api { config, http })
+        Self::with_timeouts(config, Timeouts::default())
+    }
+
+    pub fn with_timeouts(config: ClientConfig, timeouts: Timeouts) -> anyhow::Result<Self> {
+        let http = http_client(&config.ca_pem, &timeouts)?;
+        Ok(Api {
+            config,
+            timeouts,
+            http,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -205,7 +269,8 @@ impl Api {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
         let url = self.url(path);
-        self.send(self.http.get(&url), url.clone())
+        let request = self.http.get(&url).timeout(self.timeouts.request);
+        self.send(request, url.clone())
             .await?
             .ok_or(CallError::Unexpected {
                 status: 200,
@@ -219,7 +284,12 @@ impl Api {
         body: &B,
     ) -> Result<T, CallError> {
         let url = self.url(path);
-        self.send(self.http.post(&url).json(body), url.clone())
+        let request = self
+            .http
+            .post(&url)
+            .json(body)
+            .timeout(self.timeouts.request);
+        self.send(request, url.clone())
             .await?
             .ok_or(CallError::Unexpected {
                 status: 200,
@@ -230,7 +300,12 @@ impl Api {
     /// GETs a binary answer (a manifest update).
     pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, CallError> {
         let url = self.url(path);
-        let response = self.raw(self.http.get(&url), &url).await?;
+        // A manifest may be large: sized like the largest binary answer.
+        let request = self
+            .http
+            .get(&url)
+            .timeout(self.timeouts.for_bytes(MAX_ANSWER_BYTES));
+        let response = self.raw(request, &url).await?;
         body_bytes(response, url).await
     }
 
@@ -241,14 +316,20 @@ impl Api {
         body: Vec<u8>,
     ) -> Result<bytes::Bytes, CallError> {
         let url = self.url(path);
-        let response = self.raw(self.binary_post(&url, body), &url).await?;
+        // The answer (a chunk batch) may be as large as the protocol allows.
+        let bytes = body.len() as u64 + MAX_ANSWER_BYTES;
+        let request = self
+            .binary_post(&url, body)
+            .timeout(self.timeouts.for_bytes(bytes));
+        let response = self.raw(request, &url).await?;
         body_bytes(response, url).await
     }
 
     /// POSTs raw bytes and expects no answer body.
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> Result<(), CallError> {
         let url = self.url(path);
-        self.raw(self.binary_post(&url, body), &url)
+        let deadline = self.timeouts.for_bytes(body.len() as u64);
+        self.raw(self.binary_post(&url, body).timeout(deadline), &url)
             .await
             .map(|_| ())
     }
@@ -260,7 +341,8 @@ impl Api {
             .body(body)
     }
 
-    /// GETs a streaming answer (an image archive).
+    /// GETs a streaming answer (an image archive). Its size is open, so it has no total
+    /// deadline: a stall longer than `read_idle` or a dead connection ends it.
     pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response, CallError> {
         let url = self.url(path);
         self.raw(self.http.get(&url), &url).await
@@ -318,10 +400,23 @@ impl Api {
                 .context("invalid token in the config")?,
         );
         let connector = tokio_tungstenite::Connector::Rustls(rustls_config(&self.config.ca_pem)?);
-        match tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector))
-            .await
-        {
-            Ok((socket, _)) => Ok(socket),
+        let connecting =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
+        // TCP, TLS and the upgrade under one deadline: on a dead link each could hang.
+        let Ok(connected) = tokio::time::timeout(self.timeouts.connect, connecting).await else {
+            bail!(
+                "cannot reach the offload server at {}: no answer within {} s",
+                self.config.server,
+                self.timeouts.connect.as_secs_f64()
+            );
+        };
+        match connected {
+            Ok((socket, _)) => {
+                if let tokio_tungstenite::MaybeTlsStream::Rustls(tls) = socket.get_ref() {
+                    keep_alive(tls.get_ref().0, &self.timeouts);
+                }
+                Ok(socket)
+            }
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let body = response.body().as_deref().unwrap_or_default();
                 match serde_json::from_slice::<ApiError>(body) {
@@ -338,9 +433,21 @@ impl Api {
 
     pub async fn delete(&self, path: &str) -> Result<(), CallError> {
         let url = self.url(path);
-        self.send::<serde_json::Value>(self.http.delete(&url), url.clone())
+        let request = self.http.delete(&url).timeout(self.timeouts.request);
+        self.send::<serde_json::Value>(request, url.clone())
             .await
             .map(|_| ())
+    }
+}
+
+/// Turns on TCP keepalive, so the kernel too gives up on a peer that stopped answering.
+fn keep_alive(stream: &tokio::net::TcpStream, timeouts: &Timeouts) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(timeouts.keepalive_interval)
+        .with_interval(timeouts.keepalive_interval)
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot turn on TCP keepalive");
     }
 }
 
@@ -363,10 +470,12 @@ pub async fn join(server: &str, token: &str) -> anyhow::Result<ClientConfig> {
     let token = offload_core::token::JoinToken::parse(token)?;
     // Unauthenticated fetch: what we get is checked against the pinned fingerprint below
     // before anything secret crosses.
+    let timeouts = Timeouts::default();
     let insecure = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
         .no_proxy()
-        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect_timeout(timeouts.connect)
+        .timeout(timeouts.request)
         .build()?;
     let ca_url = format!("{server}/v1/ca");
     let response = insecure
@@ -382,10 +491,11 @@ pub async fn join(server: &str, token: &str) -> anyhow::Result<ClientConfig> {
     }
     let answer = response.text().await?;
     let ca_pem = pinned_ca(&answer, &token.ca_fingerprint)?;
-    let http = http_client(&ca_pem)?;
+    let http = http_client(&ca_pem, &timeouts)?;
     let url = format!("{server}/v1/join");
     let response = http
         .post(&url)
+        .timeout(timeouts.request)
         .json(&JoinRequest {
             secret: token.secret.clone(),
         })
@@ -507,5 +617,22 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         config().save(&path).unwrap();
         assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn large_bodies_get_deadlines_from_a_minimum_rate() {
+        let timeouts = Timeouts {
+            request: Duration::from_secs(30),
+            min_rate: 1 << 20,
+            ..Timeouts::default()
+        };
+        assert_eq!(timeouts.for_bytes(0), Duration::from_secs(30));
+        assert_eq!(timeouts.for_bytes(64 << 20), Duration::from_secs(30 + 64));
+        // A rate of zero is read as the slowest one, not a division by zero.
+        let stalled = Timeouts {
+            min_rate: 0,
+            ..timeouts
+        };
+        assert!(stalled.for_bytes(1 << 20) > Duration::from_secs(1000));
     }
 }

@@ -15,6 +15,33 @@ use crate::edge::Edge;
 use crate::prompt::Prompter;
 use crate::sync::ProgressSink;
 
+/// How the agent keeps its WebSocket honest. A link can die without a reset (a partition
+/// drops packets): then nothing arrives and nothing fails, so the agent pings and gives up
+/// on a link that sends no frame at all, pongs included, within a ping and a pong deadline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkTimings {
+    pub ping_interval: Duration,
+    /// How long after a ping's due time the link may stay silent.
+    pub pong_timeout: Duration,
+}
+
+impl Default for LinkTimings {
+    fn default() -> Self {
+        LinkTimings {
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LinkTimings {
+    /// The longest silence of a live link: the server pings too, and every ping of ours
+    /// is answered.
+    fn silence_limit(&self) -> Duration {
+        self.ping_interval + self.pong_timeout
+    }
+}
+
 /// What the user chose when starting the agent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Preferences {
@@ -42,11 +69,16 @@ fn from_frame(frame: Frame) -> Message {
 /// Keeps the link up forever. Containers keep running and syncing (when possible)
 /// while the server is unreachable.
 pub async fn run(edge: Arc<Edge>, preferences: Preferences) {
+    run_with(edge, preferences, LinkTimings::default()).await
+}
+
+/// [`run`] with explicit ping timings (tests use short ones).
+pub async fn run_with(edge: Arc<Edge>, preferences: Preferences, timings: LinkTimings) {
     let prompter = Prompter::new(edge.api.clone(), preferences.auto_accept);
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = std::time::Instant::now();
-        match session(&edge, preferences, &prompter).await {
+        match session(&edge, preferences, &prompter, timings).await {
             Ok(()) => tracing::info!("the server closed the connection"),
             Err(e) => tracing::warn!(error = %e, "connection to the server failed"),
         }
@@ -66,9 +98,13 @@ async fn session(
     edge: &Arc<Edge>,
     preferences: Preferences,
     prompter: &Arc<Prompter>,
+    timings: LinkTimings,
 ) -> anyhow::Result<()> {
     let socket = edge.api.websocket("/v1/agent").await?;
     let (mut sink, mut stream) = socket.split();
+    // The engine's copies, found by label, are in every report, so the server fences
+    // the ones it does not place here.
+    edge.discover().await;
     let hello = AgentMessage::Hello {
         capacity: edge.capacity().await,
         images: edge.runtime.images().await.unwrap_or_default(),
@@ -89,11 +125,18 @@ async fn session(
     edge.set_progress_sink(Some(sink_fn));
 
     let writer = tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
-            let Ok(text) = serde_json::to_string(&message) else {
-                continue;
+        let mut ping = tokio::time::interval(timings.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let frame = tokio::select! {
+                message = outbox.recv() => {
+                    let Some(message) = message else { break };
+                    let Ok(text) = serde_json::to_string(&message) else { continue };
+                    Message::Text(text.into())
+                }
+                _ = ping.tick() => Message::Ping(Vec::new().into()),
             };
-            if sink.send(Message::Text(text.into())).await.is_err() {
+            if sink.send(frame).await.is_err() {
                 break;
             }
         }
@@ -106,6 +149,7 @@ async fn session(
         let mut last = Vec::new();
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
+            status_edge.discover().await;
             let now = status_edge.containers().await;
             if now != last {
                 if status_tx
@@ -122,12 +166,17 @@ async fn session(
     });
 
     let result = loop {
-        // The server pings every 15 s; silence for a minute means the link is dead.
-        let message = match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+        let silence = timings.silence_limit();
+        let message = match tokio::time::timeout(silence, stream.next()).await {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => break Err(e.into()),
             Ok(None) => break Ok(()),
-            Err(_) => break Err(anyhow::anyhow!("no word from the server for 60 s")),
+            Err(_) => {
+                break Err(anyhow::anyhow!(
+                    "no word from the server for {} s, not even a pong; the link is dead",
+                    silence.as_secs_f64()
+                ));
+            }
         };
         let Message::Text(text) = message else {
             continue;

@@ -21,7 +21,7 @@ use crate::client::Api;
 use crate::sync::{self, ProgressSink, PushError};
 
 /// A container this agent holds, as kept on disk.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Held {
     pub spec: EdgeSpec,
     pub generation: u64,
@@ -97,6 +97,51 @@ pub fn check_command(command: &Command) -> anyhow::Result<()> {
         bail!("refusing a malformed command");
     }
     Ok(())
+}
+
+/// What a labelled engine container is to this agent.
+#[derive(Debug, Clone, PartialEq)]
+enum Finding {
+    /// Held as recorded: nothing to do.
+    Known,
+    /// Held under another engine id: a second copy.
+    Duplicate,
+    /// The held record was written before the start and has no engine id yet.
+    Started(Held),
+    /// Not held at all: adopted as found, for the server to judge.
+    Stray(Held),
+}
+
+/// What the engine container `c` is, given what this agent holds for its id.
+fn classify(held: Option<&Held>, c: &offload_runtime::RuntimeContainer) -> Finding {
+    // A label that does not parse is older than any generation the server holds.
+    let generation = c
+        .labels
+        .get(labels::GENERATION)
+        .and_then(|g| g.parse::<u64>().ok())
+        .unwrap_or(0);
+    match held {
+        Some(h) if h.runtime_id.as_deref() == Some(c.runtime_id.as_str()) => Finding::Known,
+        Some(h) if h.runtime_id.is_none() && h.generation == generation => {
+            Finding::Started(h.clone())
+        }
+        Some(_) => Finding::Duplicate,
+        None => Finding::Stray(Held {
+            spec: EdgeSpec {
+                id: c.labels.get(labels::ID).cloned().unwrap_or_default(),
+                name: c.name.trim_start_matches('/').to_owned(),
+                owner: c.labels.get(labels::OWNER).cloned().unwrap_or_default(),
+                image: c.image.clone(),
+                image_id: String::new(),
+                image_pullable: false,
+                command: Vec::new(),
+                cpus: 0.0,
+                memory_bytes: 0,
+            },
+            generation,
+            runtime_id: Some(c.runtime_id.clone()),
+        }),
+    }
 }
 
 fn ms(since: Instant) -> Option<u64> {
@@ -223,7 +268,81 @@ impl Edge {
             tracing::info!(id = %held.spec.id, generation = held.generation, "resuming");
             self.track(held);
         }
+        self.discover().await;
         Ok(())
+    }
+
+    /// Finds the engine's offload copies by their labels, not only through the state
+    /// files, so no copy outlives this agent's record of it (an agent killed as it starts
+    /// a container comes back without one). A copy of a container this agent holds under
+    /// another engine id is a duplicate: it is stopped and removed. A copy of a container
+    /// it does not hold is adopted under the generation of its label and reported like any
+    /// other, so the server's fencing decides: it is released when the server no longer
+    /// knows it, fenced (its late changes kept as a conflict set) when its generation is
+    /// stale, and kept when the server places it here at that generation.
+    pub async fn discover(self: &Arc<Self>) {
+        let listed = match self.runtime.list_labelled(labels::EDGE).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the engine's offload containers");
+                return;
+            }
+        };
+        for container in listed {
+            let Some(id) = container
+                .labels
+                .get(labels::ID)
+                .filter(|id| offload_core::ContainerId::parse(id).is_ok())
+                .cloned()
+            else {
+                continue;
+            };
+            // Decided under the container's lock, so a copy a command is starting right
+            // now is not mistaken for a stray; a busy container waits for the next round.
+            let lock = self
+                .locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id.clone())
+                .or_default()
+                .clone();
+            let Ok(_guard) = lock.try_lock_owned() else {
+                continue;
+            };
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .map(|r| r.held.clone());
+            match classify(held.as_ref(), &container) {
+                Finding::Known => {}
+                Finding::Duplicate => {
+                    tracing::warn!(%id, runtime_id = %container.runtime_id, "removing a second engine copy of a held container");
+                    let _ = self
+                        .runtime
+                        .stop(&container.runtime_id, Duration::from_secs(1))
+                        .await;
+                    if let Err(e) = self.runtime.remove(&container.runtime_id).await {
+                        tracing::warn!(%id, error = %e, "cannot remove a duplicate copy");
+                    }
+                }
+                Finding::Started(mut held) => {
+                    held.runtime_id = Some(container.runtime_id.clone());
+                    if let Err(e) = self.save_held(&held) {
+                        tracing::warn!(%id, error = %e, "cannot record the edge container");
+                    }
+                    self.track(held);
+                }
+                Finding::Stray(held) => {
+                    tracing::warn!(%id, generation = held.generation, runtime_id = %container.runtime_id, "found an edge copy without a record; reporting it to the server");
+                    if let Err(e) = self.save_held(&held) {
+                        tracing::warn!(%id, error = %e, "cannot record the edge container");
+                    }
+                    self.track(held);
+                }
+            }
+        }
     }
 
     /// What this edge offers, for the hello.
@@ -466,19 +585,33 @@ impl Edge {
                 std::fs::Permissions::from_mode(0o777),
             )?;
         }
-        let runtime_id = self
-            .runtime
-            .run(&self.container_spec(&spec, generation))
-            .await
-            .context("starting the container at the edge failed")?;
-        timings.start_ms = ms(start_started);
-        let held = Held {
+        // Recorded before the start: an agent killed in between finds the copy through
+        // this record (and its labels) when it comes back.
+        let mut held = Held {
             spec,
             generation,
-            runtime_id: Some(runtime_id.clone()),
+            runtime_id: None,
         };
+        self.save_held(&held)
+            .context("cannot record the edge container")?;
+        let runtime_id = match self
+            .runtime
+            .run(&self.container_spec(&held.spec, generation))
+            .await
+        {
+            Ok(runtime_id) => runtime_id,
+            Err(e) => {
+                let _ = std::fs::remove_file(self.state_path(&held.spec.id));
+                return Err(
+                    anyhow::Error::from(e).context("starting the container at the edge failed")
+                );
+            }
+        };
+        timings.start_ms = ms(start_started);
+        held.runtime_id = Some(runtime_id.clone());
         if let Err(e) = self.save_held(&held) {
             let _ = self.runtime.remove(&runtime_id).await;
+            let _ = std::fs::remove_file(self.state_path(&held.spec.id));
             return Err(e.context("cannot record the edge container"));
         }
         self.track(held);
@@ -607,7 +740,12 @@ impl Edge {
         if let Some(runtime_id) = &held.runtime_id {
             let _ = self.runtime.stop(runtime_id, Duration::from_secs(1)).await;
         }
-        let acked = Arc::new(self.load_acked(id)?);
+        // A copy found by its labels may have no acknowledged manifest: then everything in
+        // its tree counts as late, which keeps too much rather than losing anything.
+        let acked = Arc::new(self.load_acked(id).unwrap_or_else(|e| {
+            tracing::warn!(%id, error = %e, "no acknowledged manifest; keeping the whole tree as the conflict set");
+            Manifest::empty()
+        }));
         let current = sync::scan(&self.workspace(id), Some(acked.clone())).await?;
         let late = sync::conflict_delta(&acked, &current);
         if !late.is_empty() {
@@ -742,6 +880,119 @@ mod tests {
             cpus: 1.0,
             memory_bytes: 1 << 28,
         }
+    }
+
+    fn offline_edge(dir: &Path, runtime: &offload_runtime::fake::FakeRuntime) -> Arc<Edge> {
+        let (ca_pem, _) = offload_server::tls::load_or_create_ca(&dir.join("tls")).unwrap();
+        let api = Api::new(crate::client::ClientConfig {
+            server: "https://127.0.0.1:1".to_owned(),
+            user: "alice".to_owned(),
+            admin: false,
+            token: "t".to_owned(),
+            ca_pem,
+        })
+        .unwrap();
+        Edge::new(
+            api,
+            Arc::new(runtime.clone()),
+            EdgeOptions {
+                data_dir: dir.join("agent"),
+                network: NetworkMode::None,
+                stop_grace_secs: 1,
+                rescan: Duration::from_secs(3600),
+            },
+        )
+    }
+
+    /// An engine container labelled as the agent labels its copies.
+    async fn labelled_copy(
+        runtime: &offload_runtime::fake::FakeRuntime,
+        edge: &Edge,
+        id: &str,
+        generation: u64,
+    ) -> String {
+        runtime.add_image("busybox");
+        runtime
+            .run(&edge.container_spec(&spec(id), generation))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_copy_without_a_record_is_reported_and_removed_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = offload_runtime::fake::FakeRuntime::new();
+        let edge = offline_edge(dir.path(), &runtime);
+        let stray = labelled_copy(&runtime, &edge, "0123456789ab", 3).await;
+        assert!(edge.containers().await.is_empty(), "no state file names it");
+
+        edge.discover().await;
+        let reported = edge.containers().await;
+        assert_eq!(
+            reported,
+            vec![EdgeContainer {
+                id: "0123456789ab".to_owned(),
+                generation: 3,
+                runtime_id: Some(stray.clone()),
+                running: true,
+                synced: false,
+            }],
+            "reported under its label's generation, as not synced"
+        );
+        // Found again on the next round: not adopted twice.
+        edge.discover().await;
+        assert_eq!(edge.containers().await.len(), 1);
+
+        // The server does not know it (removed): it goes.
+        edge.execute(Command::Release {
+            container_id: "0123456789ab".to_owned(),
+        })
+        .await
+        .unwrap();
+        assert!(runtime.running().is_empty());
+        assert!(
+            runtime
+                .list_labelled(labels::EDGE)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(edge.containers().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_second_copy_of_a_held_container_is_removed_and_a_half_started_one_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = offload_runtime::fake::FakeRuntime::new();
+        let edge = offline_edge(dir.path(), &runtime);
+        let kept = labelled_copy(&runtime, &edge, "0123456789ab", 2).await;
+        edge.track_stopped(Held {
+            spec: spec("0123456789ab"),
+            generation: 2,
+            runtime_id: Some(kept.clone()),
+        });
+        let second = labelled_copy(&runtime, &edge, "0123456789ab", 2).await;
+        // Recorded before its start; the agent died before it learnt the engine id.
+        let started = labelled_copy(&runtime, &edge, "ba9876543210", 4).await;
+        edge.track_stopped(Held {
+            spec: spec("ba9876543210"),
+            generation: 4,
+            runtime_id: None,
+        });
+
+        edge.discover().await;
+        assert_eq!(runtime.running(), {
+            let mut both = vec![kept.clone(), started.clone()];
+            both.sort();
+            both
+        });
+        assert!(
+            runtime
+                .calls()
+                .contains(&offload_runtime::fake::Call::Remove(second))
+        );
+        assert_eq!(edge.runtime_id("ba9876543210"), Some(started));
+        assert_eq!(edge.runtime_id("0123456789ab"), Some(kept));
     }
 
     #[test]

@@ -9,12 +9,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::ContainerId;
-use offload_core::agent::AgentMessage;
+use offload_core::agent::{AgentMessage, EdgeCapacity, EdgeContainer};
 use offload_core::api::Progress;
 
 use crate::error::{ActionError, error_response};
 use crate::http::{AppState, Caller};
-use crate::hub::Hello;
+use crate::hub::{Hello, MAX_AGENT_TEXT_CHARS, clean_agent_text};
 
 /// Largest control message from an agent.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -27,6 +27,28 @@ fn need_websocket() -> Response {
         "websocket_required",
         "this endpoint speaks WebSocket; it is for `offload agent`",
     )
+}
+
+/// How often the server pings an agent.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// An agent that sends nothing, not even a pong, for this long is gone: its link is
+/// dropped, so its requests fail instead of waiting on a dead connection.
+const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+
+/// What an agent reports of its containers, as the server keeps it: entries without a
+/// valid id are dropped, and an engine id that is not plain ASCII of engine length is
+/// not kept (it ends up in records and terminals).
+fn clean_containers(containers: Vec<EdgeContainer>) -> Vec<EdgeContainer> {
+    containers
+        .into_iter()
+        .filter(|c| ContainerId::parse(&c.id).is_ok())
+        .map(|c| EdgeContainer {
+            runtime_id: c.runtime_id.filter(|r| {
+                !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_alphanumeric())
+            }),
+            ..c
+        })
+        .collect()
 }
 
 pub async fn agent_socket(
@@ -63,6 +85,16 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
         let _ = sink.close().await;
         return;
     };
+    let capacity = EdgeCapacity {
+        architecture: clean_agent_text(&capacity.architecture, 32),
+        hostname: clean_agent_text(&capacity.hostname, 255),
+        ..capacity
+    };
+    let images = images
+        .into_iter()
+        .map(|i| clean_agent_text(&i, 512))
+        .collect();
+    let containers = clean_containers(containers);
     let (link, mut outbox) = state.ctl.hub.register(
         user.clone(),
         Hello {
@@ -76,7 +108,7 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     tracing::info!(%user, edge = %link.capacity.hostname, "agent connected");
 
     let writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(Duration::from_secs(15));
+        let mut ping = tokio::time::interval(PING_INTERVAL);
         loop {
             tokio::select! {
                 message = outbox.recv() => {
@@ -99,17 +131,17 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     let report_link = link.clone();
     tokio::spawn(async move { ctl.on_agent_report(report_link, containers).await });
 
-    // An agent that stays silent for this long (it answers pings) is gone.
-    let idle = Duration::from_secs(60);
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(idle, stream.next()).await {
+    // Any frame (pongs too) shows the agent is there.
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(SILENCE_LIMIT, stream.next()).await {
         let Message::Text(text) = message else {
             continue;
         };
         match serde_json::from_str::<AgentMessage>(&text) {
             Ok(AgentMessage::Reply { request, ok, error }) => {
+                // The error becomes a move's reason, shown in terminals: keep it clean.
                 let result = match (ok, error) {
                     (Some(reply), _) => Ok(reply),
-                    (None, Some(error)) => Err(error),
+                    (None, Some(error)) => Err(clean_agent_text(&error, MAX_AGENT_TEXT_CHARS)),
                     (None, None) => Err("empty reply".to_owned()),
                 };
                 link.complete(request, result);
@@ -120,14 +152,16 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
                 done,
                 total,
             }) => {
+                // Only for a move this agent is the edge side of; the hub drops the rest.
                 if let Ok(id) = ContainerId::parse(&container_id) {
                     state
                         .ctl
                         .hub
-                        .set_progress(id, Progress { phase, done, total });
+                        .set_progress(&link, &id, Progress { phase, done, total });
                 }
             }
             Ok(AgentMessage::Status { containers }) => {
+                let containers = clean_containers(containers);
                 link.set_containers(containers.clone());
                 let ctl = state.ctl.clone();
                 let report_link = link.clone();

@@ -1,5 +1,5 @@
 //! The agents connected to this server: one control link per user, requests with
-//! replies, progress reports, and the rendezvous of exec relays.
+//! replies, progress reports of the moves in flight, and the rendezvous of exec relays.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,10 +77,29 @@ impl AgentLink {
 pub struct AgentHub {
     agents: Mutex<HashMap<UserName, Arc<AgentLink>>>,
     exec_waiters: Mutex<HashMap<String, (UserName, oneshot::Sender<WebSocket>)>>,
-    progress: Mutex<HashMap<ContainerId, Progress>>,
-    /// Moves in flight, with the owner whose agent takes part.
+    /// The moves in flight, each with the user whose agent is their edge side: only
+    /// that agent may report progress for them.
     moves: Mutex<HashMap<ContainerId, UserName>>,
+    /// Move commands (prepare, finalize, stop for return) sent and not yet answered, by
+    /// container: their agent reports progress while it carries them out.
+    commands: Arc<Mutex<HashMap<ContainerId, (UserName, usize)>>>,
+    progress: Mutex<HashMap<ContainerId, Progress>>,
     next: AtomicU64,
+}
+
+/// Longest progress phase kept, in characters.
+pub const MAX_PHASE_CHARS: usize = 64;
+/// Longest agent-sent sentence (an error, a reason) kept, in characters.
+pub const MAX_AGENT_TEXT_CHARS: usize = 1024;
+
+/// Makes agent-supplied text safe to store and to show in a terminal: control characters
+/// (ESC and the rest of `char::is_control`) are dropped, so an agent cannot send terminal
+/// escape sequences to whoever reads the text, and the length is capped.
+pub fn clean_agent_text(text: &str, max_chars: usize) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(max_chars)
+        .collect()
 }
 
 /// What an agent says about itself when it connects.
@@ -150,6 +169,7 @@ impl AgentHub {
         let link = self
             .agent(user)
             .ok_or_else(|| HubError::NotConnected(user.to_string()))?;
+        let _in_flight = self.command_in_flight(user, &command);
         let request = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&link.pending).insert(request, tx);
@@ -211,22 +231,203 @@ impl AgentHub {
         }
     }
 
-    pub fn set_progress(&self, id: ContainerId, progress: Progress) {
-        lock(&self.progress).insert(id, progress);
+    /// A move of `id` started, with `user`'s agent as its edge side. The mover calls this
+    /// when the move begins; until then progress reports for `id` are refused.
+    pub fn move_started(&self, id: &ContainerId, user: &UserName) {
+        lock(&self.moves).insert(id.clone(), user.clone());
+    }
+
+    /// The move of `id` ended: its progress goes and later reports for it are refused.
+    pub fn move_ended(&self, id: &ContainerId) {
+        lock(&self.moves).remove(id);
+        lock(&self.progress).remove(id);
+    }
+
+    /// Marks a move command to `user`'s agent as in flight until the guard drops.
+    fn command_in_flight(&self, user: &UserName, command: &Command) -> Option<InFlight> {
+        let moving = matches!(
+            command,
+            Command::Prepare { .. } | Command::Finalize { .. } | Command::StopForReturn { .. }
+        );
+        let id = ContainerId::parse(command.container_id())
+            .ok()
+            .filter(|_| moving)?;
+        lock(&self.commands)
+            .entry(id.clone())
+            .or_insert_with(|| (user.clone(), 0))
+            .1 += 1;
+        Some(InFlight {
+            commands: self.commands.clone(),
+            id,
+        })
+    }
+
+    /// Keeps a progress report from `agent` when it names a move in flight whose edge side
+    /// is that agent (registered with [`AgentHub::move_started`], or one of the move's
+    /// commands awaiting that agent's answer); anything else (made-up ids, another user's
+    /// container, a container that is not moving) is dropped without keeping a byte.
+    /// Returns whether it was kept.
+    pub fn set_progress(&self, agent: &AgentLink, id: &ContainerId, progress: Progress) -> bool {
+        let registered = lock(&self.moves).get(id) == Some(&agent.user);
+        let commanded = lock(&self.commands)
+            .get(id)
+            .is_some_and(|(user, _)| user == &agent.user);
+        if !(registered || commanded) {
+            return false;
+        }
+        let progress = Progress {
+            phase: clean_agent_text(&progress.phase, MAX_PHASE_CHARS),
+            ..progress
+        };
+        lock(&self.progress).insert(id.clone(), progress);
+        true
     }
 
     pub fn progress(&self, id: &ContainerId) -> Option<Progress> {
         lock(&self.progress).get(id).cloned()
     }
+}
 
-    /// A move of `id` started; `owner`'s agent takes part in it.
-    pub fn begin_move(&self, id: &ContainerId, owner: &UserName) {
-        lock(&self.moves).insert(id.clone(), owner.clone());
+/// A move command awaiting its agent's answer; dropping it ends that.
+struct InFlight {
+    commands: Arc<Mutex<HashMap<ContainerId, (UserName, usize)>>>,
+    id: ContainerId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut commands = lock(&self.commands);
+        if let Some((_, count)) = commands.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                commands.remove(&self.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            capacity: EdgeCapacity {
+                cpus: 4.0,
+                memory_bytes: 8 << 30,
+                free_disk_bytes: 1 << 40,
+                architecture: "amd64".to_owned(),
+                hostname: "laptop".to_owned(),
+            },
+            images: Vec::new(),
+            containers: Vec::new(),
+            auto_accept: false,
+            auto_return: false,
+        }
     }
 
-    /// The move of `id` ended: its progress is gone.
-    pub fn end_move(&self, id: &ContainerId) {
-        lock(&self.moves).remove(id);
-        lock(&self.progress).remove(id);
+    fn user(name: &str) -> UserName {
+        UserName::parse(name).unwrap()
+    }
+
+    fn id(text: &str) -> ContainerId {
+        ContainerId::parse(text).unwrap()
+    }
+
+    fn report(phase: &str) -> Progress {
+        Progress {
+            phase: phase.to_owned(),
+            done: 1,
+            total: 2,
+        }
+    }
+
+    #[test]
+    fn a_report_for_a_container_that_is_not_moving_is_dropped() {
+        let hub = AgentHub::new();
+        let (mallory, _rx) = hub.register(user("mallory"), hello());
+        for n in 0..1000u64 {
+            let made_up = id(&format!("{n:012x}"));
+            assert!(!hub.set_progress(&mallory, &made_up, report("pre-copy")));
+        }
+        assert!(lock(&hub.progress).is_empty());
+        assert_eq!(lock(&hub.progress).capacity(), 0, "nothing was allocated");
+    }
+
+    #[test]
+    fn a_report_for_another_agents_move_is_dropped() {
+        let hub = AgentHub::new();
+        let (_alice, _a) = hub.register(user("alice"), hello());
+        let (mallory, _m) = hub.register(user("mallory"), hello());
+        let victim = id("0123456789ab");
+        hub.move_started(&victim, &user("alice"));
+        assert!(!hub.set_progress(&mallory, &victim, report("\u{1b}[2Jpwned")));
+        assert_eq!(hub.progress(&victim), None);
+        assert_eq!(lock(&hub.progress).capacity(), 0, "nothing was allocated");
+    }
+
+    #[test]
+    fn a_report_for_the_agents_own_move_is_kept_clean_and_short() {
+        let hub = AgentHub::new();
+        let (alice, _a) = hub.register(user("alice"), hello());
+        let moving = id("0123456789ab");
+        hub.move_started(&moving, &user("alice"));
+        let hostile = format!("pre\u{1b}[31m-copy\r\n\u{7}{}", "x".repeat(10_000));
+        assert!(hub.set_progress(&alice, &moving, report(&hostile)));
+        let kept = hub.progress(&moving).unwrap();
+        assert!(kept.phase.starts_with("pre[31m-copyx"), "{}", kept.phase);
+        assert!(
+            !kept.phase.chars().any(char::is_control),
+            "{:?}",
+            kept.phase
+        );
+        assert_eq!(kept.phase.chars().count(), MAX_PHASE_CHARS);
+        assert_eq!((kept.done, kept.total), (1, 2));
+
+        // Once the move ends its progress goes, and later reports are refused again.
+        hub.move_ended(&moving);
+        assert_eq!(hub.progress(&moving), None);
+        assert!(!hub.set_progress(&alice, &moving, report("image")));
+        assert_eq!(hub.progress(&moving), None);
+    }
+
+    #[tokio::test]
+    async fn a_move_command_awaiting_its_agent_admits_that_agents_reports_only() {
+        let hub = Arc::new(AgentHub::new());
+        let (alice, mut to_alice) = hub.register(user("alice"), hello());
+        let (mallory, _m) = hub.register(user("mallory"), hello());
+        let moving = id("0123456789ab");
+        let waiting = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let command = Command::StopForReturn {
+                    container_id: "0123456789ab".to_owned(),
+                    generation: 2,
+                };
+                hub.request(&user("alice"), command, Duration::from_secs(30))
+                    .await
+            })
+        };
+        let Some(ServerMessage::Request { request, .. }) = to_alice.recv().await else {
+            panic!("alice's agent got no request");
+        };
+        assert!(!hub.set_progress(&mallory, &moving, report("workspace")));
+        assert!(hub.set_progress(&alice, &moving, report("workspace")));
+        alice.complete(request, Ok(Reply::Done));
+        waiting.await.unwrap().unwrap();
+        // Answered: the container is no longer in a command of that agent.
+        hub.move_ended(&moving);
+        assert!(!hub.set_progress(&alice, &moving, report("workspace")));
+        assert!(lock(&hub.commands).is_empty());
+    }
+
+    #[test]
+    fn agent_text_loses_control_characters_and_excess_length() {
+        assert_eq!(
+            clean_agent_text("ok\u{1b}]0;title\u{7} done", 100),
+            "ok]0;title done"
+        );
+        assert_eq!(clean_agent_text("h\u{e9}llo w\u{f6}rld", 5), "h\u{e9}llo");
+        assert_eq!(clean_agent_text("\u{9b}2J\u{0}", 10), "2J");
     }
 }

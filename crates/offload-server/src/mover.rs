@@ -187,7 +187,7 @@ impl Controller {
             )
         })
         .await?;
-        self.hub.begin_move(&record.id, &record.owner);
+        self.hub.move_started(&record.id, &record.owner);
         Ok(mv)
     }
 
@@ -513,7 +513,7 @@ impl Controller {
             finished_at: record.updated_at,
             timings: mv.timings.clone(),
         });
-        self.hub.end_move(&record.id);
+        self.hub.move_ended(&record.id);
         self.metrics
             .move_ended(mv.direction().as_str(), label, mv.timings.downtime_ms);
         let r = record.clone();
@@ -727,7 +727,7 @@ impl Controller {
                 spec: None,
                 target_runtime_id,
             };
-            self.hub.begin_move(&run.record.id, &run.record.owner);
+            self.hub.move_started(&run.record.id, &run.record.owner);
             match decision {
                 Decision::Enter(phase) => {
                     run.mv.phase = phase;
