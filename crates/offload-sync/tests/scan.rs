@@ -186,3 +186,26 @@ fn disk_usage_stops_at_its_entry_budget() {
     assert_eq!(whole.entries, 55);
     assert!(whole.allocated_bytes > usage.allocated_bytes);
 }
+
+/// An `.offloadignore` that is a symlink is not followed: its rules do not apply, a
+/// warning says so, and the file it points at outside the root is never read.
+#[test]
+fn a_symlinked_offloadignore_is_not_followed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("ws");
+    fs::create_dir(&root).expect("root");
+    fs::write(tmp.path().join("host-rules"), "*\n").expect("outside rules");
+    make_symlink("../host-rules", &root.join(".offloadignore"));
+    touch(&root, "kept.txt");
+    let scan = scan(&root, &ScanOptions::default(), None).expect("scan");
+    assert_eq!(paths(&scan.manifest), ["kept.txt"]);
+    assert!(
+        scan.warnings
+            .iter()
+            .any(|w| w.contains(".offloadignore") && w.contains("not applied")),
+        "{:?}",
+        scan.warnings
+    );
+    // The escaping symlink itself is not synced either.
+    assert_eq!(scan.skipped.len(), 1);
+}
