@@ -59,10 +59,47 @@ pub struct Edge {
     progress: Mutex<Option<ProgressSink>>,
 }
 
+/// Creates `dir` and its missing parents with mode 0700, and narrows `dir` to 0700 if it
+/// existed with a wider mode (one made by an older agent, or by hand): another local user
+/// must not read or write the agent's state or a workspace.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Makes the agent's data directory, its `state` and `workspaces` directories and every
+/// workspace already there private (0700), creating what is missing. Run on start.
+///
+/// A workspace is bind-mounted into its container, whose root (the default user of
+/// offload's images) keeps access through `CAP_DAC_OVERRIDE`, as does an image user with
+/// the agent's uid; an image that runs as another non-root user cannot write it.
+pub fn secure_data_dir(data_dir: &Path) -> std::io::Result<()> {
+    private_dir(data_dir)?;
+    private_dir(&data_dir.join("state"))?;
+    let workspaces = data_dir.join("workspaces");
+    private_dir(&workspaces)?;
+    for entry in std::fs::read_dir(&workspaces)? {
+        let entry = entry?;
+        // Only real directories: a symlink here is not ours to follow.
+        if entry.file_type()?.is_dir() {
+            private_dir(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path.parent().context("state path has no parent")?;
-    std::fs::create_dir_all(dir)?;
+    private_dir(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -186,6 +223,12 @@ impl Edge {
 
     pub fn workspace(&self, id: &str) -> PathBuf {
         self.options.data_dir.join("workspaces").join(id)
+    }
+
+    /// Creates the workspace of `id` private (0700), or narrows an existing one.
+    fn create_workspace(&self, id: &str) -> anyhow::Result<()> {
+        let dir = self.workspace(id);
+        private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))
     }
 
     fn state_path(&self, id: &str) -> PathBuf {
@@ -448,6 +491,7 @@ impl Edge {
         timings.image_ms = ms(image_started);
         let copy_started = Instant::now();
         let sink = self.sink();
+        self.create_workspace(&spec.id)?;
         let pulled = sync::pull(
             &self.api,
             &spec.id,
@@ -561,6 +605,7 @@ impl Edge {
         let mut timings = Timings::default();
         self.stop_tracking(&spec.id);
         let sync_started = Instant::now();
+        self.create_workspace(&spec.id)?;
         let pulled = sync::pull(
             &self.api,
             &spec.id,
@@ -577,14 +622,6 @@ impl Edge {
 
         let start_started = Instant::now();
         self.remove_engine_containers(&spec.id).await?;
-        // The workspace must be writable for whatever user the image runs as.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(
-                self.workspace(&spec.id),
-                std::fs::Permissions::from_mode(0o777),
-            )?;
-        }
         // Recorded before the start: an agent killed in between finds the copy through
         // this record (and its labels) when it comes back.
         let mut held = Held {
@@ -1034,5 +1071,51 @@ mod tests {
         let mut bad = spec("0123456789ab");
         bad.memory_bytes = 1;
         assert!(check_command(&Command::Prepare { spec: bad }).is_err());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// The data directory, its state and every workspace are 0700 after start, both when
+    /// they are new and when an older agent left them 0755 or 0777.
+    #[test]
+    fn data_and_workspace_directories_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let fresh = tmp.path().join("fresh/offload");
+        secure_data_dir(&fresh).unwrap();
+        for dir in [&fresh, &fresh.join("state"), &fresh.join("workspaces")] {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        }
+
+        let old = tmp.path().join("old");
+        let ws = old.join("workspaces/0123456789ab");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::create_dir_all(old.join("state")).unwrap();
+        std::fs::write(ws.join("work.txt"), b"kept").unwrap();
+        for (dir, m) in [
+            (old.clone(), 0o755),
+            (old.join("state"), 0o755),
+            (old.join("workspaces"), 0o755),
+            (ws.clone(), 0o777),
+        ] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        secure_data_dir(&old).unwrap();
+        for dir in [&old, &old.join("state"), &old.join("workspaces"), &ws] {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        }
+        assert_eq!(std::fs::read(ws.join("work.txt")).unwrap(), b"kept");
+
+        // A workspace made later, and the state file writes, are private too.
+        let new_ws = old.join("workspaces/ba9876543210");
+        private_dir(&new_ws).unwrap();
+        assert_eq!(mode(&new_ws), 0o700);
+        std::fs::set_permissions(old.join("state"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        write_atomic(&old.join("state/x.json"), b"{}").unwrap();
+        assert_eq!(mode(&old.join("state")), 0o700);
     }
 }

@@ -50,7 +50,7 @@ pub async fn run(config: client::ClientConfig, options: AgentOptions) -> anyhow:
             options.network
         )
     })?;
-    std::fs::create_dir_all(&options.data_dir)
+    edge::secure_data_dir(&options.data_dir)
         .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
     let runtime: Arc<dyn ContainerRuntime> =
         Arc::new(DockerRuntime::connect(options.docker_host.as_deref()).await?);

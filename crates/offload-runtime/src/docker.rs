@@ -15,8 +15,8 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 
 use crate::{
-    ByteStream, ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec, HostInfo,
-    ImageInfo, NetworkMode, Result, RuntimeContainer, RuntimeError, UsageReading,
+    ByteStream, CONFINEMENT, ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec,
+    HostInfo, ImageInfo, NetworkMode, Result, RuntimeContainer, RuntimeError, UsageReading,
 };
 
 /// A Docker Engine API endpoint.
@@ -94,23 +94,28 @@ fn is_not_modified(e: &bollard::errors::Error) -> bool {
     )
 }
 
-/// The HostConfig of a user container: limits, the workspace mount and nothing else.
+/// The HostConfig of a user container: limits, the workspace mount, the
+/// [`CONFINEMENT`] and nothing else.
 fn host_config(spec: &ContainerSpec) -> HostConfig {
     let network_mode = match &spec.network {
         NetworkMode::Default => None,
         NetworkMode::None => Some("none".to_owned()),
         NetworkMode::Named(name) => Some(name.clone()),
     };
+    let rules = CONFINEMENT;
     HostConfig {
         nano_cpus: Some((spec.cpus * 1e9).round() as i64),
         memory: Some(spec.memory_bytes as i64),
         // No swap beyond the memory limit, so the limit means what it says.
         memory_swap: Some(spec.memory_bytes as i64),
-        pids_limit: Some(4096),
-        init: Some(true),
-        privileged: Some(false),
+        pids_limit: Some(rules.pids_limit),
+        init: Some(rules.init),
+        privileged: Some(rules.privileged),
         readonly_rootfs: Some(false),
-        security_opt: Some(vec!["no-new-privileges".to_owned()]),
+        security_opt: rules
+            .no_new_privileges
+            .then(|| vec!["no-new-privileges".to_owned()]),
+        cap_drop: Some(rules.cap_drop.iter().map(|c| (*c).to_owned()).collect()),
         network_mode,
         mounts: Some(vec![Mount {
             target: Some(spec.workspace_target.clone()),
@@ -482,5 +487,51 @@ impl ContainerRuntime for DockerRuntime {
             return Ok(None);
         }
         Ok(inspect.exit_code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            name: "offload-x".into(),
+            image: "busybox".into(),
+            command: vec![],
+            env: vec![],
+            cpus: 1.5,
+            memory_bytes: 1 << 28,
+            workspace: "/srv/offload/workspaces/x".into(),
+            workspace_target: "/workspace".into(),
+            labels: Default::default(),
+            network: NetworkMode::None,
+            stop_grace_secs: 3,
+        }
+    }
+
+    /// Every user container loses CAP_MKNOD (no device nodes in the workspace the host
+    /// reads), is never privileged, gains no privileges and mounts only its workspace.
+    #[test]
+    fn user_containers_are_confined() {
+        let config = host_config(&spec());
+        assert_eq!(config.cap_drop, Some(vec!["MKNOD".to_owned()]));
+        assert_eq!(config.privileged, Some(false));
+        assert_eq!(
+            config.security_opt,
+            Some(vec!["no-new-privileges".to_owned()])
+        );
+        assert_eq!(config.init, Some(true));
+        assert_eq!(config.pids_limit, Some(4096));
+        assert!(config.cap_add.is_none());
+        assert!(config.binds.is_none() && config.devices.is_none());
+        let mounts = config.mounts.unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(
+            mounts[0].source.as_deref(),
+            Some("/srv/offload/workspaces/x")
+        );
+        assert_eq!(mounts[0].target.as_deref(), Some("/workspace"));
+        assert_eq!(config.network_mode.as_deref(), Some("none"));
     }
 }

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::{
-    ByteStream, ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec, HostInfo,
-    ImageInfo, Result, RuntimeContainer, RuntimeError, UsageReading,
+    ByteStream, CONFINEMENT, Confinement, ContainerRuntime, ContainerSpec, ExecOutput, ExecSession,
+    ExecSpec, HostInfo, ImageInfo, Result, RuntimeContainer, RuntimeError, UsageReading,
 };
 
 /// A call the fake received.
@@ -146,6 +146,14 @@ impl FakeRuntime {
     /// Simulates a container vanishing outside offload's control.
     pub fn forget(&self, runtime_id: &str) {
         self.lock().containers.remove(runtime_id);
+    }
+
+    /// The confinement `run` applied to a container, as a real engine's would be.
+    pub fn confinement(&self, runtime_id: &str) -> Option<Confinement> {
+        self.lock()
+            .containers
+            .contains_key(runtime_id)
+            .then_some(CONFINEMENT)
     }
 
     /// Ids of the containers that run now.

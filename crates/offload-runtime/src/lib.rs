@@ -87,6 +87,32 @@ pub struct ContainerSpec {
     pub stop_grace_secs: u32,
 }
 
+/// The rules a runtime applies to every user container on top of its [`ContainerSpec`]
+/// (DESIGN.md §8). They are not part of the spec, so no caller can loosen them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confinement {
+    pub privileged: bool,
+    /// `no-new-privileges`: setuid binaries and file capabilities grant nothing.
+    pub no_new_privileges: bool,
+    /// The engine's init runs as PID 1, so a stop is prompt and zombies are reaped.
+    pub init: bool,
+    pub pids_limit: i64,
+    /// Capabilities removed from the engine's default set.
+    pub cap_drop: &'static [&'static str],
+}
+
+/// What every user container runs under. `MKNOD` is dropped because the workspace is a
+/// host directory the server and the agent read: a device node made in it (a 0666
+/// `/dev/mem` look-alike) would be opened on the host. Bind mounts take no `nodev` option
+/// through the Engine API, so the capability is what stops it.
+pub const CONFINEMENT: Confinement = Confinement {
+    privileged: false,
+    no_new_privileges: true,
+    init: true,
+    pids_limit: 4096,
+    cap_drop: &["MKNOD"],
+};
+
 /// A container as the engine reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeContainer {

@@ -4,7 +4,8 @@
 //! warnings, expiries, and returns to the cloud. Queries are persisted; answers arrive
 //! through the API (`offload accept`/`decline`, the agent's prompt or its auto-accept).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,128 @@ use offload_monitor::{
 };
 use offload_runtime::UsageReading;
 use offload_store::{Principal, QueryRecord};
+use offload_sync::{DiskUsage, UsageBudget};
 
 use crate::controller::{Clock, Controller};
 use crate::error::ActionError;
 
 /// How often a container's workspace size is measured for the move-cost estimate.
 const SIZE_REFRESH: Duration = Duration::from_secs(30);
+/// Longest one workspace's measurement may take; one that takes longer keeps its last
+/// size (and is logged), so one huge tree cannot hold a blocking thread for long.
+const SIZE_DEADLINE: Duration = Duration::from_secs(5);
+/// Most entries one workspace's measurement walks.
+const SIZE_MAX_ENTRIES: u64 = 1_000_000;
+
+/// Measures a workspace on disk: the seam the monitor's sizing runs behind. Called on a
+/// blocking thread, never on the monitor's loop.
+pub trait WorkspaceSizer: Send + Sync + 'static {
+    fn size(&self, dir: &Path) -> Result<DiskUsage, String>;
+}
+
+/// Sizes a workspace from its files' allocated blocks (metadata only, no file is read),
+/// within a deadline and an entry budget.
+pub struct DiskSizer {
+    pub deadline: Duration,
+    pub max_entries: u64,
+}
+
+impl Default for DiskSizer {
+    fn default() -> Self {
+        DiskSizer {
+            deadline: SIZE_DEADLINE,
+            max_entries: SIZE_MAX_ENTRIES,
+        }
+    }
+}
+
+impl WorkspaceSizer for DiskSizer {
+    fn size(&self, dir: &Path) -> Result<DiskUsage, String> {
+        let budget = UsageBudget {
+            deadline: Some(Instant::now() + self.deadline),
+            max_entries: self.max_entries,
+        };
+        offload_sync::disk_usage(dir, &budget).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Default)]
+struct SizeState {
+    /// The last complete measurement.
+    bytes: Option<u64>,
+    /// When the last measurement (complete or not) ended.
+    measured: Option<Instant>,
+    running: bool,
+}
+
+/// Workspace sizes for the move-cost estimate, measured in the background and cached:
+/// the monitor reads the last one and never waits for a measurement.
+pub struct WorkspaceSizes {
+    sizer: Arc<dyn WorkspaceSizer>,
+    state: Arc<Mutex<HashMap<ContainerId, SizeState>>>,
+}
+
+impl WorkspaceSizes {
+    pub fn new(sizer: Arc<dyn WorkspaceSizer>) -> Self {
+        WorkspaceSizes {
+            sizer,
+            state: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The last size measured for `id`, if any.
+    pub fn last(&self, id: &ContainerId) -> Option<u64> {
+        lock(&self.state).get(id).and_then(|s| s.bytes)
+    }
+
+    /// The last size of `id` (0 before the first measurement), starting a measurement of
+    /// `dir` on a blocking thread when the last is older than [`SIZE_REFRESH`] and none
+    /// runs. Must be called within a tokio runtime.
+    pub fn get(&self, id: &ContainerId, dir: PathBuf) -> u64 {
+        let mut all = lock(&self.state);
+        let state = all.entry(id.clone()).or_default();
+        let stale = state.measured.is_none_or(|at| at.elapsed() > SIZE_REFRESH);
+        if stale && !state.running {
+            state.running = true;
+            let (sizer, shared, id) = (self.sizer.clone(), self.state.clone(), id.clone());
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let result = sizer.size(&dir);
+                let mut all = lock(&shared);
+                // Forgotten meanwhile (the container is gone): nothing to record.
+                let Some(state) = all.get_mut(&id) else {
+                    return;
+                };
+                state.running = false;
+                state.measured = Some(Instant::now());
+                match result {
+                    Ok(usage) if usage.complete => state.bytes = Some(usage.allocated_bytes),
+                    Ok(usage) => {
+                        tracing::warn!(
+                            %id,
+                            entries = usage.entries,
+                            secs = started.elapsed().as_secs_f64(),
+                            "workspace too large to size within the budget; keeping its last size"
+                        );
+                        // What was seen is a lower bound, better than nothing at all.
+                        if state.bytes.is_none() {
+                            state.bytes = Some(usage.allocated_bytes);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%id, %error, "cannot size the workspace; keeping its last size");
+                    }
+                }
+            });
+        }
+        state.bytes.unwrap_or(0)
+    }
+
+    /// Forgets every workspace but those of `live`.
+    fn retain(&self, live: &HashSet<&ContainerId>) {
+        lock(&self.state).retain(|id, _| live.contains(id));
+    }
+}
 
 /// The monitor's shared state: the policy and what it last saw.
 pub struct Monitor {
@@ -31,13 +148,13 @@ pub struct Monitor {
     config: PolicyConfig,
     clock: Clock,
     last: Mutex<Option<(Status, Vec<UsageView>)>>,
+    pub(crate) sizes: WorkspaceSizes,
 }
 
 struct Tracker {
     readings: HashMap<String, UsageReading>,
     cores: HashMap<ContainerId, f64>,
     memory: HashMap<ContainerId, u64>,
-    sizes: HashMap<ContainerId, (u64, Instant)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -46,6 +163,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Monitor {
     pub fn new(config: PolicyConfig, clock: Clock) -> Result<Self, ActionError> {
+        Self::with_sizer(config, clock, Arc::new(DiskSizer::default()))
+    }
+
+    /// A monitor whose workspace sizes come from `sizer`.
+    pub fn with_sizer(
+        config: PolicyConfig,
+        clock: Clock,
+        sizer: Arc<dyn WorkspaceSizer>,
+    ) -> Result<Self, ActionError> {
         let policy =
             Policy::new(config.clone()).map_err(|e| ActionError::BadRequest(e.to_string()))?;
         Ok(Monitor {
@@ -53,6 +179,7 @@ impl Monitor {
             config,
             clock,
             last: Mutex::new(None),
+            sizes: WorkspaceSizes::new(sizer),
         })
     }
 
@@ -142,7 +269,6 @@ impl Controller {
             readings: HashMap::new(),
             cores: HashMap::new(),
             memory: HashMap::new(),
-            sizes: HashMap::new(),
         };
         // Queries persisted before a restart keep their deadlines.
         match self.db(|s| s.pending_queries()).await {
@@ -169,6 +295,10 @@ impl Controller {
         tracker: &mut Tracker,
     ) -> Result<(), ActionError> {
         let records = self.db(|s| s.containers(None)).await?;
+        self.monitor
+            .sizes
+            .retain(&records.iter().map(|r| &r.id).collect());
+        let mut sizes = HashMap::new();
         let mut usage = Vec::new();
         for record in &records {
             let in_cloud = record.location == Location::Cloud && record.state == State::Running;
@@ -196,16 +326,14 @@ impl Controller {
                         .insert(record.id.clone(), reading.memory_bytes);
                     tracker.readings.insert(runtime_id.clone(), reading);
                 }
-                let stale = tracker
-                    .sizes
-                    .get(&record.id)
-                    .is_none_or(|(_, at)| at.elapsed() > SIZE_REFRESH);
-                if stale && let Ok(manifest) = self.sync.manifest(&record.id).await {
-                    tracker.sizes.insert(
-                        record.id.clone(),
-                        (manifest.total_file_bytes(), Instant::now()),
-                    );
-                }
+                // Measured in the background; this reads the last size and starts a
+                // new measurement when it is due.
+                sizes.insert(
+                    record.id.clone(),
+                    self.monitor
+                        .sizes
+                        .get(&record.id, self.sync.dir(&record.id)),
+                );
             }
             let running_somewhere = matches!(
                 record.state,
@@ -237,7 +365,7 @@ impl Controller {
                 id: r.id.to_string(),
                 cpus: r.cpus,
                 mem_bytes: r.memory_bytes,
-                missing_bytes: tracker.sizes.get(&r.id).map_or(0, |(b, _)| *b),
+                missing_bytes: sizes.get(&r.id).copied().unwrap_or(0),
             })
             .collect();
         let agents = self
@@ -594,7 +722,12 @@ impl Controller {
                 continue;
             }
             let deadline = Duration::from_secs_f64(self.monitor.config.query_deadline_secs);
-            let bytes = self.sync.cached_bytes(&record.id).unwrap_or(0);
+            let bytes = self
+                .monitor
+                .sizes
+                .last(&record.id)
+                .or_else(|| self.sync.cached_bytes(&record.id))
+                .unwrap_or(0);
             asked.push(
                 self.ask(
                     &record,
@@ -635,5 +768,165 @@ struct NoSampler;
 impl HostSampler for NoSampler {
     fn sample(&mut self) -> Result<HostSample, offload_monitor::MonitorError> {
         Ok(HostSample::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use offload_core::api::StartRequest;
+    use offload_runtime::fake::FakeRuntime;
+    use offload_store::Store;
+
+    use crate::config::ServerConfig;
+
+    fn setup() -> (tempfile::TempDir, Controller, Principal) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let fake = FakeRuntime::new();
+        fake.add_image("busybox");
+        let config = ServerConfig {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let who = Principal {
+            user: UserName::parse("alice").unwrap(),
+            admin: false,
+        };
+        store.upsert_user(&who.user, false, 0).unwrap();
+        let ctl = Controller::new(store, Arc::new(fake), config).unwrap();
+        (dir, ctl, who)
+    }
+
+    fn tracker() -> Tracker {
+        Tracker {
+            readings: HashMap::new(),
+            cores: HashMap::new(),
+            memory: HashMap::new(),
+        }
+    }
+
+    async fn start(ctl: &Controller, who: &Principal) -> ContainerRecord {
+        let request = StartRequest {
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        ctl.start(who, request).await.unwrap()
+    }
+
+    async fn tick(ctl: &Arc<Controller>, tracker: &mut Tracker) {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            ctl.monitor_tick(&mut NoSampler, None, tracker),
+        )
+        .await
+        .expect("the tick waited on workspace sizing")
+        .unwrap();
+    }
+
+    async fn size_of(ctl: &Controller, id: &ContainerId) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(bytes) = ctl.monitor.sizes.last(id) {
+                return bytes;
+            }
+            assert!(Instant::now() < deadline, "the workspace was never sized");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A sparse 16 GiB file in one workspace does not hold up the shared monitor: the
+    /// tick returns at once, and the workspace is sized quickly from its allocated
+    /// blocks, not its length.
+    #[tokio::test]
+    async fn a_sparse_workspace_does_not_stall_the_monitor() {
+        use std::io::{Seek, SeekFrom, Write};
+        let (_dir, ctl, who) = setup();
+        let ctl = Arc::new(ctl);
+        let rec = start(&ctl, &who).await;
+        let mut file = std::fs::File::create(ctl.workspace_dir(&rec.id).join("sparse")).unwrap();
+        file.seek(SeekFrom::Start(1 << 30)).unwrap();
+        file.write_all(&vec![1u8; 1 << 20]).unwrap();
+        file.set_len(16 << 30).unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        let started = Instant::now();
+        tick(&ctl, &mut tracker()).await;
+        let bytes = size_of(&ctl, &rec.id).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!((1 << 20..16 << 20).contains(&bytes), "{bytes} bytes");
+    }
+
+    /// Stands in for sizing that takes as long as the test wants.
+    struct BlockedSizer {
+        calls: AtomicUsize,
+        release: Mutex<std::sync::mpsc::Receiver<u64>>,
+    }
+
+    impl WorkspaceSizer for BlockedSizer {
+        fn size(&self, _dir: &Path) -> Result<DiskUsage, String> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let bytes = lock(&self.release)
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|e| e.to_string())?;
+            Ok(DiskUsage {
+                allocated_bytes: bytes,
+                entries: 1,
+                complete: bytes != 0,
+            })
+        }
+    }
+
+    /// The monitor never waits for a measurement: ticks run while sizing is stuck, start
+    /// no second measurement of the same workspace, and pick the size up once it is in.
+    /// An incomplete measurement keeps the last size.
+    #[tokio::test]
+    async fn the_tick_does_not_wait_for_sizing() {
+        let (_dir, mut ctl, who) = setup();
+        let (release, rx) = std::sync::mpsc::channel();
+        let sizer = Arc::new(BlockedSizer {
+            calls: AtomicUsize::new(0),
+            release: Mutex::new(rx),
+        });
+        ctl.monitor =
+            Monitor::with_sizer(ctl.monitor.config.clone(), ctl.clock, sizer.clone()).unwrap();
+        let ctl = Arc::new(ctl);
+        let rec = start(&ctl, &who).await;
+        let mut tracker = tracker();
+        tick(&ctl, &mut tracker).await;
+        tick(&ctl, &mut tracker).await;
+        assert_eq!(ctl.monitor.sizes.last(&rec.id), None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sizer.calls.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no measurement started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(sizer.calls.load(Ordering::SeqCst), 1);
+        release.send(4096).unwrap();
+        assert_eq!(size_of(&ctl, &rec.id).await, 4096);
+        tick(&ctl, &mut tracker).await;
+        assert_eq!(sizer.calls.load(Ordering::SeqCst), 1, "the size is fresh");
+
+        // Due again: a measurement that runs out of budget keeps the last size.
+        lock(&ctl.monitor.sizes.state)
+            .get_mut(&rec.id)
+            .unwrap()
+            .measured = None;
+        tick(&ctl, &mut tracker).await;
+        release.send(0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lock(&ctl.monitor.sizes.state)[&rec.id].measured.is_none() {
+            assert!(Instant::now() < deadline, "the measurement never ended");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(sizer.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(ctl.monitor.sizes.last(&rec.id), Some(4096));
     }
 }

@@ -37,12 +37,18 @@
 //!           (apply runs beside the transfer, taking chunks as they arrive)
 //! ```
 //!
-//! - [`scan`] walks with the `ignore` crate: hidden files included, only `.offloadignore`
-//!   files exclude (gitignore syntax), `.offload-conflicts/` and apply's `.offload-tmp-*`
-//!   names left out, device files, FIFOs, sockets and unsyncable names or symlinks listed
-//!   in [`Scan::skipped`]. Given the previous manifest it reuses the chunk lists of files
+//! - [`scan`] walks through directory handles only (each directory opened with
+//!   `O_NOFOLLOW` relative to its parent's handle from the root, every stat and read
+//!   relative to a handle), so a directory a container swaps for a symlink mid-scan is
+//!   never entered and nothing outside the root is read. Hidden files are included, only
+//!   `.offloadignore` files exclude (gitignore syntax, matched by the `ignore` crate's
+//!   `Gitignore`), `.offload-conflicts/` and apply's `.offload-tmp-*` names are left out,
+//!   device files, FIFOs, sockets and unsyncable names or symlinks are listed in
+//!   [`Scan::skipped`]. Given the previous manifest it reuses the chunk lists of files
 //!   whose size and mtime (and inode and ctime, kept in a side table that is never
 //!   serialised) are unchanged, so rescanning an unchanged tree reads no file.
+//!   [`disk_usage`] walks the same way, summing allocated blocks from metadata alone
+//!   within a [`UsageBudget`].
 //! - [`diff`] and [`Delta`]: upserts (new or changed entries, plus the parents of changed
 //!   entries so their mtimes can be restored) and deletes. [`Delta::validate`] refuses a
 //!   delta that names a path twice, writes below a path it deletes or below a file or
@@ -87,6 +93,7 @@ pub mod protocol;
 mod rooted;
 mod scan;
 mod source;
+mod walk;
 mod wire;
 
 pub use apply::{ApplyOptions, ApplyReport, apply};
@@ -100,7 +107,9 @@ pub use manifest::{Entry, EntryKind, Limits, MANIFEST_VERSION, Manifest};
 pub use path::{
     CONFLICTS_DIR, MAX_COMPONENT_LEN, MAX_PATH_LEN, RelPath, TEMP_PREFIX, check_symlink_target,
 };
-pub use scan::{IGNORE_FILE, Scan, ScanOptions, ScanStats, Skipped, scan};
+pub use scan::{
+    DiskUsage, IGNORE_FILE, Scan, ScanOptions, ScanStats, Skipped, UsageBudget, disk_usage, scan,
+};
 pub use source::{
     Chain, ChunkSource, ChunkStore, Incoming, MemoryChunks, TreeChunks, verify_chunk,
 };

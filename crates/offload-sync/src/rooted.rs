@@ -56,6 +56,11 @@ impl RootDir {
         self.path.join(rel)
     }
 
+    /// The root's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
     }
@@ -107,18 +112,7 @@ impl RootDir {
     /// Opens the regular file at `rel` read-only, never following a symlink.
     pub fn open_file(&self, rel: &RelPath) -> io::Result<File> {
         let parent = self.open_dir(rel.parent().as_ref())?;
-        let fd = rustix::fs::openat(
-            &parent,
-            rel.file_name(),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let file = File::from(fd);
-        let stat = rustix::fs::fstat(&file)?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(io::Error::other("not a regular file"));
-        }
-        Ok(file)
+        crate::walk::open_regular(&parent, rel.file_name())
     }
 }
 

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-use offload_sync::{EntryKind, Manifest, RelPath, ScanOptions, scan};
+use offload_sync::{EntryKind, Manifest, RelPath, ScanOptions, UsageBudget, disk_usage, scan};
 use rustix::fs::{FileType, Mode};
 
 use common::{make_symlink, write_file};
@@ -130,4 +130,82 @@ fn records_modes_without_special_bits_and_symlink_targets() {
             target: "run.sh".into()
         }
     );
+}
+
+/// A sparse 16 GiB file costs what it holds: sizing reads metadata only, so it is quick
+/// and reports the allocated bytes, not the length.
+#[test]
+fn disk_usage_counts_allocated_blocks_of_a_sparse_file() {
+    use std::io::{Seek, SeekFrom, Write};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let mut file = fs::File::create(root.join("sparse")).expect("create");
+    file.seek(SeekFrom::Start(8 << 30)).expect("seek");
+    file.write_all(&vec![7u8; 1 << 20]).expect("write");
+    file.set_len(16 << 30).expect("set_len");
+    file.sync_all().expect("fsync");
+    touch(root, "dir/small");
+    fs::write(root.join(".offloadignore"), "ignored\n").expect("ignore");
+    fs::write(root.join("ignored"), vec![1u8; 4 << 20]).expect("ignored file");
+
+    let started = std::time::Instant::now();
+    let usage = disk_usage(root, &UsageBudget::default()).expect("usage");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(usage.complete);
+    assert!(
+        usage.allocated_bytes >= 1 << 20 && usage.allocated_bytes < 16 << 20,
+        "{} bytes",
+        usage.allocated_bytes
+    );
+    // sparse, dir, dir/small and .offloadignore; the ignored file is not counted.
+    assert_eq!(usage.entries, 4);
+}
+
+/// A workspace larger than the budget is walked only as far as the budget goes, and the
+/// answer says it is partial.
+#[test]
+fn disk_usage_stops_at_its_entry_budget() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    for i in 0..50 {
+        touch(root, &format!("d{}/f{i}", i % 5));
+    }
+    let budget = UsageBudget {
+        deadline: None,
+        max_entries: 10,
+    };
+    let usage = disk_usage(root, &budget).expect("usage");
+    assert!(!usage.complete);
+    assert_eq!(usage.entries, 10);
+    let whole = disk_usage(root, &UsageBudget::default()).expect("usage");
+    assert!(whole.complete);
+    assert_eq!(whole.entries, 55);
+    assert!(whole.allocated_bytes > usage.allocated_bytes);
+}
+
+/// An `.offloadignore` that is a symlink is not followed: its rules do not apply, a
+/// warning says so, and the file it points at outside the root is never read.
+#[test]
+fn a_symlinked_offloadignore_is_not_followed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("ws");
+    fs::create_dir(&root).expect("root");
+    fs::write(tmp.path().join("host-rules"), "*\n").expect("outside rules");
+    make_symlink("../host-rules", &root.join(".offloadignore"));
+    touch(&root, "kept.txt");
+    let scan = scan(&root, &ScanOptions::default(), None).expect("scan");
+    assert_eq!(paths(&scan.manifest), ["kept.txt"]);
+    assert!(
+        scan.warnings
+            .iter()
+            .any(|w| w.contains(".offloadignore") && w.contains("not applied")),
+        "{:?}",
+        scan.warnings
+    );
+    // The escaping symlink itself is not synced either.
+    assert_eq!(scan.skipped.len(), 1);
 }

@@ -118,6 +118,38 @@ fn host_config_allows_only_the_workspace_and_the_limits() {
     );
 }
 
+/// A container cannot make device nodes in its workspace (the host reads it): `mknod`
+/// fails for lack of CAP_MKNOD, nothing appears on the host, and ordinary writes work.
+#[test]
+fn containers_cannot_make_device_nodes_in_the_workspace() {
+    let cloud = Cloud::start("c-mknod");
+    let alice = cloud.user("alice");
+    let id = alice.start_sleeper("box");
+    let out = alice.run(&["shell", &id, "--", "mknod", "/workspace/dev", "c", "1", "3"]);
+    assert_ne!(out.status.code(), Some(0), "mknod succeeded");
+    assert!(
+        cloud.workspace(&id).join("dev").symlink_metadata().is_err(),
+        "a device node reached the host's workspace"
+    );
+    let out = alice.run(&["shell", &id, "--", "sh", "-c", "echo ok > /workspace/ok"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(cloud.workspace(&id).join("ok")).expect("file"),
+        "ok\n"
+    );
+    let runtime_id = alice.show(&id)["runtime_id"]
+        .as_str()
+        .expect("rid")
+        .to_owned();
+    let cap_drop = &cloud.inspect(&runtime_id)["HostConfig"]["CapDrop"];
+    assert!(
+        cap_drop
+            .as_array()
+            .is_some_and(|a| a.iter().any(|c| c == "MKNOD" || c == "CAP_MKNOD")),
+        "{cap_drop}"
+    );
+}
+
 #[test]
 fn users_see_only_their_own_containers() {
     let cloud = Cloud::start("c-users");
