@@ -268,12 +268,17 @@ fn killing_the_agent_mid_push_leaves_no_partial_file_and_the_next_push_completes
     alice.ok(&["move", &id, "--to", "edge"]);
 
     let before = tree(&cloud.workspace(&id));
-    // A large file appears at the edge; the agent starts pushing it and is killed.
+    // A large file appears at the edge whole (written beside the workspace and renamed
+    // in, so no half-written version exists to sync); the agent starts pushing it and
+    // is killed.
     let data: Vec<u8> = (0..150u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let expected = blake3::hash(&data);
-    std::fs::write(edge.workspace(&id).join("big.dat"), &data).expect("write at the edge");
+    let workspace = edge.workspace(&id);
+    let outside = workspace.with_extension("big.dat");
+    std::fs::write(&outside, &data).expect("write at the edge");
+    std::fs::rename(&outside, workspace.join("big.dat")).expect("move into the workspace");
     let staging = cloud.data_dir.join("staging").join(&id);
     eventually(30, "the push to start", || {
         std::fs::read_dir(&staging).is_ok_and(|mut d| d.next().is_some())
@@ -336,12 +341,21 @@ fn killing_the_server_mid_move_leaves_exactly_one_copy_and_the_state_says_where(
         }
         alice.ok(&["move", &id, "--to", "edge", "--detach"]);
         if round == 1 {
-            // Once the pre-copy runs the engine is no longer needed until the start at
-            // the edge, which then hangs: the move stays finalizing.
+            // Once the pre-copy runs, the cloud engine is frozen: the server's stop of the
+            // cloud copy hangs. Then the edge engine is frozen and the cloud's thawed: the
+            // move enters finalizing and the start at the edge hangs there.
             eventually(60, "the pre-copy to report progress", || {
                 alice.show(&id)["moving"]["progress"].is_object()
             });
+            freeze(&cloud.engine, true);
+            let stopping = offload_testkit::wait_until(
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_millis(50),
+                || alice.show(&id)["moving"]["step"] == "stopping_cloud",
+            );
             freeze(&edge.engine, true);
+            freeze(&cloud.engine, false);
+            assert!(stopping.is_ok(), "the move reached stopping_cloud");
         }
         let reached = offload_testkit::wait_until(
             std::time::Duration::from_secs(60),
