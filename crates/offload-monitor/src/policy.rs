@@ -187,6 +187,9 @@ pub struct Decision {
 struct PendingQuery {
     owner: String,
     asked_at: f64,
+    /// Asked outside this policy's rounds (an operator's ask): it stands until answered,
+    /// expired or moot, even when pressure ends.
+    standing: bool,
 }
 
 /// Relief needed below this is float noise, not a reason to ask anybody.
@@ -245,6 +248,7 @@ impl Policy {
             .or_insert_with(|| PendingQuery {
                 owner: owner.to_owned(),
                 asked_at: now.as_secs_f64(),
+                standing: true,
             });
     }
 
@@ -306,7 +310,12 @@ impl Policy {
         let under_pressure = self.pressure.iter().any(Pressure::is_active);
         if !under_pressure {
             // The cloud has room again; nobody should move for nothing.
-            withdrawn.extend(std::mem::take(&mut self.pending).into_keys());
+            let (standing, moot): (BTreeMap<_, _>, BTreeMap<_, _>) =
+                std::mem::take(&mut self.pending)
+                    .into_iter()
+                    .partition(|(_, q)| q.standing);
+            self.pending = standing;
+            withdrawn.extend(moot.into_keys());
         }
 
         let (ask, ask_note) = if under_pressure {
@@ -515,6 +524,7 @@ impl Policy {
                 PendingQuery {
                     owner: ask.owner.clone(),
                     asked_at: at,
+                    standing: false,
                 },
             );
         }

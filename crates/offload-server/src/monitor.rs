@@ -929,4 +929,111 @@ mod tests {
         assert_eq!(sizer.calls.load(Ordering::SeqCst), 2);
         assert_eq!(ctl.monitor.sizes.last(&rec.id), Some(4096));
     }
+
+    async fn query_state(ctl: &Controller, id: &str) -> String {
+        let key = id.to_owned();
+        ctl.db(move |s| s.query(&key)).await.unwrap().unwrap().state
+    }
+
+    /// One expiry rule on one clock: the stored deadline is the instant the policy
+    /// expires the query at and the instant after which an answer is refused, and the
+    /// default action then applies (decline here, accept for an auto-accepting agent).
+    #[tokio::test(start_paused = true)]
+    async fn queries_expire_at_their_stored_deadline_under_a_paused_clock() {
+        use crate::testing::{Answer as Scripted, Script, rig};
+        use offload_core::agent::{Reply, Timings};
+        let rig = rig();
+        let admin = Principal {
+            user: rig.who.user.clone(),
+            admin: true,
+        };
+        let deadline = rig.ctl.monitor.config.query_deadline_secs as i64;
+        let mut tracker = tracker();
+
+        // Declined by default: the deadline passes with no answer.
+        let first = rig.start().await;
+        let script = Script::default();
+        let link = rig.connect(&script, Vec::new());
+        let asked = rig.ctl.ask_now(&admin, None).await.unwrap();
+        assert_eq!(asked.len(), 1);
+        let q = asked[0].clone();
+        assert_eq!(q.deadline_at - q.created_at, deadline);
+        tokio::time::advance(Duration::from_secs(deadline as u64 - 1)).await;
+        tick(&rig.ctl, &mut tracker).await;
+        assert_eq!(query_state(&rig.ctl, &q.id).await, "pending", "not yet due");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Past the deadline an answer is refused, by the same rule the policy applies.
+        let late = rig.ctl.answer(&rig.who, &q.id, Answer::Accept).await;
+        assert!(
+            matches!(&late, Err(ActionError::Conflict(m)) if m.contains("expired")),
+            "{late:?}"
+        );
+        tick(&rig.ctl, &mut tracker).await;
+        assert_eq!(query_state(&rig.ctl, &q.id).await, "expired");
+        assert!(
+            !script.seen().contains(&"prepare"),
+            "declined: nothing moves"
+        );
+        assert_eq!(rig.record(&first.id).await.location, Location::Cloud);
+        rig.ctl.hub.unregister(&link);
+
+        // An auto-accepting agent's query expires as accepted, and the move starts.
+        let second = rig.start().await;
+        let script = Script::default();
+        script.on(
+            "prepare",
+            Scripted::Reply(Reply::Prepared {
+                timings: Timings::default(),
+            }),
+        );
+        let (link, mut outbox) = rig.ctl.hub.register(
+            rig.who.user.clone(),
+            crate::hub::Hello {
+                capacity: offload_core::agent::EdgeCapacity {
+                    cpus: 4.0,
+                    memory_bytes: 8 << 30,
+                    free_disk_bytes: 100 << 30,
+                    architecture: "amd64".into(),
+                    hostname: "laptop".into(),
+                },
+                images: Vec::new(),
+                containers: Vec::new(),
+                auto_accept: true,
+                auto_return: false,
+            },
+        );
+        let asked = rig.ctl.ask_now(&admin, None).await.unwrap();
+        let q = asked
+            .iter()
+            .find(|q| q.container_id == second.id.as_str())
+            .unwrap()
+            .clone();
+        tokio::time::advance(Duration::from_secs(deadline as u64 + 1)).await;
+        tick(&rig.ctl, &mut tracker).await;
+        assert_eq!(query_state(&rig.ctl, &q.id).await, "expired");
+        // The accepted move asks the agent to prepare (the first container, asked again,
+        // expires as accepted too).
+        let prepare = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match outbox.recv().await {
+                    Some(ServerMessage::Request { command, .. })
+                        if command.container_id() == second.id.as_str() =>
+                    {
+                        return command;
+                    }
+                    Some(_) => continue,
+                    None => panic!("the agent's link closed"),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        match prepare {
+            offload_core::agent::Command::Prepare { spec } => {
+                assert_eq!(spec.id, second.id.as_str())
+            }
+            other => panic!("{other:?}"),
+        }
+        drop((link, script));
+    }
 }
