@@ -35,14 +35,30 @@ use controller::{Controller, now};
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     config.validate()?;
-    tls::ensure_private_dir(&config.data_dir)?;
-    let pki = tls::Pki::load(&config.data_dir.join("tls"), &config.tls_sans)
-        .context("cannot set up the server's certificates")?;
-    let store = Arc::new(Store::open(&config.data_dir.join("state.db"))?);
     let runtime: Arc<dyn ContainerRuntime> =
         Arc::new(DockerRuntime::connect(config.docker_host.as_deref()).await?);
     runtime.ping().await?;
     let listen = config.listen;
+    let tcp = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    serve(config, runtime, tcp, true, wait_for_signal()).await
+}
+
+/// Serves the API on `tcp` over `runtime` until `shutdown` completes; `announce` prints
+/// the address and the CA's fingerprint on stdout. `run` serves the Docker engine; the
+/// sync benchmark serves a fake one (only the workspace endpoints matter there).
+pub async fn serve(
+    config: ServerConfig,
+    runtime: Arc<dyn ContainerRuntime>,
+    tcp: std::net::TcpListener,
+    announce: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    tls::ensure_private_dir(&config.data_dir)?;
+    let pki = tls::Pki::load(&config.data_dir.join("tls"), &config.tls_sans)
+        .context("cannot set up the server's certificates")?;
+    let store = Arc::new(Store::open(&config.data_dir.join("state.db"))?);
     let limits = config.connection_limits();
     let ctl = Arc::new(Controller::new(store, runtime, config)?);
 
@@ -57,20 +73,20 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         ca_pem: Arc::from(pki.ca_pem.as_str()),
     };
     let app = http::router(state);
-    let tcp = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("cannot listen on {listen}"))?;
     tcp.set_nonblocking(true)?;
     let local = tcp.local_addr()?;
     let handle = axum_server::Handle::new();
-    let shutdown = handle.clone();
+    let graceful = handle.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        shutdown.await;
         tracing::info!("shutting down");
-        shutdown.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        graceful.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     });
-    // Printed on stdout so scripts and tests know the port when they asked for port 0.
-    println!("offload server listening on https://{local}");
-    println!("ca fingerprint {}", pki.ca_fingerprint());
+    if announce {
+        // Printed on stdout so scripts and tests know the port when they asked for port 0.
+        println!("offload server listening on https://{local}");
+        println!("ca fingerprint {}", pki.ca_fingerprint());
+    }
     tracing::info!(%local, fingerprint = %pki.ca_fingerprint(), "listening");
     listener::serve(tcp, pki.server_config()?, app, handle, limits).await?;
     Ok(())

@@ -8,27 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use offload_core::ContainerId;
-use offload_sync::protocol::{
-    PushReport, Wanted, decode_reply, encode_plan, encode_update, fetch_batches, serve_request,
-    wanted_chunks,
-};
-use offload_sync::{
-    ApplyOptions, Chain, ChunkSource, ChunkStore, Delta, Limits, Manifest, RelPath, ScanOptions,
-    SyncError, TreeChunks,
-};
+use offload_sync::protocol::{PushReport, Wanted, encode_plan};
+use offload_sync::session::{self, RECENT_MANIFESTS};
+use offload_sync::{ChunkStore, Delta, Manifest, RelPath, ScanOptions, SyncError, TreeChunks};
 
 use crate::error::ActionError;
 
-/// Largest chunk batch in one request or answer.
-pub const MAX_BATCH_BYTES: usize = 64 << 20;
-/// Raw bytes of chunks the server asks for in one batch of a push.
-const PUSH_BATCH_BYTES: u64 = 16 << 20;
-/// Chunks the server asks for in one batch of a push.
-const PUSH_BATCH_CHUNKS: usize = 4096;
-/// Old bytes of the cloud copy read to patch a push's chunks against, at most.
-const BASIS_BUDGET: usize = 64 << 20;
-/// Manifests kept per container as bases a pull may name.
-const RECENT: usize = 4;
+/// Largest chunk batch in one request or answer (the session's, so both sides agree).
+pub const MAX_BATCH_BYTES: usize = session::MAX_BATCH_BYTES;
 
 /// Cached manifests of the cloud copies, push plans and the staging stores of uploads.
 pub struct Workspaces {
@@ -58,13 +45,6 @@ fn sync_err(e: SyncError) -> ActionError {
     match e {
         SyncError::Io { .. } => ActionError::Internal(e.to_string()),
         other => ActionError::BadRequest(other.to_string()),
-    }
-}
-
-fn limits() -> Limits {
-    Limits {
-        max_batch_bytes: MAX_BATCH_BYTES,
-        ..Limits::default()
     }
 }
 
@@ -141,7 +121,7 @@ impl Workspaces {
                     digest,
                     manifest: manifest.clone(),
                 });
-                recent.truncate(RECENT);
+                recent.truncate(RECENT_MANIFESTS);
             }
         }
         Ok(manifest)
@@ -172,7 +152,12 @@ impl Workspaces {
         let _guard = self.lock(id).await;
         let manifest = self.rescan(id).await?;
         let base = base.and_then(|d| self.known(id, &d));
-        Ok(tokio::task::spawn_blocking(move || encode_update(&manifest, base.as_deref())).await?)
+        Ok(
+            tokio::task::spawn_blocking(move || {
+                session::serve_manifest(&manifest, base.as_deref())
+            })
+            .await?,
+        )
     }
 
     /// Serves a chunk request out of the cloud copy. A file that changed since the last
@@ -183,7 +168,7 @@ impl Workspaces {
         let dir = self.dir(id);
         tokio::task::spawn_blocking(move || {
             let tree = TreeChunks::new(&dir, &manifest).map_err(sync_err)?;
-            serve_request(&request, &tree, &limits()).map_err(|e| match e {
+            session::serve_fetch(&tree, &request).map_err(|e| match e {
                 SyncError::SourceChanged { .. } | SyncError::ChunkNotFound { .. } => {
                     ActionError::Conflict(format!(
                         "the workspace changed while it was read ({e}); fetch the manifest again"
@@ -199,7 +184,7 @@ impl Workspaces {
     /// chunks neither the cloud copy nor earlier uploads hold, with the signatures of the
     /// cloud's old bytes to patch them against.
     pub async fn plan(&self, id: &ContainerId, delta: Vec<u8>) -> Result<Vec<u8>, ActionError> {
-        let delta = Arc::new(Delta::from_bytes(&delta, &limits()).map_err(sync_err)?);
+        let delta = Arc::new(session::decode_push(&delta).map_err(sync_err)?);
         let _guard = self.lock(id).await;
         let manifest = self.last_scan(id).await?;
         let dir = self.dir(id);
@@ -207,15 +192,7 @@ impl Workspaces {
         let planned = delta.clone();
         let batches = tokio::task::spawn_blocking(move || {
             let store = ChunkStore::open_cache(staging).map_err(sync_err)?;
-            let tree = TreeChunks::new(&dir, &manifest).map_err(sync_err)?;
-            let wanted = wanted_chunks(
-                &planned,
-                &manifest,
-                |c| tree.contains(c) || store.contains(c),
-                &tree,
-                BASIS_BUDGET,
-            );
-            Ok::<_, ActionError>(fetch_batches(wanted, PUSH_BATCH_BYTES, PUSH_BATCH_CHUNKS))
+            session::plan_push(&dir, &manifest, &planned, &store).map_err(sync_err)
         })
         .await??;
         let plan = self.next_plan.fetch_add(1, Ordering::Relaxed);
@@ -263,12 +240,9 @@ impl Workspaces {
             .ok_or_else(|| ActionError::BadRequest(format!("plan {plan} has no batch {batch}")))?;
         let staging = self.staging_dir(id);
         tokio::task::spawn_blocking(move || {
-            let chunks = decode_reply(&body, &wanted, &limits()).map_err(sync_err)?;
             let store = ChunkStore::open_cache(staging).map_err(sync_err)?;
-            for (chunk, bytes) in &chunks {
-                store.put(chunk, bytes).map_err(sync_err)?;
-            }
-            Ok(chunks.len())
+            session::receive_batch(&body, &wanted, |chunk, bytes| store.put(&chunk, &bytes))
+                .map_err(sync_err)
         })
         .await?
     }
@@ -289,14 +263,7 @@ impl Workspaces {
         let prefix = conflict_dir.clone();
         let report = tokio::task::spawn_blocking(move || {
             let store = ChunkStore::open_cache(&staging).map_err(sync_err)?;
-            let tree = TreeChunks::new(&dir, &manifest).map_err(sync_err)?;
-            let source = Chain::new(vec![&store as &dyn ChunkSource, &tree]);
-            let options = ApplyOptions {
-                prefix,
-                limits: limits(),
-                ..ApplyOptions::default()
-            };
-            offload_sync::apply(&dir, &delta, &source, &options).map_err(|e| match e {
+            session::apply_push(&dir, &manifest, &delta, &store, prefix).map_err(|e| match e {
                 SyncError::ChunkNotFound { .. } => {
                     ActionError::Conflict(format!("{e}; upload the chunks the server lacks first"))
                 }

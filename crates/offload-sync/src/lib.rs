@@ -2,7 +2,9 @@
 //! a container's `/workspace` between the cloud host and the laptop without loss.
 //!
 //! The core is synchronous and does no networking: the server and agent carry its
-//! messages ([`protocol`]) over HTTP.
+//! messages ([`protocol`]) over HTTP. One [`session`] drives a pull or a push over a
+//! [`session::Transport`] (the agent's HTTPS client, or [`session::InProcess`] for the
+//! benchmark and the tests), with the tuning defined there once.
 //!
 //! # Model
 //!
@@ -92,6 +94,7 @@ mod path;
 pub mod protocol;
 mod rooted;
 mod scan;
+pub mod session;
 mod source;
 mod walk;
 mod wire;

@@ -21,8 +21,21 @@ use crate::walk::{Flow, Found, Meta, Visitor, open_regular, walk};
 pub const IGNORE_FILE: &str = ".offloadignore";
 
 /// A file whose mtime is this close to (or after) the start of the scan that recorded it
-/// is read again next time: it may have changed within the timestamp granularity.
-const RACY_WINDOW_NS: i64 = 2_000_000_000;
+/// is read again next time: it may have changed within the timestamp granularity. Whole
+/// seconds (FAT, ext3, some network filesystems) get [`COARSE_RACY_WINDOW_NS`]; timestamps
+/// with a sub-second part come from the kernel's coarse clock, a tick (at most 10 ms)
+/// behind, so a window of a few ticks covers them without re-reading a workspace that was
+/// written a moment before a move's pre-copy when its final delta is taken.
+const RACY_WINDOW_NS: i64 = 50_000_000;
+const COARSE_RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+fn racy_window_ns(mtime_ns: i64) -> i64 {
+    if mtime_ns % 1_000_000_000 == 0 {
+        COARSE_RACY_WINDOW_NS
+    } else {
+        RACY_WINDOW_NS
+    }
+}
 
 /// How to scan.
 #[derive(Clone, Debug, Default)]
@@ -205,7 +218,8 @@ impl Visitor for Scanner<'_> {
                             && match self.prev_cache {
                                 Some(c) => {
                                     c.files.get(&rel) == Some(&local)
-                                        && meta.mtime_ns < c.scan_started_ns - RACY_WINDOW_NS
+                                        && meta.mtime_ns
+                                            < c.scan_started_ns - racy_window_ns(meta.mtime_ns)
                                 }
                                 None => true,
                             };
