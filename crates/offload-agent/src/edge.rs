@@ -57,7 +57,15 @@ pub struct Edge {
     /// What each workspace held after its last pull by this process.
     pulled: Mutex<HashMap<String, Arc<Manifest>>>,
     progress: Mutex<Option<ProgressSink>>,
+    /// Copies found stopped behind the agent's back: how often each was started again,
+    /// and when it may be next (a crash-loop back-off).
+    restarts: Mutex<HashMap<String, (u32, Instant)>>,
 }
+
+/// The first wait before a copy that keeps stopping is started again; it doubles up to
+/// [`RESTART_BACKOFF_MAX`].
+const RESTART_BACKOFF: Duration = Duration::from_secs(2);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Creates `dir` and its missing parents with mode 0700, and narrows `dir` to 0700 if it
 /// existed with a wider mode (one made by an older agent, or by hand): another local user
@@ -196,6 +204,7 @@ impl Edge {
             pushes: Mutex::new(HashMap::new()),
             pulled: Mutex::new(HashMap::new()),
             progress: Mutex::new(None),
+            restarts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -359,7 +368,13 @@ impl Edge {
                 .get(&id)
                 .map(|r| r.held.clone());
             match classify(held.as_ref(), &container) {
-                Finding::Known => {}
+                Finding::Known if container.running => {
+                    self.restarts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                }
+                Finding::Known => self.start_again(&id, &container.runtime_id).await,
                 Finding::Duplicate => {
                     tracing::warn!(%id, runtime_id = %container.runtime_id, "removing a second engine copy of a held container");
                     let _ = self
@@ -385,6 +400,38 @@ impl Edge {
                     self.track(held);
                 }
             }
+        }
+    }
+
+    /// A held copy the agent did not stop is stopped (the engine restarted, the laptop
+    /// rebooted): it is started again, as the cloud's reconciler does with its copies,
+    /// unless it was stopped for a return or keeps dying (then it waits its back-off).
+    async fn start_again(&self, id: &str, runtime_id: &str) {
+        let wanted_running = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|r| !*r.stop.borrow());
+        if !wanted_running {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut restarts = self.restarts.lock().unwrap_or_else(|p| p.into_inner());
+            let (count, next) = restarts.entry(id.to_owned()).or_insert((0, now));
+            if now < *next {
+                return;
+            }
+            let wait = RESTART_BACKOFF
+                .saturating_mul(1 << (*count).min(16))
+                .min(RESTART_BACKOFF_MAX);
+            *count += 1;
+            *next = now + wait;
+        }
+        tracing::warn!(%id, %runtime_id, "the edge copy stopped behind the agent's back; starting it again");
+        if let Err(e) = self.runtime.start(runtime_id).await {
+            tracing::warn!(%id, error = %e, "cannot start the edge copy again");
         }
     }
 
@@ -953,6 +1000,28 @@ mod tests {
             .run(&edge.container_spec(&spec(id), generation))
             .await
             .unwrap()
+    }
+
+    /// The edge engine restarted: the copy the agent holds is stopped, and the agent
+    /// starts it again; a copy that keeps dying waits for its back-off.
+    #[tokio::test]
+    async fn a_held_copy_stopped_behind_the_agents_back_is_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = offload_runtime::fake::FakeRuntime::new();
+        let edge = offline_edge(dir.path(), &runtime);
+        let copy = labelled_copy(&runtime, &edge, "0123456789ab", 2).await;
+        edge.discover().await;
+        assert_eq!(edge.containers().await.len(), 1);
+        runtime.kill(&copy);
+        edge.discover().await;
+        assert_eq!(runtime.running(), vec![copy.clone()], "started again");
+        assert!(edge.containers().await[0].running);
+        runtime.kill(&copy);
+        edge.discover().await;
+        assert!(
+            runtime.running().is_empty(),
+            "the back-off holds it a moment"
+        );
     }
 
     #[tokio::test]
