@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds offload-bench in release mode and runs sync-vs-rsync: offload's workspace sync next
+# Builds offload-bench in release mode and runs sync-vs-rsync: offload's workspace sync (in
+# process, and through an in-process server with the agent's HTTPS client) next
 # to rsync (over a pipe, via bench/rsh-local) and cp, printing markdown tables to stdout.
 # Usage: bench/sync.sh [--quick] [--runs N] [--work-dir DIR]   (see docs/benchmarks.md)
 set -euo pipefail
