@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use offload_core::api::{ApiError, JoinRequest, JoinResponse};
+use offload_core::api::{ApiError, ErrorCode, JoinRequest, JoinResponse};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
@@ -221,9 +221,9 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 
 impl CallError {
     /// The API's error code, when the server answered with one.
-    pub fn code(&self) -> Option<&str> {
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            CallError::Api { body, .. } => Some(&body.code),
+            CallError::Api { body, .. } => Some(body.code),
             _ => None,
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use offload_core::agent::{AgentMessage, ServerMessage};
+use offload_core::agent::{AgentError, AgentErrorCode, AgentMessage, ServerMessage};
 use offload_runtime::relay::{Frame, relay_exec};
 use rand::RngExt;
 use tokio::sync::mpsc;
@@ -186,21 +186,20 @@ async fn session(
                 let edge = edge.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let reply = match edge.execute(command).await {
-                        Ok(reply) => AgentMessage::Reply {
-                            request,
-                            ok: Some(reply),
-                            error: None,
-                        },
-                        Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "command failed");
-                            AgentMessage::Reply {
-                                request,
-                                ok: None,
-                                error: Some(format!("{e:#}")),
-                            }
-                        }
+                    let result = match crate::edge::check_command(&command) {
+                        Err(e) => Err(AgentError {
+                            code: AgentErrorCode::Refused,
+                            message: format!("{e:#}"),
+                        }),
+                        Ok(()) => edge.execute(command).await.map_err(|e| AgentError {
+                            code: AgentErrorCode::Failed,
+                            message: format!("{e:#}"),
+                        }),
                     };
+                    if let Err(e) = &result {
+                        tracing::warn!(code = ?e.code, error = %e.message, "command failed");
+                    }
+                    let reply = AgentMessage::Reply { request, result };
                     let _ = tx.send(reply);
                 });
             }
@@ -251,7 +250,7 @@ async fn exec_relay(edge: &Arc<Edge>, session: &str, container_id: &str) -> anyh
     let Some(runtime_id) = runtime_id else {
         let error = offload_core::api::ExecControl::Error {
             error: format!("this edge does not run container {container_id}"),
-            code: "not_found".into(),
+            code: offload_core::api::ErrorCode::NotFound,
         };
         sink.send(Frame::Text(serde_json::to_string(&error)?))
             .await?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use offload_core::agent::AgentMessage;
+use offload_core::api::ErrorCode;
 use offload_sync::protocol::{PushReport, PushRequest};
 use offload_sync::session::{self, Pull, SessionError, Transport};
 use offload_sync::{Delta, Entry, Manifest, ScanOptions, diff};
@@ -108,7 +109,7 @@ impl Transport for ServerTransport {
 
     /// The cloud copy changed while it was read (it runs during the pre-copy).
     fn is_conflict(error: &CallError) -> bool {
-        error.code() == Some("conflict")
+        error.code() == Some(ErrorCode::Conflict)
     }
 }
 
@@ -192,7 +193,7 @@ pub enum PushError {
 
 impl From<CallError> for PushError {
     fn from(e: CallError) -> Self {
-        if e.code() == Some("stale_generation") {
+        if e.code() == Some(ErrorCode::StaleGeneration) {
             PushError::Stale
         } else {
             PushError::Other(e.into())

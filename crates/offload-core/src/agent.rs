@@ -47,10 +47,8 @@ pub enum AgentMessage {
     /// The answer to a [`ServerMessage::Request`].
     Reply {
         request: u64,
-        #[serde(default)]
-        ok: Option<Reply>,
-        #[serde(default)]
-        error: Option<String>,
+        /// What came of the command: `{"Ok": reply}` or `{"Err": {"code", "message"}}`.
+        result: Result<Reply, AgentError>,
     },
     /// A step of a long command advanced.
     Progress {
@@ -64,6 +62,30 @@ pub enum AgentMessage {
 }
 
 /// Server to agent.
+/// Why an agent did not carry out a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentError {
+    pub code: AgentErrorCode,
+    /// One sentence for the move's reason.
+    pub message: String,
+}
+
+/// What an agent's refusal or failure means for the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentErrorCode {
+    /// The command failed the agent's own checks (an invalid id, image or limit): it did
+    /// nothing.
+    Refused,
+    /// It was tried and failed; the agent left its side as it was before the command (a
+    /// failed start leaves no copy; a failed final push starts the copy again).
+    Failed,
+    /// A code this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerMessage {
@@ -184,4 +206,49 @@ pub enum Reply {
         timings: Timings,
     },
     Done,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_is_a_result_with_a_typed_error() {
+        let failed = AgentMessage::Reply {
+            request: 7,
+            result: Err(AgentError {
+                code: AgentErrorCode::Refused,
+                message: "invalid container id".into(),
+            }),
+        };
+        let json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "reply", "request": 7,
+                "result": {"Err": {"code": "refused", "message": "invalid container id"}}})
+        );
+        let done: AgentMessage = serde_json::from_value(serde_json::json!({
+            "type": "reply", "request": 8, "result": {"Ok": {"kind": "done"}}
+        }))
+        .unwrap();
+        assert!(matches!(
+            done,
+            AgentMessage::Reply {
+                request: 8,
+                result: Ok(Reply::Done)
+            }
+        ));
+        // A reply that is neither, or both, is refused.
+        for bad in [
+            serde_json::json!({"type": "reply", "request": 1}),
+            serde_json::json!({"type": "reply", "request": 1, "ok": {"kind": "done"}}),
+            serde_json::json!({"type": "reply", "request": 1,
+                "result": {"Ok": {"kind": "done"}, "Err": {"code": "failed", "message": ""}}}),
+        ] {
+            assert!(
+                serde_json::from_value::<AgentMessage>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -9,7 +9,82 @@ use crate::{ContainerRecord, Location, MoveDirection, MoveReport, MoveStep, Stat
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiError {
     pub error: String,
-    pub code: String,
+    pub code: ErrorCode,
+}
+
+/// The machine-readable codes of [`ApiError`]: the server, the agent and the CLI decide
+/// on these, never on the sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or asks for something not allowed.
+    BadRequest,
+    /// The JSON body does not parse or has the wrong shape.
+    InvalidJson,
+    /// The query string does not parse.
+    InvalidQuery,
+    /// The body (or its declared length) is over the endpoint's limit.
+    BodyTooLarge,
+    UnsupportedMediaType,
+    /// No token was sent.
+    Unauthenticated,
+    /// The token is unknown, expired or revoked.
+    InvalidToken,
+    /// The caller may not do this (an admin action).
+    Forbidden,
+    /// No such container or query (also another user's: I3).
+    NotFound,
+    /// No such endpoint.
+    NoRoute,
+    MethodNotAllowed,
+    /// The container's state does not allow it now; the sentence says what would.
+    Conflict,
+    /// A push from a copy whose generation is not the container's current one.
+    StaleGeneration,
+    /// A dependency (the engine, the agent) cannot be reached now; trying later may work.
+    Unavailable,
+    Internal,
+    /// Plain HTTP on the TLS port.
+    HttpsRequired,
+    /// An endpoint that speaks WebSocket got a plain request.
+    WebsocketRequired,
+    /// A command in a container could not run.
+    ExecFailed,
+    /// A code this build does not know: a newer server's.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NoRoute => "no_route",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::StaleGeneration => "stale_generation",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::HttpsRequired => "https_required",
+            ErrorCode::WebsocketRequired => "websocket_required",
+            ErrorCode::ExecFailed => "exec_failed",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Body of `POST /v1/containers`.
@@ -165,7 +240,7 @@ pub enum ExecControl {
     /// Server to client: the command ended.
     Exit { code: i64 },
     /// Server to client: the command could not run.
-    Error { error: String, code: String },
+    Error { error: String, code: ErrorCode },
 }
 
 /// First byte of a binary frame on an exec WebSocket.
@@ -236,4 +311,27 @@ pub struct UsageView {
     pub location: Location,
     pub cpu_cores: f64,
     pub memory_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_spelled_as_on_the_wire_and_unknown_ones_still_parse() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::StaleGeneration,
+            ErrorCode::HttpsRequired,
+            ErrorCode::WebsocketRequired,
+            ErrorCode::BodyTooLarge,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        let newer: ApiError =
+            serde_json::from_str(r#"{"error":"x","code":"quota_exceeded"}"#).unwrap();
+        assert_eq!(newer.code, ErrorCode::Unknown);
+    }
 }

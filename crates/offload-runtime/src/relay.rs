@@ -56,7 +56,7 @@ pub async fn relay_exec<T, K>(
         Err(error) => {
             let control = ExecControl::Error {
                 error: format!("invalid exec request: {error}"),
-                code: "bad_request".into(),
+                code: offload_core::api::ErrorCode::BadRequest,
             };
             send_control(&mut sink, &control).await;
             let _ = sink.send(Frame::Close).await;
@@ -86,7 +86,7 @@ pub async fn relay_exec<T, K>(
         Err(e) => {
             let control = ExecControl::Error {
                 error: e.to_string(),
-                code: "exec_failed".into(),
+                code: offload_core::api::ErrorCode::ExecFailed,
             };
             send_control(&mut sink, &control).await;
             let _ = sink.send(Frame::Close).await;
@@ -148,13 +148,13 @@ pub async fn relay_exec<T, K>(
     let control = match failure {
         Some(error) => ExecControl::Error {
             error,
-            code: "exec_failed".into(),
+            code: offload_core::api::ErrorCode::ExecFailed,
         },
         None => match exit_code(runtime.as_ref(), &exec_id).await {
             Some(code) => ExecControl::Exit { code },
             None => ExecControl::Error {
                 error: "the engine did not report the command's exit code".into(),
-                code: "exec_failed".into(),
+                code: offload_core::api::ErrorCode::ExecFailed,
             },
         },
     };

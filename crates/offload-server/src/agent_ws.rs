@@ -9,12 +9,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::ContainerId;
-use offload_core::agent::{AgentMessage, EdgeCapacity, EdgeContainer};
+use offload_core::agent::{AgentErrorCode, AgentMessage, EdgeCapacity, EdgeContainer};
 use offload_core::api::Progress;
 
 use crate::error::{ActionError, error_response};
 use crate::http::{AppState, Caller};
 use crate::hub::{Hello, MAX_AGENT_TEXT_CHARS, clean_agent_text};
+use offload_core::api::ErrorCode;
 
 /// Largest control message from an agent.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -24,7 +25,7 @@ type Upgrade = Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketU
 fn need_websocket() -> Response {
     error_response(
         StatusCode::BAD_REQUEST,
-        "websocket_required",
+        ErrorCode::WebsocketRequired,
         "this endpoint speaks WebSocket; it is for `offload agent`",
     )
 }
@@ -137,13 +138,15 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
             continue;
         };
         match serde_json::from_str::<AgentMessage>(&text) {
-            Ok(AgentMessage::Reply { request, ok, error }) => {
+            Ok(AgentMessage::Reply { request, result }) => {
                 // The error becomes a move's reason, shown in terminals: keep it clean.
-                let result = match (ok, error) {
-                    (Some(reply), _) => Ok(reply),
-                    (None, Some(error)) => Err(clean_agent_text(&error, MAX_AGENT_TEXT_CHARS)),
-                    (None, None) => Err("empty reply".to_owned()),
-                };
+                let result = result.map_err(|e| {
+                    let message = clean_agent_text(&e.message, MAX_AGENT_TEXT_CHARS);
+                    match e.code {
+                        AgentErrorCode::Refused => format!("the agent refused: {message}"),
+                        AgentErrorCode::Failed | AgentErrorCode::Unknown => message,
+                    }
+                });
                 link.complete(request, result);
             }
             Ok(AgentMessage::Progress {

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use offload_core::api::ApiError;
+use offload_core::api::{ApiError, ErrorCode};
 
 /// Why an action did not happen. Every variant is one sentence for the user.
 #[derive(Debug, thiserror::Error)]
@@ -41,24 +41,24 @@ impl ActionError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ActionError::BadRequest(_) => "bad_request",
-            ActionError::Unauthenticated => "unauthenticated",
-            ActionError::InvalidToken => "invalid_token",
-            ActionError::Forbidden => "forbidden",
-            ActionError::NotFound(_) => "not_found",
-            ActionError::Conflict(_) => "conflict",
-            ActionError::StaleGeneration { .. } => "stale_generation",
-            ActionError::Unavailable(_) => "unavailable",
-            ActionError::Internal(_) => "internal",
+            ActionError::BadRequest(_) => ErrorCode::BadRequest,
+            ActionError::Unauthenticated => ErrorCode::Unauthenticated,
+            ActionError::InvalidToken => ErrorCode::InvalidToken,
+            ActionError::Forbidden => ErrorCode::Forbidden,
+            ActionError::NotFound(_) => ErrorCode::NotFound,
+            ActionError::Conflict(_) => ErrorCode::Conflict,
+            ActionError::StaleGeneration { .. } => ErrorCode::StaleGeneration,
+            ActionError::Unavailable(_) => ErrorCode::Unavailable,
+            ActionError::Internal(_) => ErrorCode::Internal,
         }
     }
 
     pub fn body(&self) -> ApiError {
         ApiError {
             error: self.to_string(),
-            code: self.code().to_owned(),
+            code: self.code(),
         }
     }
 }
@@ -101,12 +101,12 @@ impl IntoResponse for ActionError {
 }
 
 /// A plain error response with an explicit status and code.
-pub fn error_response(status: StatusCode, code: &str, error: impl Into<String>) -> Response {
+pub fn error_response(status: StatusCode, code: ErrorCode, error: impl Into<String>) -> Response {
     (
         status,
         Json(ApiError {
             error: error.into(),
-            code: code.to_owned(),
+            code,
         }),
     )
         .into_response()

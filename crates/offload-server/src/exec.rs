@@ -15,6 +15,7 @@ use offload_runtime::relay::{Frame, relay_exec};
 
 use crate::error::{ActionError, error_response};
 use crate::http::{AppState, Caller};
+use offload_core::api::ErrorCode;
 
 pub fn to_frame(message: Message) -> Option<Frame> {
     match message {
@@ -92,7 +93,7 @@ pub async fn exec_socket(
     let Ok(upgrade) = upgrade else {
         return error_response(
             StatusCode::BAD_REQUEST,
-            "websocket_required",
+            ErrorCode::WebsocketRequired,
             "this endpoint speaks WebSocket; use `offload shell`",
         );
     };
@@ -113,7 +114,7 @@ pub async fn exec_socket(
                     Err(e) => {
                         let control = ExecControl::Error {
                             error: e.to_string(),
-                            code: "unavailable".into(),
+                            code: ErrorCode::Unavailable,
                         };
                         let text = serde_json::to_string(&control).unwrap_or_default();
                         let _ = socket.send(Message::Text(text.into())).await;

@@ -24,6 +24,7 @@ use utoipa_axum::routes;
 use crate::auth::{random_secret, token_hash};
 use crate::controller::{Controller, now};
 use crate::error::{ActionError, error_response};
+use offload_core::api::ErrorCode;
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -90,14 +91,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             error_response(
                 StatusCode::NOT_FOUND,
-                "no_route",
+                ErrorCode::NoRoute,
                 "no such API endpoint; see /v1/openapi.json",
             )
         })
         .method_not_allowed_fallback(|| async {
             error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this endpoint does not take that method",
             )
         })
@@ -125,7 +126,7 @@ fn refuse_declared_over(
             if refuse {
                 return error_response(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
+                    ErrorCode::BodyTooLarge,
                     format!("the request body is larger than {max} bytes"),
                 );
             }
@@ -149,7 +150,7 @@ where
             Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
             Err(rejection) => Err(error_response(
                 StatusCode::BAD_REQUEST,
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 rejection.body_text(),
             )),
         }
@@ -176,9 +177,9 @@ where
                     other => other,
                 };
                 let code = match status {
-                    StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-                    _ => "invalid_json",
+                    StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BodyTooLarge,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+                    _ => ErrorCode::InvalidJson,
                 };
                 let message = match status {
                     StatusCode::PAYLOAD_TOO_LARGE => {
