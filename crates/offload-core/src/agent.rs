@@ -33,7 +33,7 @@ pub struct EdgeContainer {
 }
 
 /// Agent to server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentMessage {
     Hello {
@@ -48,6 +48,7 @@ pub enum AgentMessage {
     Reply {
         request: u64,
         /// What came of the command: `{"Ok": reply}` or `{"Err": {"code", "message"}}`.
+        #[schema(value_type = Object)]
         result: Result<Reply, AgentError>,
     },
     /// A step of a long command advanced.
@@ -63,7 +64,7 @@ pub enum AgentMessage {
 
 /// Server to agent.
 /// Why an agent did not carry out a command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentError {
     pub code: AgentErrorCode,
@@ -72,7 +73,7 @@ pub struct AgentError {
 }
 
 /// What an agent's refusal or failure means for the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentErrorCode {
     /// The command failed the agent's own checks (an invalid id, image or limit): it did
@@ -86,7 +87,7 @@ pub enum AgentErrorCode {
     Unknown,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerMessage {
     /// A command to carry out and answer.
@@ -127,7 +128,7 @@ pub struct EdgeSpec {
 }
 
 /// Commands the server gives an agent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Make the image present and pre-copy the workspace while the cloud copy runs.
@@ -192,7 +193,7 @@ pub struct Timings {
 }
 
 /// Answers to commands.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reply {
     Prepared {

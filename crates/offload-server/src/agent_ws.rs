@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::ContainerId;
 use offload_core::agent::{AgentErrorCode, AgentMessage, EdgeCapacity, EdgeContainer};
+use offload_core::api::ApiError;
 use offload_core::api::Progress;
 
 use crate::error::{ActionError, error_response};
@@ -52,6 +53,14 @@ fn clean_containers(containers: Vec<EdgeContainer>) -> Vec<EdgeContainer> {
         .collect()
 }
 
+/// The agent's control link (WebSocket). Text frames carry JSON: the agent opens with
+/// `AgentMessage` `hello` and later sends `reply`, `progress` and `status`; the server sends
+/// `ServerMessage`s (`request` with a `Command`, `open_exec`, `notice`, `query`,
+/// `query_closed`). Both sides ping; a link silent past its deadline is dropped.
+#[utoipa::path(get, path = "/v1/agent", tag = "agent",
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, body = ApiError, description = "`websocket_required`"),
+        (status = 401, body = ApiError)))]
 pub async fn agent_socket(
     State(state): State<AppState>,
     caller: Result<Caller, ActionError>,
@@ -181,6 +190,12 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     }
 }
 
+/// The agent dials back here to relay an exec session the server asked it to open
+/// (`open_exec`); the frames are then those of `/v1/containers/{id}/exec`.
+#[utoipa::path(get, path = "/v1/agent/exec/{session}", tag = "agent",
+    params(("session" = String, Path, description = "the session named in `open_exec`")),
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+        (status = 404, body = ApiError, description = "not a session this agent was asked to open")))]
 pub async fn agent_exec_socket(
     State(state): State<AppState>,
     caller: Result<Caller, ActionError>,

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::Location;
+use offload_core::api::ApiError;
 use offload_core::api::ExecControl;
 use offload_runtime::relay::{Frame, relay_exec};
 
@@ -76,6 +77,15 @@ async fn splice(user: WebSocket, agent: WebSocket) {
     }
 }
 
+/// A command or a shell in the container, wherever it runs (WebSocket). The first text
+/// frame is an `ExecRequest`; binary frames carry data after a one-byte stream tag (0
+/// stdin, 1 stdout, 2 stderr); text frames carry `ExecControl` (`resize`, `close_stdin`,
+/// and at the end `exit` or `error`).
+#[utoipa::path(get, path = "/v1/containers/{id}/exec", tag = "containers",
+    params(("id" = String, Path, description = "container id or name")),
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, body = ApiError, description = "`websocket_required`"),
+        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn exec_socket(
     State(state): State<AppState>,
     caller: Result<Caller, ActionError>,

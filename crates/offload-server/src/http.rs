@@ -42,13 +42,34 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         title = "offload",
         description = "Moves users' containers between a shared cloud host and their own machines."
     ),
-    components(schemas(ApiError))
+    paths(
+        workspace_manifest,
+        workspace_fetch,
+        workspace_plan,
+        workspace_upload,
+        workspace_push,
+        crate::exec::exec_socket,
+        crate::agent_ws::agent_socket,
+        crate::agent_ws::agent_exec_socket
+    ),
+    components(schemas(
+        ApiError,
+        offload_core::api::ErrorCode,
+        offload_core::api::ExecRequest,
+        offload_core::api::ExecControl,
+        offload_core::agent::AgentMessage,
+        offload_core::agent::ServerMessage,
+        offload_core::agent::Command,
+        offload_core::agent::Reply,
+        offload_core::agent::AgentError,
+        offload_core::agent::AgentErrorCode
+    ))
 )]
 struct ApiDoc;
 
-/// The whole API router, with its OpenAPI document at `/v1/openapi.json`.
-pub fn router(state: AppState) -> Router {
-    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The JSON endpoints, each with its part of the OpenAPI document.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(list_containers, start_container))
         .routes(routes!(show_container, remove_container))
         .routes(routes!(stop_container))
@@ -63,7 +84,17 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(join))
         .routes(routes!(ca_certificate))
         .routes(routes!(whoami))
-        .split_for_parts();
+}
+
+/// The OpenAPI document of the whole API, as `/v1/openapi.json` serves it and
+/// docs/openapi.json records it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().split_for_parts().1
+}
+
+/// The whole API router, with its OpenAPI document at `/v1/openapi.json`.
+pub fn router(state: AppState) -> Router {
+    let (api, openapi) = api().split_for_parts();
     let openapi = Arc::new(openapi);
     api.layer(refuse_declared_over(MAX_JSON_BODY))
         .route(
@@ -409,6 +440,13 @@ struct ManifestQuery {
 
 /// The manifest of the cloud copy of a workspace, as a delta from the caller's base when
 /// the server still holds it.
+#[utoipa::path(get, path = "/v1/containers/{id}/workspace/manifest", tag = "sync",
+    params(("id" = String, Path, description = "container id or name"),
+        ("base" = Option<String>, Query,
+            description = "digest (64 hex digits) of a manifest of this workspace the caller holds")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>,
+            description = "the binary manifest, or its delta from `base` (`offload_sync::binary`)"),
+        (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn workspace_manifest(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -431,6 +469,15 @@ async fn workspace_manifest(
 }
 
 /// Chunks of the cloud copy, raw, compressed or patched against the caller's old bytes.
+#[utoipa::path(post, path = "/v1/containers/{id}/workspace/fetch", tag = "sync",
+    params(("id" = String, Path, description = "container id or name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "a chunk request, with signatures of the caller's old bytes (`offload_sync::wire`); at most 16 MiB"),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>,
+            description = "a chunk batch: raw, LZ4 or patch per chunk, in request order"),
+        (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "a file changed since the scan: fetch the manifest again"),
+        (status = 413, body = ApiError)))]
 async fn workspace_fetch(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -451,6 +498,17 @@ struct PlanQuery {
 }
 
 /// Takes a push's delta; answers the chunk requests the pusher must serve.
+#[utoipa::path(post, path = "/v1/containers/{id}/workspace/plan", tag = "sync",
+    params(("id" = String, Path, description = "container id or name"),
+        ("generation" = u64, Query, description = "the pushing copy's generation"),
+        ("conflict" = Option<bool>, Query, description = "a fenced copy's conflict set")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "the push's binary delta against the manifest last acknowledged; at most 256 MiB"),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>,
+            description = "the push plan: the chunk requests the pusher must serve"),
+        (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError, description = "`stale_generation`: the copy is fenced"),
+        (status = 413, body = ApiError)))]
 async fn workspace_plan(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -473,6 +531,15 @@ struct UploadQuery {
 }
 
 /// The pusher's answer to one chunk request of its plan.
+#[utoipa::path(post, path = "/v1/containers/{id}/workspace/chunks", tag = "sync",
+    params(("id" = String, Path, description = "container id or name"),
+        ("plan" = u64, Query, description = "the plan the batch answers"),
+        ("batch" = usize, Query, description = "the index of the plan's chunk request")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "a chunk batch answering one request of the plan; at most 65 MiB"),
+    responses((status = 204, description = "verified into the staging store"),
+        (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 413, body = ApiError)))]
 async fn workspace_upload(
     State(state): State<AppState>,
     Caller(who): Caller,
@@ -488,6 +555,14 @@ async fn workspace_upload(
 }
 
 /// Applies a planned push; answers once the files are durably in place.
+#[utoipa::path(post, path = "/v1/containers/{id}/workspace/push", tag = "sync",
+    params(("id" = String, Path, description = "container id or name")),
+    request_body(content = Object, content_type = "application/json",
+        description = "`offload_sync::protocol::PushRequest`: the plan and the pushing generation"),
+    responses((status = 200, body = Object,
+            description = "`offload_sync::protocol::PushReport`, once the files are durably in place"),
+        (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
 async fn workspace_push(
     State(state): State<AppState>,
     Caller(who): Caller,
