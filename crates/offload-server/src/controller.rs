@@ -647,21 +647,7 @@ mod tests {
     use offload_runtime::fake::FakeRuntime;
 
     fn setup() -> (tempfile::TempDir, Controller, FakeRuntime, Principal) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_memory().unwrap());
-        let fake = FakeRuntime::new();
-        fake.add_image("busybox");
-        let config = ServerConfig {
-            data_dir: dir.path().to_owned(),
-            ..Default::default()
-        };
-        let who = Principal {
-            user: UserName::parse("alice").unwrap(),
-            admin: false,
-        };
-        store.upsert_user(&who.user, false, 0).unwrap();
-        let ctl = Controller::new(store, Arc::new(fake.clone()), config).unwrap();
-        (dir, ctl, fake, who)
+        crate::testing::controller()
     }
 
     fn req(image: &str) -> StartRequest {

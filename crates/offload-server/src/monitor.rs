@@ -778,26 +778,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use offload_core::api::StartRequest;
-    use offload_runtime::fake::FakeRuntime;
-    use offload_store::Store;
-
-    use crate::config::ServerConfig;
 
     fn setup() -> (tempfile::TempDir, Controller, Principal) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open_in_memory().unwrap());
-        let fake = FakeRuntime::new();
-        fake.add_image("busybox");
-        let config = ServerConfig {
-            data_dir: dir.path().to_owned(),
-            ..Default::default()
-        };
-        let who = Principal {
-            user: UserName::parse("alice").unwrap(),
-            admin: false,
-        };
-        store.upsert_user(&who.user, false, 0).unwrap();
-        let ctl = Controller::new(store, Arc::new(fake), config).unwrap();
+        let (dir, ctl, _, who) = crate::testing::controller();
         (dir, ctl, who)
     }
 

@@ -578,7 +578,7 @@ impl Controller {
     }
 
     /// Tells the owner's agent, if connected, that its copy is stale.
-    async fn fence_edge(&self, record: &ContainerRecord) {
+    pub(crate) async fn fence_edge(&self, record: &ContainerRecord) {
         let command = Command::Fence {
             container_id: record.id.to_string(),
             generation: record.generation.get(),

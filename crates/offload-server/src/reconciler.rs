@@ -269,7 +269,7 @@ impl Controller {
             };
             if Generation::new(held.generation) < record.generation {
                 if held.running || !held.synced {
-                    self.fence_stale(&record).await;
+                    self.fence_edge(&record).await;
                 } else {
                     self.release(&agent, &held.id).await;
                 }
@@ -289,20 +289,6 @@ impl Controller {
             .await
         {
             tracing::info!(%id, error = %e, "the agent did not confirm a release");
-        }
-    }
-
-    async fn fence_stale(&self, record: &ContainerRecord) {
-        let command = Command::Fence {
-            container_id: record.id.to_string(),
-            generation: record.generation.get(),
-        };
-        if let Err(e) = self
-            .hub
-            .request(&record.owner, command, Duration::from_secs(120))
-            .await
-        {
-            tracing::info!(id = %record.id, error = %e, "the edge copy will be fenced when its agent reports");
         }
     }
 

@@ -82,7 +82,9 @@ pub(crate) struct Rig {
     pub who: Principal,
 }
 
-pub(crate) fn rig() -> Rig {
+/// A controller over the fake engine (with a `busybox` image) and an in-memory store
+/// that knows the user `alice`.
+pub(crate) fn controller() -> (tempfile::TempDir, Controller, FakeRuntime, Principal) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open_in_memory().unwrap());
     let fake = FakeRuntime::new();
@@ -96,7 +98,13 @@ pub(crate) fn rig() -> Rig {
         admin: false,
     };
     store.upsert_user(&who.user, false, 0).unwrap();
-    let ctl = Arc::new(Controller::new(store, Arc::new(fake.clone()), config).unwrap());
+    let ctl = Controller::new(store, Arc::new(fake.clone()), config).unwrap();
+    (dir, ctl, fake, who)
+}
+
+pub(crate) fn rig() -> Rig {
+    let (dir, ctl, fake, who) = controller();
+    let ctl = Arc::new(ctl);
     Rig {
         _dir: dir,
         ctl,
