@@ -293,18 +293,22 @@ fn killing_the_agent_mid_push_leaves_no_partial_file_and_the_next_push_completes
             "no partial file under its real name"
         );
     }
-    // Nothing half-written is visible anywhere in the workspace either: it holds what
-    // it held before, and at most the whole file.
+    // Nothing half-written is visible under a user's name anywhere in the workspace
+    // either: it holds what it held before, at most the whole file, and the apply's own
+    // staging directory while an apply runs.
+    let staging = |path: &String| path.starts_with(".offload-tmp-");
     let mut found = tree(&cloud.workspace(&id));
     found.remove("big.dat");
-    assert_eq!(
-        found, before,
-        "no partial or temporary file in the workspace"
-    );
+    found.retain(|path, _| !staging(path));
+    assert_eq!(found, before, "no partial file in the workspace");
 
     edge.start_agent();
     eventually(60, "the next push to complete", || {
         std::fs::read(&target).is_ok_and(|b| blake3::hash(&b) == expected)
+    });
+    // and the staging goes once the applies are done.
+    eventually(30, "no staging left in the workspace", || {
+        !tree(&cloud.workspace(&id)).keys().any(staging)
     });
 }
 
