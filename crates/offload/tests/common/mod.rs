@@ -355,11 +355,25 @@ pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 /// leaving out offload's own conflict directory.
 pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
     use std::os::unix::fs::PermissionsExt;
+    // A staging entry may vanish while it is walked (an apply finishing): what is gone by
+    // the time it is read is left out, anything else that fails to read is a failure.
+    fn present<T>(result: std::io::Result<T>, what: &str) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read dir") {
-            let entry = entry.expect("entry");
+        let Some(entries) = present(std::fs::read_dir(&dir), "read dir") else {
+            continue;
+        };
+        for entry in entries {
+            let Some(entry) = present(entry, "entry") else {
+                continue;
+            };
             let path = entry.path();
             let rel = path
                 .strip_prefix(root)
@@ -369,18 +383,22 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
             if rel.starts_with(".offload-conflicts") {
                 continue;
             }
-            let meta = std::fs::symlink_metadata(&path).expect("meta");
+            let Some(meta) = present(std::fs::symlink_metadata(&path), "meta") else {
+                continue;
+            };
             let mode = meta.permissions().mode() & 0o777;
             let value = if meta.file_type().is_symlink() {
-                format!(
-                    "link {}",
-                    std::fs::read_link(&path).expect("link").display()
-                )
+                let Some(target) = present(std::fs::read_link(&path), "link") else {
+                    continue;
+                };
+                format!("link {}", target.display())
             } else if meta.is_dir() {
                 stack.push(path.clone());
                 format!("dir {mode:o}")
             } else {
-                let bytes = std::fs::read(&path).expect("read");
+                let Some(bytes) = present(std::fs::read(&path), "read") else {
+                    continue;
+                };
                 format!("file {mode:o} {}", blake3::hash(&bytes))
             };
             out.insert(rel, value);
