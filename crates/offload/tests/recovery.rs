@@ -72,14 +72,14 @@ fn within(
     );
 }
 
-/// A sleeper whose workspace holds a 32 MB file and a few small ones, so the pre-copy of
+/// A sleeper whose workspace holds a 200 MB file and a few small ones, so the pre-copy of
 /// a move takes a moment.
 fn sleeper_with_files(user: &User, name: &str) -> String {
     let id = user.start_sleeper(name);
     let script = r#"
         set -e
         cd /workspace
-        dd if=/dev/urandom of=blob bs=1M count=32 2>/dev/null
+        dd if=/dev/urandom of=blob bs=1M count=200 2>/dev/null
         mkdir -p notes/deep
         echo one > notes/one.txt
         echo two > notes/deep/two.txt
