@@ -239,17 +239,21 @@ impl Policy {
         self.pending.contains_key(container_id)
     }
 
-    /// Records a query about `container_id` asked at `now` outside this policy's own asks
-    /// (an operator's, or one persisted before a restart), so its deadline is kept by the
-    /// same rule. A query already pending keeps its time.
-    pub fn record_ask(&mut self, container_id: &str, owner: &str, now: Duration) {
-        self.pending
+    /// Records a stored query about `container_id` asked at `now`, so its deadline is kept
+    /// by the same rule. A `standing` one (an operator's, or one persisted before a
+    /// restart) stays pending when pressure ends. A query already pending keeps its time,
+    /// and becomes standing if this one is: an operator may ask in the same round as the
+    /// policy, and then the operator's query is the one stored.
+    pub fn record_ask(&mut self, container_id: &str, owner: &str, now: Duration, standing: bool) {
+        let query = self
+            .pending
             .entry(container_id.to_owned())
             .or_insert_with(|| PendingQuery {
                 owner: owner.to_owned(),
                 asked_at: now.as_secs_f64(),
-                standing: true,
+                standing,
             });
+        query.standing |= standing;
     }
 
     /// Records the owner's answer to the query about `container_id`. A decline keeps the

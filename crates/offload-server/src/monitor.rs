@@ -272,7 +272,7 @@ impl Controller {
         };
         // Queries persisted before a restart keep their deadlines.
         match self.db(|s| s.pending_queries()).await {
-            Ok(pending) => pending.iter().for_each(|q| self.remember_query(q)),
+            Ok(pending) => pending.iter().for_each(|q| self.remember_query(q, true)),
             Err(e) => tracing::warn!(error = %e, "cannot read the pending queries"),
         }
         let mut tick = tokio::time::interval(Duration::from_secs_f64(config.interval_secs));
@@ -429,7 +429,7 @@ impl Controller {
             }
             let deadline = Duration::from_secs_f64(self.monitor.config.query_deadline_secs);
             if let Err(e) = self
-                .ask(record, &ask.reason, deadline, ask.move_bytes)
+                .ask(record, &ask.reason, deadline, ask.move_bytes, false)
                 .await
             {
                 tracing::warn!(id = %record.id, error = %e, "cannot send a query");
@@ -476,6 +476,7 @@ impl Controller {
         reason: &str,
         deadline: Duration,
         move_bytes: u64,
+        standing: bool,
     ) -> Result<QueryView, ActionError> {
         let at = self.clock.unix();
         let query = QueryRecord {
@@ -491,7 +492,7 @@ impl Controller {
         };
         let stored = query.clone();
         self.db(move |s| s.insert_query(&stored)).await?;
-        self.remember_query(&query);
+        self.remember_query(&query, standing);
         self.metrics.query("asked");
         let view = query_view(&query, record.name.as_str());
         tracing::info!(id = %record.id, query = %query.id, %reason, "asking the owner to move");
@@ -508,14 +509,16 @@ impl Controller {
     }
 
     /// Tells the policy of a stored query, dated so that the policy expires it at the
-    /// deadline the store shows: one rule for both.
-    fn remember_query(&self, query: &QueryRecord) {
+    /// deadline the store shows: one rule for both. `standing`: see
+    /// [`offload_monitor::Policy::record_ask`].
+    fn remember_query(&self, query: &QueryRecord, standing: bool) {
         let deadline = u64::try_from(query.deadline_at).unwrap_or(0) as f64;
         let asked_at = (deadline - self.monitor.config.query_deadline_secs).max(0.0);
         lock(&self.monitor.policy).record_ask(
             query.container_id.as_str(),
             query.owner.as_str(),
             Duration::from_secs_f64(asked_at),
+            standing,
         );
     }
 
@@ -734,6 +737,7 @@ impl Controller {
                     "the operator asked for room on the cloud host now",
                     deadline,
                     bytes,
+                    true,
                 )
                 .await?,
             );

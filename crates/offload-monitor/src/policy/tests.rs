@@ -606,3 +606,33 @@ fn the_status_explains_the_state() {
     assert_eq!(cpu.resource, Resource::Cpu);
     assert!(cpu.pressure);
 }
+
+#[test]
+fn an_operators_query_stands_when_pressure_ends_even_if_the_policy_asked_too() {
+    let mut policy = policy();
+    let mut obs = world(vec![cloud("big", "ana", 0.5), cloud("other", "bo", 0.1)]);
+    // Pressure until the policy asks `big`.
+    let decisions = replay(&mut policy, &mut obs, 0.0, std::iter::repeat_n(0.95, 15));
+    let asks = asked(&decisions);
+    assert_eq!(asks.len(), 1, "{asks:?}");
+    let t = decisions.last().unwrap().0;
+    // The operator asks `big` and `other` in the same round: theirs are the stored queries.
+    policy.record_ask("big", "ana", at(t), true);
+    policy.record_ask("other", "bo", at(t), true);
+    // Calm: nothing standing is withdrawn; both still expire by their deadline.
+    let calm = replay(&mut policy, &mut obs, t + 2.0, std::iter::repeat_n(0.10, 5));
+    let withdrawn: Vec<&String> = calm.iter().flat_map(|(_, d)| d.withdrawn.iter()).collect();
+    assert!(withdrawn.is_empty(), "{withdrawn:?}");
+    assert!(policy.is_pending("big") && policy.is_pending("other"));
+    let later = replay(
+        &mut policy,
+        &mut obs,
+        t + 12.0,
+        std::iter::repeat_n(0.10, 40),
+    );
+    let expired: Vec<&str> = later
+        .iter()
+        .flat_map(|(_, d)| d.expired.iter().map(|e| e.container_id.as_str()))
+        .collect();
+    assert_eq!(expired.len(), 2, "{expired:?}");
+}
