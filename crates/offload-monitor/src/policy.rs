@@ -379,8 +379,10 @@ impl Policy {
     fn forget_finished(&mut self, at: f64, world: &World<'_>) -> Vec<String> {
         let in_cloud = |id: &str| world.containers.get(id).is_some_and(|c| c.running_in_cloud);
         let mut moot = Vec::new();
-        self.pending.retain(|id, _| {
-            let keep = in_cloud(id);
+        // A standing query about a container this observation does not list yet (asked
+        // while the observation was taken) is not moot.
+        self.pending.retain(|id, q| {
+            let keep = in_cloud(id) || (q.standing && !world.containers.contains_key(id.as_str()));
             if !keep {
                 moot.push(id.clone());
             }
