@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Cloud, Edge, IMAGE, eventually, running_on, stderr, stdout, tree};
+use common::{Cloud, Edge, IMAGE, copies, eventually, freeze, running_on, stderr, stdout, tree};
 
 /// Fills the workspace from inside the container: a 50 MB file, 2,000 small files, a
 /// symlink, an executable and an empty directory.
@@ -229,20 +229,6 @@ fn a_forced_return_fences_the_unreachable_edge_and_keeps_its_late_edits() {
     assert_eq!(running_on(&cloud.engine).len(), 1, "exactly one copy runs");
 }
 
-/// Running engine containers of one offload container.
-fn copies(engine: &offload_testkit::Engine, id: &str) -> Vec<String> {
-    engine
-        .docker_output([
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &format!("label=offload.id={id}"),
-        ])
-        .map(|out| out.lines().map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
 fn conflict_files(dir: &std::path::Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -310,17 +296,6 @@ fn killing_the_agent_mid_push_leaves_no_partial_file_and_the_next_push_completes
     eventually(30, "no staging left in the workspace", || {
         !tree(&cloud.workspace(&id)).keys().any(staging)
     });
-}
-
-/// Freezes or thaws an engine's daemon, so a move stops at a known point.
-fn freeze(engine: &offload_testkit::Engine, frozen: bool) {
-    let pid = rustix::process::Pid::from_raw(engine.pid() as i32).expect("engine pid");
-    let signal = if frozen {
-        rustix::process::Signal::STOP
-    } else {
-        rustix::process::Signal::CONT
-    };
-    rustix::process::kill_process(pid, signal).expect("signal the engine");
 }
 
 #[test]

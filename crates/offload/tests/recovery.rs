@@ -6,33 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cloud, Edge, User, stderr, tree};
-use offload_testkit::Engine;
-
-/// Running engine containers of one offload container.
-fn copies(engine: &Engine, id: &str) -> Vec<String> {
-    engine
-        .docker_output([
-            "ps",
-            "-q",
-            "--no-trunc",
-            "--filter",
-            &format!("label=offload.id={id}"),
-        ])
-        .map(|out| out.lines().map(str::to_owned).collect())
-        .unwrap_or_default()
-}
-
-/// Freezes or thaws an engine's daemon, so a move stops at a known point.
-fn freeze(engine: &Engine, frozen: bool) {
-    let pid = rustix::process::Pid::from_raw(engine.pid() as i32).expect("engine pid");
-    let signal = if frozen {
-        rustix::process::Signal::STOP
-    } else {
-        rustix::process::Signal::CONT
-    };
-    rustix::process::kill_process(pid, signal).expect("signal the engine");
-}
+use common::{Cloud, Edge, User, copies, freeze, stderr, tree};
 
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();

@@ -341,6 +341,32 @@ pub fn running_on(engine: &Engine) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Running engine containers of one offload container.
+pub fn copies(engine: &Engine, id: &str) -> Vec<String> {
+    engine
+        .docker_output([
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=offload.id={id}"),
+        ])
+        .map(|out| out.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Freezes or thaws an engine's daemon (SIGSTOP, SIGCONT), so a move stops at a known
+/// point: the next call that needs the engine hangs until it is thawed.
+pub fn freeze(engine: &Engine, frozen: bool) {
+    let pid = rustix::process::Pid::from_raw(engine.pid() as i32).expect("engine pid");
+    let signal = if frozen {
+        rustix::process::Signal::STOP
+    } else {
+        rustix::process::Signal::CONT
+    };
+    rustix::process::kill_process(pid, signal).expect("signal the engine");
+}
+
 /// Waits until `f` holds, polling; panics with `what` after `secs`.
 pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     offload_testkit::wait_until(
