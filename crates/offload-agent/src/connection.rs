@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use offload_core::agent::{AgentError, AgentErrorCode, AgentMessage, ServerMessage};
+use offload_core::ContainerId;
+use offload_core::agent::{AgentError, AgentErrorCode, AgentMessage, Channel, ServerMessage};
 use offload_runtime::relay::{Frame, relay_exec};
 use rand::RngExt;
 use tokio::sync::mpsc;
@@ -203,14 +204,15 @@ async fn session(
                     let _ = tx.send(reply);
                 });
             }
-            Ok(ServerMessage::OpenExec {
+            Ok(ServerMessage::OpenChannel {
                 session,
                 container_id,
+                channel,
             }) => {
                 let edge = edge.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = exec_relay(&edge, &session, &container_id).await {
-                        tracing::warn!(error = %e, "exec relay failed");
+                    if let Err(e) = open_channel(&edge, &session, &container_id, channel).await {
+                        tracing::warn!(channel = channel.name(), error = %e, "channel failed");
                     }
                 });
             }
@@ -233,21 +235,26 @@ async fn session(
     result
 }
 
-async fn exec_relay(edge: &Arc<Edge>, session: &str, container_id: &str) -> anyhow::Result<()> {
+/// Dials back the channel the server asked for and carries it to the container.
+async fn open_channel(
+    edge: &Arc<Edge>,
+    session: &str,
+    container_id: &ContainerId,
+    channel: Channel,
+) -> anyhow::Result<()> {
     if session.is_empty() || !session.bytes().all(|b| b.is_ascii_hexdigit()) {
-        anyhow::bail!("refusing a malformed exec session from the server");
+        anyhow::bail!("refusing a malformed channel session from the server");
     }
     let socket = edge
         .api
-        .websocket(&format!("/v1/agent/exec/{session}"))
+        .websocket(&format!("/v1/agent/channel/{session}"))
         .await?;
     let (sink, stream) = socket.split();
-    let runtime_id = edge.runtime_id(container_id);
     let stream = stream.filter_map(|m| async move { m.ok().and_then(to_frame) });
     let mut sink = Box::pin(sink.with(|f: Frame| async move {
         Ok::<_, tokio_tungstenite::tungstenite::Error>(from_frame(f))
     }));
-    let Some(runtime_id) = runtime_id else {
+    let Some(runtime_id) = edge.runtime_id(container_id.as_str()) else {
         let error = offload_core::api::ExecControl::Error {
             error: format!("this edge does not run container {container_id}"),
             code: offload_core::api::ErrorCode::NotFound,
@@ -256,6 +263,10 @@ async fn exec_relay(edge: &Arc<Edge>, session: &str, container_id: &str) -> anyh
             .await?;
         return Ok(());
     };
-    relay_exec(Box::pin(stream), sink, edge.runtime.clone(), runtime_id).await;
+    match channel {
+        Channel::Exec => {
+            relay_exec(Box::pin(stream), sink, edge.runtime.clone(), runtime_id).await;
+        }
+    }
     Ok(())
 }

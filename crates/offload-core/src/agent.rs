@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::ContainerId;
+
 /// What an edge can offer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -92,10 +94,13 @@ pub enum AgentErrorCode {
 pub enum ServerMessage {
     /// A command to carry out and answer.
     Request { request: u64, command: Command },
-    /// Open an exec relay: dial `/v1/agent/exec/{session}` and run the request there.
-    OpenExec {
+    /// Open a channel to one of the agent's containers: dial `/v1/agent/channel/{session}`
+    /// and carry `channel` there (the frames are those of the matching user endpoint).
+    OpenChannel {
         session: String,
-        container_id: String,
+        #[schema(value_type = String)]
+        container_id: ContainerId,
+        channel: Channel,
     },
     /// Something for the user to read (shown by the agent).
     Notice { text: String },
@@ -108,6 +113,23 @@ pub enum ServerMessage {
     },
     /// A query was answered, expired or withdrawn: stop asking.
     QueryClosed { id: String, state: String },
+}
+
+/// What a dial-back socket carries, as the user's endpoint of the same name would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Channel {
+    /// `/v1/containers/{id}/exec`: a command or a shell.
+    Exec,
+}
+
+impl Channel {
+    /// How logs and errors name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Exec => "exec",
+        }
+    }
 }
 
 /// What a container needs to run at the edge.

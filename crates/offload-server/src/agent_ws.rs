@@ -1,5 +1,5 @@
-//! The agent's WebSocket (`/v1/agent`) and the exec relays agents dial back
-//! (`/v1/agent/exec/{session}`).
+//! The agent's WebSocket (`/v1/agent`) and the channels agents dial back
+//! (`/v1/agent/channel/{session}`).
 
 use std::time::Duration;
 
@@ -55,7 +55,7 @@ fn clean_containers(containers: Vec<EdgeContainer>) -> Vec<EdgeContainer> {
 
 /// The agent's control link (WebSocket). Text frames carry JSON: the agent opens with
 /// `AgentMessage` `hello` and later sends `reply`, `progress` and `status`; the server sends
-/// `ServerMessage`s (`request` with a `Command`, `open_exec`, `notice`, `query`,
+/// `ServerMessage`s (`request` with a `Command`, `open_channel`, `notice`, `query`,
 /// `query_closed`). Both sides ping; a link silent past its deadline is dropped.
 #[utoipa::path(get, path = "/v1/agent", tag = "agent",
     responses((status = 101, description = "switching to the WebSocket protocol"),
@@ -190,13 +190,14 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     }
 }
 
-/// The agent dials back here to relay an exec session the server asked it to open
-/// (`open_exec`); the frames are then those of `/v1/containers/{id}/exec`.
-#[utoipa::path(get, path = "/v1/agent/exec/{session}", tag = "agent",
-    params(("session" = String, Path, description = "the session named in `open_exec`")),
+/// The agent dials back here to carry a channel the server asked it to open
+/// (`open_channel`); the frames are then those of the user's endpoint for that channel
+/// (`exec`: `/v1/containers/{id}/exec`).
+#[utoipa::path(get, path = "/v1/agent/channel/{session}", tag = "agent",
+    params(("session" = String, Path, description = "the session named in `open_channel`")),
     responses((status = 101, description = "switching to the WebSocket protocol"),
         (status = 404, body = ApiError, description = "not a session this agent was asked to open")))]
-pub async fn agent_exec_socket(
+pub async fn agent_channel_socket(
     State(state): State<AppState>,
     caller: Result<Caller, ActionError>,
     Path(session): Path<String>,
@@ -206,13 +207,13 @@ pub async fn agent_exec_socket(
         Ok(Caller(who)) => who,
         Err(e) => return e.into_response(),
     };
-    if !state.ctl.hub.exec_session_of(&session, &who.user) {
-        return ActionError::NotFound(format!("exec session {session}")).into_response();
+    if !state.ctl.hub.channel_session_of(&session, &who.user) {
+        return ActionError::NotFound(format!("channel session {session}")).into_response();
     }
     let Ok(upgrade) = upgrade else {
         return need_websocket();
     };
     upgrade
         .max_message_size(4 << 20)
-        .on_upgrade(move |socket| async move { state.ctl.hub.deliver_exec(&session, socket) })
+        .on_upgrade(move |socket| async move { state.ctl.hub.deliver_channel(&session, socket) })
 }

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::Location;
+use offload_core::agent::Channel;
 use offload_core::api::ApiError;
 use offload_core::api::ExecControl;
 use offload_runtime::relay::{Frame, relay_exec};
@@ -50,7 +51,7 @@ pub async fn relay_on(socket: WebSocket, state: &AppState, runtime_id: String) {
 }
 
 /// Forwards every message between two sockets until one side closes.
-async fn splice(user: WebSocket, agent: WebSocket) {
+pub async fn splice(user: WebSocket, agent: WebSocket) {
     let (mut user_tx, mut user_rx) = user.split();
     let (mut agent_tx, mut agent_rx) = agent.split();
     let up = async {
@@ -119,7 +120,10 @@ pub async fn exec_socket(
         return upgrade
             .max_message_size(4 << 20)
             .on_upgrade(move |mut socket| async move {
-                match hub.open_exec(&record.owner, &record.id).await {
+                match hub
+                    .open_channel(&record.owner, &record.id, Channel::Exec)
+                    .await
+                {
                     Ok(agent) => splice(socket, agent).await,
                     Err(e) => {
                         let control = ExecControl::Error {

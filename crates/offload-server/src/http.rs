@@ -50,7 +50,7 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         workspace_push,
         crate::exec::exec_socket,
         crate::agent_ws::agent_socket,
-        crate::agent_ws::agent_exec_socket
+        crate::agent_ws::agent_channel_socket
     ),
     components(schemas(
         ApiError,
@@ -113,8 +113,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::get(crate::agent_ws::agent_socket),
         )
         .route(
-            "/v1/agent/exec/{session}",
-            axum::routing::get(crate::agent_ws::agent_exec_socket),
+            "/v1/agent/channel/{session}",
+            axum::routing::get(crate::agent_ws::agent_channel_socket),
         )
         // After the layer above: the sync routes check their own, larger limits.
         .nest("/v1/containers/{id}/workspace", sync_routes())

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
-use offload_core::agent::{Command, EdgeCapacity, EdgeContainer, Reply, ServerMessage};
+use offload_core::agent::{Channel, Command, EdgeCapacity, EdgeContainer, Reply, ServerMessage};
 use offload_core::api::Progress;
 use offload_core::{ContainerId, UserName};
 use tokio::sync::{mpsc, oneshot};
@@ -76,7 +76,9 @@ impl AgentLink {
 #[derive(Default)]
 pub struct AgentHub {
     agents: Mutex<HashMap<UserName, Arc<AgentLink>>>,
-    exec_waiters: Mutex<HashMap<String, (UserName, oneshot::Sender<WebSocket>)>>,
+    /// Channels an agent was asked to dial back, by session: the agent they were asked
+    /// of and the user waiting for the socket.
+    channel_waiters: Mutex<HashMap<String, (UserName, oneshot::Sender<WebSocket>)>>,
     /// The moves in flight, each with the user whose agent is their edge side: only
     /// that agent may report progress for them.
     moves: Mutex<HashMap<ContainerId, UserName>>,
@@ -86,6 +88,9 @@ pub struct AgentHub {
     progress: Mutex<HashMap<ContainerId, Progress>>,
     next: AtomicU64,
 }
+
+/// How long the server waits for an agent to dial back a channel it was asked to open.
+const CHANNEL_DIAL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Longest progress phase kept, in characters.
 pub const MAX_PHASE_CHARS: usize = 64;
@@ -188,45 +193,48 @@ impl AgentHub {
         }
     }
 
-    /// Asks `user`'s agent to dial back an exec relay and waits for its socket.
-    pub async fn open_exec(
+    /// Asks `user`'s agent to dial back a channel to `container_id` and waits (at most
+    /// 15 s) for its socket.
+    pub async fn open_channel(
         &self,
         user: &UserName,
         container_id: &ContainerId,
+        channel: Channel,
     ) -> Result<WebSocket, HubError> {
         let link = self
             .agent(user)
             .ok_or_else(|| HubError::NotConnected(user.to_string()))?;
         let session = crate::auth::random_secret();
         let (tx, rx) = oneshot::channel();
-        lock(&self.exec_waiters).insert(session.clone(), (user.clone(), tx));
-        let sent = link.send(ServerMessage::OpenExec {
+        lock(&self.channel_waiters).insert(session.clone(), (user.clone(), tx));
+        let sent = link.send(ServerMessage::OpenChannel {
             session: session.clone(),
-            container_id: container_id.to_string(),
+            container_id: container_id.clone(),
+            channel,
         });
         let result = if sent {
-            match tokio::time::timeout(Duration::from_secs(15), rx).await {
+            match tokio::time::timeout(CHANNEL_DIAL_TIMEOUT, rx).await {
                 Ok(Ok(socket)) => Ok(socket),
                 Ok(Err(_)) => Err(HubError::Disconnected),
-                Err(_) => Err(HubError::Timeout(15)),
+                Err(_) => Err(HubError::Timeout(CHANNEL_DIAL_TIMEOUT.as_secs())),
             }
         } else {
             Err(HubError::Disconnected)
         };
-        lock(&self.exec_waiters).remove(&session);
+        lock(&self.channel_waiters).remove(&session);
         result
     }
 
-    /// Whether `session` is an exec relay `user`'s agent was asked to open.
-    pub fn exec_session_of(&self, session: &str, user: &UserName) -> bool {
-        lock(&self.exec_waiters)
+    /// Whether `session` is a channel `user`'s agent was asked to open.
+    pub fn channel_session_of(&self, session: &str, user: &UserName) -> bool {
+        lock(&self.channel_waiters)
             .get(session)
             .is_some_and(|(owner, _)| owner == user)
     }
 
-    /// Hands the agent's relay socket to the waiting user.
-    pub fn deliver_exec(&self, session: &str, socket: WebSocket) {
-        if let Some((_, waiter)) = lock(&self.exec_waiters).remove(session) {
+    /// Hands the agent's socket to the waiting user.
+    pub fn deliver_channel(&self, session: &str, socket: WebSocket) {
+        if let Some((_, waiter)) = lock(&self.channel_waiters).remove(session) {
             let _ = waiter.send(socket);
         }
     }

@@ -38,7 +38,7 @@ fn the_document_covers_the_sync_endpoints_and_the_websockets() {
         "/v1/containers/{id}/workspace/push",
         "/v1/containers/{id}/exec",
         "/v1/agent",
-        "/v1/agent/exec/{session}",
+        "/v1/agent/channel/{session}",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
