@@ -254,7 +254,7 @@ async fn open_channel(
     let mut sink = Box::pin(sink.with(|f: Frame| async move {
         Ok::<_, tokio_tungstenite::tungstenite::Error>(from_frame(f))
     }));
-    let Some(runtime_id) = edge.runtime_id(container_id.as_str()) else {
+    let Some(runtime_id) = edge.runtime_id(container_id) else {
         let error = offload_core::api::ExecControl::Error {
             error: format!("this edge does not run container {container_id}"),
             code: offload_core::api::ErrorCode::NotFound,

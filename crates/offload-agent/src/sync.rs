@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::bail;
+use offload_core::ContainerId;
 use offload_core::agent::AgentMessage;
 use offload_core::api::ErrorCode;
 use offload_sync::protocol::{PushReport, PushRequest};
@@ -33,7 +34,7 @@ pub async fn scan(dir: &Path, previous: Option<Arc<Manifest>>) -> anyhow::Result
 /// transport. The session runs on a blocking thread; each call blocks on the async client.
 pub struct ServerTransport {
     api: Api,
-    id: String,
+    id: ContainerId,
     runtime: tokio::runtime::Handle,
     /// For a push: the generation this copy runs at, and whether it was fenced.
     generation: u64,
@@ -42,13 +43,13 @@ pub struct ServerTransport {
 
 impl ServerTransport {
     /// A transport to container `id`'s workspace. Must be created inside the runtime.
-    pub fn new(api: &Api, id: &str) -> Self {
+    pub fn new(api: &Api, id: &ContainerId) -> Self {
         Self::with_runtime(api, id, tokio::runtime::Handle::current())
     }
 
     /// A transport to container `id`'s workspace whose calls run on `runtime`, for callers
     /// outside it.
-    pub fn with_runtime(api: &Api, id: &str, runtime: tokio::runtime::Handle) -> Self {
+    pub fn with_runtime(api: &Api, id: &ContainerId, runtime: tokio::runtime::Handle) -> Self {
         ServerTransport {
             api: api.clone(),
             id: id.to_owned(),
@@ -129,10 +130,10 @@ pub struct Pulled {
 /// container is down, re-reads nothing that the pre-copy brought.
 pub async fn pull(
     api: &Api,
-    id: &str,
+    id: &ContainerId,
     dir: &Path,
     previous: Option<Arc<Manifest>>,
-    progress: Option<(&ProgressSink, &str)>,
+    progress: Option<(&ProgressSink, &ContainerId)>,
 ) -> anyhow::Result<Pulled> {
     let transport = ServerTransport::new(api, id);
     let dir = dir.to_owned();
@@ -206,7 +207,7 @@ impl From<CallError> for PushError {
 /// then the commit, which the server answers once the files are durably in place.
 pub async fn push(
     api: &Api,
-    id: &str,
+    id: &ContainerId,
     dir: &Path,
     current: &Manifest,
     delta: Delta,

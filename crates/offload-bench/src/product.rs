@@ -25,7 +25,7 @@ const IMAGE: &str = "offload-bench:latest";
 pub struct Product {
     runtime: tokio::runtime::Runtime,
     api: Api,
-    id: String,
+    id: offload_core::ContainerId,
     workspace: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -90,7 +90,8 @@ impl Product {
         Ok(Product {
             runtime,
             api,
-            id: view.id,
+            id: offload_core::ContainerId::parse(&view.id)
+                .context("the server named an invalid container id")?,
             workspace,
             stop: Some(stop),
         })

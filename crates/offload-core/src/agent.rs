@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ContainerId;
+use crate::{ContainerId, ImageRef, Name, UserName};
 
 /// What an edge can offer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -26,7 +26,8 @@ pub struct EdgeCapacity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeContainer {
-    pub id: String,
+    #[schema(value_type = String)]
+    pub id: ContainerId,
     pub generation: u64,
     pub runtime_id: Option<String>,
     pub running: bool,
@@ -55,7 +56,8 @@ pub enum AgentMessage {
     },
     /// A step of a long command advanced.
     Progress {
-        container_id: String,
+        #[schema(value_type = String)]
+        container_id: ContainerId,
         phase: String,
         done: u64,
         total: u64,
@@ -136,10 +138,14 @@ impl Channel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeSpec {
-    pub id: String,
-    pub name: String,
-    pub owner: String,
-    pub image: String,
+    #[schema(value_type = String)]
+    pub id: ContainerId,
+    #[schema(value_type = String)]
+    pub name: Name,
+    #[schema(value_type = String)]
+    pub owner: UserName,
+    #[schema(value_type = String)]
+    pub image: ImageRef,
     /// The cloud engine's image id: the edge must run the same image.
     pub image_id: String,
     /// Whether the image came from a registry (has a repo digest), so the edge can pull it.
@@ -158,26 +164,34 @@ pub enum Command {
     /// The cloud copy has stopped: fetch the final delta and start at `generation`.
     Finalize { spec: EdgeSpec, generation: u64 },
     /// A move down failed: remove whatever was started for it.
-    Abort { container_id: String },
+    Abort {
+        #[schema(value_type = String)]
+        container_id: ContainerId,
+    },
     /// Moving back: stop the edge copy and push every last change.
     StopForReturn {
-        container_id: String,
+        #[schema(value_type = String)]
+        container_id: ContainerId,
         generation: u64,
     },
     /// The cloud runs the container now: drop the edge copy (the workspace stays as a
     /// cache for the next offload).
-    Release { container_id: String },
+    Release {
+        #[schema(value_type = String)]
+        container_id: ContainerId,
+    },
     /// The edge copy is stale (`generation` is newer): stop it, keep its late changes as
     /// a conflict set.
     Fence {
-        container_id: String,
+        #[schema(value_type = String)]
+        container_id: ContainerId,
         generation: u64,
     },
 }
 
 impl Command {
     /// The container the command is about.
-    pub fn container_id(&self) -> &str {
+    pub fn container_id(&self) -> &ContainerId {
         match self {
             Command::Prepare { spec } | Command::Finalize { spec, .. } => &spec.id,
             Command::Abort { container_id }

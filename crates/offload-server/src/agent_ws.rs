@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
-use offload_core::ContainerId;
 use offload_core::agent::{AgentErrorCode, AgentMessage, EdgeCapacity, EdgeContainer};
 use offload_core::api::ApiError;
 use offload_core::api::Progress;
@@ -37,13 +36,12 @@ const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// dropped, so its requests fail instead of waiting on a dead connection.
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 
-/// What an agent reports of its containers, as the server keeps it: entries without a
-/// valid id are dropped, and an engine id that is not plain ASCII of engine length is
-/// not kept (it ends up in records and terminals).
+/// What an agent reports of its containers, as the server keeps it: an engine id that is
+/// not plain ASCII of engine length is not kept (it ends up in records and terminals).
+/// Container ids are validated as the message is read.
 fn clean_containers(containers: Vec<EdgeContainer>) -> Vec<EdgeContainer> {
     containers
         .into_iter()
-        .filter(|c| ContainerId::parse(&c.id).is_ok())
         .map(|c| EdgeContainer {
             runtime_id: c.runtime_id.filter(|r| {
                 !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -165,12 +163,10 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
                 total,
             }) => {
                 // Only for a move this agent is the edge side of; the hub drops the rest.
-                if let Ok(id) = ContainerId::parse(&container_id) {
-                    state
-                        .ctl
-                        .hub
-                        .set_progress(&link, &id, Progress { phase, done, total });
-                }
+                state
+                    .ctl
+                    .hub
+                    .set_progress(&link, &container_id, Progress { phase, done, total });
             }
             Ok(AgentMessage::Status { containers }) => {
                 let containers = clean_containers(containers);

@@ -257,9 +257,10 @@ impl AgentHub {
             command,
             Command::Prepare { .. } | Command::Finalize { .. } | Command::StopForReturn { .. }
         );
-        let id = ContainerId::parse(command.container_id())
-            .ok()
-            .filter(|_| moving)?;
+        if !moving {
+            return None;
+        }
+        let id = command.container_id().clone();
         lock(&self.commands)
             .entry(id.clone())
             .or_insert_with(|| (user.clone(), 0))
@@ -407,9 +408,10 @@ mod tests {
         let moving = id("0123456789ab");
         let waiting = {
             let hub = hub.clone();
+            let moving = moving.clone();
             tokio::spawn(async move {
                 let command = Command::StopForReturn {
-                    container_id: "0123456789ab".to_owned(),
+                    container_id: moving,
                     generation: 2,
                 };
                 hub.request(&user("alice"), command, Duration::from_secs(30))

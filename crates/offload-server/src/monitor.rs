@@ -1004,7 +1004,7 @@ mod tests {
             loop {
                 match outbox.recv().await {
                     Some(ServerMessage::Request { command, .. })
-                        if command.container_id() == second.id.as_str() =>
+                        if *command.container_id() == second.id =>
                     {
                         return command;
                     }
@@ -1017,7 +1017,7 @@ mod tests {
         .unwrap();
         match prepare {
             offload_core::agent::Command::Prepare { spec } => {
-                assert_eq!(spec.id, second.id.as_str())
+                assert_eq!(spec.id, second.id)
             }
             other => panic!("{other:?}"),
         }

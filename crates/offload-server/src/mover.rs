@@ -312,7 +312,7 @@ impl Controller {
             }
             MovePhase::ToCloud(ToCloud::StoppingEdge) => {
                 let stop = Command::StopForReturn {
-                    container_id: run.record.id.to_string(),
+                    container_id: run.record.id.clone(),
                     generation: run.mv.from.get(),
                 };
                 let result = self.hub.request(&owner, stop, STOP_EDGE_TIMEOUT).await;
@@ -375,7 +375,7 @@ impl Controller {
         self.finish(record, &run.mv, MoveOutcome::Done).await;
         if direction == MoveDirection::ToCloud {
             let release = Command::Release {
-                container_id: record.id.to_string(),
+                container_id: record.id.clone(),
             };
             if let Err(e) = self.hub.request(&record.owner, release, TIDY_TIMEOUT).await {
                 tracing::info!(id = %record.id, error = %e, "the agent releases its stopped copy when it reports next");
@@ -392,7 +392,7 @@ impl Controller {
         match rollback.to {
             Location::Cloud => {
                 let abort = Command::Abort {
-                    container_id: record.id.to_string(),
+                    container_id: record.id.clone(),
                 };
                 if self.hub.agent(&record.owner).is_some()
                     && let Err(e) = self.hub.request(&record.owner, abort, TIDY_TIMEOUT).await
@@ -542,10 +542,10 @@ impl Controller {
                 ))
             })?;
         Ok(EdgeSpec {
-            id: record.id.to_string(),
-            name: record.name.to_string(),
-            owner: record.owner.to_string(),
-            image: record.image.to_string(),
+            id: record.id.clone(),
+            name: record.name.clone(),
+            owner: record.owner.clone(),
+            image: record.image.clone(),
             image_id: image.id,
             image_pullable: !image.repo_digests.is_empty(),
             command: record.command.clone(),
@@ -580,7 +580,7 @@ impl Controller {
     /// Tells the owner's agent, if connected, that its copy is stale.
     pub(crate) async fn fence_edge(&self, record: &ContainerRecord) {
         let command = Command::Fence {
-            container_id: record.id.to_string(),
+            container_id: record.id.clone(),
             generation: record.generation.get(),
         };
         if let Err(e) = self
@@ -690,11 +690,10 @@ impl Controller {
             let Ok(record) = self.reload(&mv.container_id).await else {
                 continue;
             };
-            let held = self.hub.agent(&record.owner).map(|link| {
-                link.containers()
-                    .into_iter()
-                    .find(|c| c.id == record.id.as_str())
-            });
+            let held = self
+                .hub
+                .agent(&record.owner)
+                .map(|link| link.containers().into_iter().find(|c| c.id == record.id));
             let edge = match &held {
                 None => EdgeView::Absent,
                 Some(None) => EdgeView::NoCopy,

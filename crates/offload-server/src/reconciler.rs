@@ -256,10 +256,8 @@ impl Controller {
         containers: Vec<EdgeContainer>,
     ) {
         for held in &containers {
-            let Ok(id) = ContainerId::parse(&held.id) else {
-                continue;
-            };
-            let record = match self.reload(&id).await {
+            let id = &held.id;
+            let record = match self.reload(id).await {
                 Ok(r) if r.owner == agent.user => r,
                 _ => {
                     // Unknown here (removed, or never ours): the agent drops it.
@@ -279,9 +277,9 @@ impl Controller {
         self.follow_edge(&agent, &containers).await;
     }
 
-    async fn release(&self, agent: &AgentLink, id: &str) {
+    async fn release(&self, agent: &AgentLink, id: &ContainerId) {
         let release = Command::Release {
-            container_id: id.to_owned(),
+            container_id: id.clone(),
         };
         if let Err(e) = self
             .hub
@@ -296,13 +294,11 @@ impl Controller {
     /// the engine id there. Busy records are looked at next round.
     async fn follow_edge(&self, agent: &AgentLink, containers: &[EdgeContainer]) {
         for held in containers {
-            let Ok(id) = ContainerId::parse(&held.id) else {
+            let id = &held.id;
+            let Some(_guard) = self.try_lock(id) else {
                 continue;
             };
-            let Some(_guard) = self.try_lock(&id) else {
-                continue;
-            };
-            let Ok(mut record) = self.reload(&id).await else {
+            let Ok(mut record) = self.reload(id).await else {
                 continue;
             };
             if record.owner != agent.user

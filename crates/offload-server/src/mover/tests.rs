@@ -6,7 +6,9 @@ use std::time::Duration;
 use offload_core::agent::{Command, EdgeContainer, Reply, Timings};
 use offload_core::api::MoveRequest;
 use offload_core::moves::{ToCloud, ToEdge};
-use offload_core::{ContainerRecord, Generation, Location, MoveOutcome, MovePhase, State};
+use offload_core::{
+    ContainerId, ContainerRecord, Generation, Location, MoveOutcome, MovePhase, State,
+};
 use offload_runtime::fake::Op;
 
 use crate::testing::{Answer, Rig, Script, rig};
@@ -36,7 +38,7 @@ fn outcome(record: &ContainerRecord) -> MoveOutcome {
 
 fn edge_copy(generation: Generation, running: bool, id: &str) -> EdgeContainer {
     EdgeContainer {
-        id: id.to_owned(),
+        id: ContainerId::parse(id).expect("a valid id"),
         generation: generation.get(),
         runtime_id: Some("edge-rid".into()),
         running,
