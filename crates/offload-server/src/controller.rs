@@ -7,63 +7,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use offload_core::MoveRecord;
-use offload_core::api::{ContainerView, MoveStatus, StartRequest};
-use offload_core::{
-    ContainerId, ContainerRecord, ImageRef, Location, Name, State, WORKSPACE_MOUNT, labels,
-    parse_memory,
+use offload_core::api::{
+    ContainerView, MonitorView, MoveRequest, MoveStatus, QueryView, StartRequest,
 };
+use offload_core::{
+    ContainerId, ContainerRecord, ImageRef, Location, Name, State, UserName, WORKSPACE_MOUNT,
+    labels, parse_memory,
+};
+use offload_monitor::Answer;
 use offload_runtime::{ContainerRuntime, ContainerSpec, NetworkMode, RuntimeContainer};
 use offload_store::{Principal, Store, StoreError};
 use offload_sync::protocol::{PushReport, PushRequest};
 
+pub use crate::clock::{Clock, now};
 use crate::config::{Limits, MIN_MEMORY, ServerConfig};
 use crate::error::ActionError;
 use crate::hub::AgentHub;
+use crate::metrics::Metrics;
+use crate::monitor::{MonitorLoop, MonitorParts, MonitorStatus, MoveStarter};
+use crate::queries::Queries;
+use crate::sizes::{DiskSizer, WorkspaceSizes};
 use crate::workspace::Workspaces;
-
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// The server's clock for deadlines: the wall time read once at start, advanced by
-/// tokio's monotonic clock. A query's deadline, its expiry and the policy's view of time
-/// all read this one clock, and tests pause and advance it with tokio's test clock.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    base_since_epoch: Duration,
-    base: tokio::time::Instant,
-}
-
-impl Clock {
-    pub fn new() -> Self {
-        Clock {
-            base_since_epoch: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-            base: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Time since the Unix epoch.
-    pub fn since_epoch(&self) -> Duration {
-        self.base_since_epoch + self.base.elapsed()
-    }
-
-    /// Unix seconds.
-    pub fn unix(&self) -> i64 {
-        i64::try_from(self.since_epoch().as_secs()).unwrap_or(i64::MAX)
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// Executes actions against the store and the cloud engine.
 pub struct Controller {
@@ -77,8 +41,11 @@ pub struct Controller {
     locks: Mutex<HashMap<ContainerId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) hub: Arc<AgentHub>,
     pub(crate) sync: Arc<Workspaces>,
-    pub(crate) monitor: crate::monitor::Monitor,
-    pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) queries: Arc<Queries>,
+    /// What the monitor last saw.
+    pub(crate) monitor: Arc<MonitorStatus>,
+    pub(crate) sizes: Arc<WorkspaceSizes>,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) restarts: crate::reconciler::RestartBackoff,
     pub(crate) started_at: tokio::time::Instant,
     pub(crate) clock: Clock,
@@ -104,7 +71,16 @@ impl Controller {
             ActionError::Internal(format!("cannot create {}: {e}", workspaces.display()))
         })?;
         let clock = Clock::new();
-        let monitor = crate::monitor::Monitor::new(config.monitor.clone(), clock)?;
+        let hub = Arc::new(AgentHub::new());
+        let metrics = Arc::new(Metrics::new());
+        let queries = Arc::new(Queries::new(
+            store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            clock,
+            Duration::from_secs_f64(config.monitor.query_deadline_secs),
+        ));
+        let monitor = Arc::new(MonitorStatus::new(config.monitor.source));
         Ok(Controller {
             store,
             runtime,
@@ -113,10 +89,12 @@ impl Controller {
             network,
             workspaces,
             locks: Mutex::new(HashMap::new()),
-            hub: Arc::new(AgentHub::new()),
+            hub,
             sync,
+            queries,
             monitor,
-            metrics: crate::metrics::Metrics::new(),
+            sizes: Arc::new(WorkspaceSizes::new(Arc::new(DiskSizer::default()))),
+            metrics,
             restarts: Default::default(),
             started_at: tokio::time::Instant::now(),
             clock,
@@ -137,8 +115,120 @@ impl Controller {
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+        crate::db::call(&self.store, f).await
+    }
+
+    /// The monitor loop over this controller's store, engine and agents; its moves
+    /// start here.
+    pub fn monitor_loop(self: &Arc<Self>) -> Result<MonitorLoop, ActionError> {
+        MonitorLoop::new(
+            self.config.monitor.clone(),
+            MonitorParts {
+                store: self.store.clone(),
+                runtime: self.runtime.clone(),
+                workspaces: self.sync.clone(),
+                hub: self.hub.clone(),
+                metrics: self.metrics.clone(),
+                queries: self.queries.clone(),
+                sizes: self.sizes.clone(),
+                status: self.monitor.clone(),
+                moves: Arc::new(self.clone()),
+                clock: self.clock,
+            },
+        )
+    }
+
+    /// The caller's queries, newest first.
+    pub async fn queries(&self, who: &Principal) -> Result<Vec<QueryView>, ActionError> {
+        let records = self.list(who).await?;
+        self.queries.of(who, &records).await
+    }
+
+    /// `offload accept` / `offload decline`: an accepted query's move starts at once.
+    pub async fn answer(
+        self: &Arc<Self>,
+        who: &Principal,
+        query_id: &str,
+        answer: Answer,
+    ) -> Result<QueryView, ActionError> {
+        let query = self.queries.answer(who, query_id, answer).await?;
+        if answer == Answer::Accept {
+            let request = MoveRequest {
+                to: Location::Edge,
+                force: false,
+            };
+            let owner = Principal {
+                user: query.owner.clone(),
+                admin: false,
+            };
+            if let Err(e) = self
+                .request_move(&owner, query.container_id.as_str(), request)
+                .await
+            {
+                tracing::warn!(query = %query.id, error = %e, "cannot start the accepted move");
+            }
+        }
+        let name = self
+            .reload(&query.container_id)
+            .await
+            .map(|r| r.name.to_string())
+            .unwrap_or_default();
+        Ok(crate::queries::view(&query, &name))
+    }
+
+    /// `offload admin pressure`: ask now, as if pressure were seen, every running cloud
+    /// container whose owner has a connected agent, no pending query and no recent
+    /// decline (as the policy would).
+    pub async fn ask_now(
+        &self,
+        who: &Principal,
+        user: Option<UserName>,
+    ) -> Result<Vec<QueryView>, ActionError> {
+        require_admin(who)?;
+        let records = self.db(|s| s.containers(None)).await?;
+        let pending = self.queries.pending().await?;
+        let cooldown = Duration::from_secs_f64(self.config.monitor.decline_cooldown_secs);
+        let mut asked = Vec::new();
+        for record in records {
+            let eligible = record.location == Location::Cloud
+                && record.state == State::Running
+                && self.hub.agent(&record.owner).is_some()
+                && user.as_ref().is_none_or(|u| *u == record.owner)
+                && !pending.iter().any(|q| q.container_id == record.id)
+                && !self.queries.declined_recently(&record, cooldown).await?;
+            if !eligible {
+                continue;
+            }
+            let bytes = self
+                .sizes
+                .last(&record.id)
+                .or_else(|| self.sync.cached_bytes(&record.id))
+                .unwrap_or(0);
+            let reason = "the operator asked for room on the cloud host now";
+            let query = self.queries.ask(&record, reason, bytes).await?;
+            asked.push(crate::queries::view(&query, record.name.as_str()));
+        }
+        Ok(asked)
+    }
+
+    /// The Prometheus exposition.
+    pub async fn metrics_text(&self) -> Result<String, ActionError> {
+        let records = self.db(|s| s.containers(None)).await?;
+        let mut counts: HashMap<(String, String), i64> = HashMap::new();
+        for r in &records {
+            *counts
+                .entry((r.location.as_str().to_owned(), r.state.as_str().to_owned()))
+                .or_default() += 1;
+        }
+        let counts: Vec<(String, String, i64)> =
+            counts.into_iter().map(|((l, s), n)| (l, s, n)).collect();
+        Ok(self.metrics.render(&counts, self.hub.agents().len()))
+    }
+
+    /// The monitor's last view, for `offload top`.
+    pub async fn monitor_view(&self) -> Result<MonitorView, ActionError> {
+        let pending = self.queries.pending().await?.len();
+        Ok(self.monitor.view(pending))
     }
 
     fn lock_of(&self, id: &ContainerId) -> Arc<tokio::sync::Mutex<()>> {
@@ -620,6 +710,26 @@ impl Controller {
             return Ok(report);
         }
         self.sync.apply(&record.id, req.plan, None).await
+    }
+}
+
+/// The monitor's moves are the owner's: the same checks, the same move.
+#[async_trait::async_trait]
+impl MoveStarter for Arc<Controller> {
+    async fn start_move(
+        &self,
+        owner: &UserName,
+        id: &ContainerId,
+        to: Location,
+    ) -> Result<(), ActionError> {
+        let owner = Principal {
+            user: owner.clone(),
+            admin: false,
+        };
+        let request = MoveRequest { to, force: false };
+        self.request_move(&owner, id.as_str(), request)
+            .await
+            .map(|_| ())
     }
 }
 

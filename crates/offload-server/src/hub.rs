@@ -164,6 +164,22 @@ impl AgentHub {
         lock(&self.agents).values().cloned().collect()
     }
 
+    /// Something for `user` to read, shown by their agent if it is connected.
+    pub fn notice(&self, user: &UserName, text: String) {
+        if let Some(agent) = self.agent(user) {
+            agent.send(ServerMessage::Notice { text });
+        }
+    }
+
+    /// Something for every connected user to read.
+    pub fn notice_all(&self, text: &str) {
+        for agent in self.agents() {
+            agent.send(ServerMessage::Notice {
+                text: text.to_owned(),
+            });
+        }
+    }
+
     /// Sends a command to `user`'s agent and waits for its reply.
     pub async fn request(
         &self,

@@ -5,8 +5,10 @@
 
 mod agent_ws;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod controller;
+mod db;
 pub mod error;
 mod exec;
 pub mod http;
@@ -15,7 +17,9 @@ pub mod listener;
 pub mod metrics;
 mod monitor;
 mod mover;
+mod queries;
 pub mod reconciler;
+mod sizes;
 #[cfg(test)]
 mod testing;
 pub mod tls;
@@ -66,7 +70,7 @@ pub async fn serve(
     tracing::info!(?report, "reconciled the store with the engine");
     // From here on, level-triggered: cloud containers, interrupted moves, edge states.
     tokio::spawn(ctl.clone().run_reconciler());
-    tokio::spawn(ctl.clone().run_monitor());
+    tokio::spawn(ctl.monitor_loop()?.run());
 
     let state = http::AppState {
         ctl,

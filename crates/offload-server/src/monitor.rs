@@ -1,202 +1,67 @@
 //! The resource monitor at work: every interval it samples the host (or the pool of
 //! managed containers), reads each container's use from the engine, lets the policy of
-//! `offload-monitor` decide, and carries the decision out: queries to owners, pressure
-//! warnings, expiries, and returns to the cloud. Queries are persisted; answers arrive
-//! through the API (`offload accept`/`decline`, the agent's prompt or its auto-accept).
+//! `offload-monitor` decide, and carries the decision out whole: queries to owners,
+//! pressure warnings, withdrawals and expiries, and returns to the cloud.
+//!
+//! The loop owns its state: the policy, the engine readings it turns into CPU use, and
+//! the queries it has told the policy of. It reads the rest level-triggered each round:
+//! the records, and from the store the queries the operator asked or that were pending
+//! before a restart, and owners' answers (the [`Queries`] service takes those). It acts
+//! through the queries service, the agents' hub, and a [`MoveStarter`] for the moves it
+//! decides on, so it depends on none of the controller.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use offload_core::agent::ServerMessage;
-use offload_core::api::{MonitorView, MoveRequest, QueryView, ResourceView, UsageView};
+use offload_core::api::{MonitorView, ResourceView, UsageView};
 use offload_core::{ContainerId, ContainerRecord, Location, State, UserName};
 use offload_monitor::{
-    AgentReport, Answer, ContainerUsage, CpuReading, DefaultAction, Expiry, HostSample,
-    HostSampler, MoveNeeds, Observation, Policy, PolicyConfig, PoolCapacity, ProcHostSampler,
-    SamplerSource, Status, container_cpu_cores,
+    AgentReport, ContainerUsage, CpuReading, Decision, DefaultAction, HostSample, HostSampler,
+    MoveNeeds, Observation, Policy, PolicyConfig, PoolCapacity, ProcHostSampler, SamplerSource,
+    Status, container_cpu_cores,
 };
-use offload_runtime::UsageReading;
-use offload_store::{Principal, QueryRecord};
-use offload_sync::{DiskUsage, UsageBudget};
+use offload_runtime::{ContainerRuntime, UsageReading};
+use offload_store::{QueryRecord, Store};
 
-use crate::controller::{Clock, Controller};
+use crate::clock::Clock;
+use crate::db;
 use crate::error::ActionError;
-
-/// How often a container's workspace size is measured for the move-cost estimate.
-const SIZE_REFRESH: Duration = Duration::from_secs(30);
-/// Longest one workspace's measurement may take; one that takes longer keeps its last
-/// size (and is logged), so one huge tree cannot hold a blocking thread for long.
-const SIZE_DEADLINE: Duration = Duration::from_secs(5);
-/// Most entries one workspace's measurement walks.
-const SIZE_MAX_ENTRIES: u64 = 1_000_000;
-
-/// Measures a workspace on disk: the seam the monitor's sizing runs behind. Called on a
-/// blocking thread, never on the monitor's loop.
-pub trait WorkspaceSizer: Send + Sync + 'static {
-    fn size(&self, dir: &Path) -> Result<DiskUsage, String>;
-}
-
-/// Sizes a workspace from its files' allocated blocks (metadata only, no file is read),
-/// within a deadline and an entry budget.
-pub struct DiskSizer {
-    pub deadline: Duration,
-    pub max_entries: u64,
-}
-
-impl Default for DiskSizer {
-    fn default() -> Self {
-        DiskSizer {
-            deadline: SIZE_DEADLINE,
-            max_entries: SIZE_MAX_ENTRIES,
-        }
-    }
-}
-
-impl WorkspaceSizer for DiskSizer {
-    fn size(&self, dir: &Path) -> Result<DiskUsage, String> {
-        let budget = UsageBudget {
-            deadline: Some(Instant::now() + self.deadline),
-            max_entries: self.max_entries,
-        };
-        offload_sync::disk_usage(dir, &budget).map_err(|e| e.to_string())
-    }
-}
-
-#[derive(Default)]
-struct SizeState {
-    /// The last complete measurement.
-    bytes: Option<u64>,
-    /// When the last measurement (complete or not) ended.
-    measured: Option<Instant>,
-    running: bool,
-}
-
-/// Workspace sizes for the move-cost estimate, measured in the background and cached:
-/// the monitor reads the last one and never waits for a measurement.
-pub struct WorkspaceSizes {
-    sizer: Arc<dyn WorkspaceSizer>,
-    state: Arc<Mutex<HashMap<ContainerId, SizeState>>>,
-}
-
-impl WorkspaceSizes {
-    pub fn new(sizer: Arc<dyn WorkspaceSizer>) -> Self {
-        WorkspaceSizes {
-            sizer,
-            state: Arc::new(Mutex::new(HashMap::new())),
-        }
-    }
-
-    /// The last size measured for `id`, if any.
-    pub fn last(&self, id: &ContainerId) -> Option<u64> {
-        lock(&self.state).get(id).and_then(|s| s.bytes)
-    }
-
-    /// The last size of `id` (0 before the first measurement), starting a measurement of
-    /// `dir` on a blocking thread when the last is older than [`SIZE_REFRESH`] and none
-    /// runs. Must be called within a tokio runtime.
-    pub fn get(&self, id: &ContainerId, dir: PathBuf) -> u64 {
-        let mut all = lock(&self.state);
-        let state = all.entry(id.clone()).or_default();
-        let stale = state.measured.is_none_or(|at| at.elapsed() > SIZE_REFRESH);
-        if stale && !state.running {
-            state.running = true;
-            let (sizer, shared, id) = (self.sizer.clone(), self.state.clone(), id.clone());
-            tokio::task::spawn_blocking(move || {
-                let started = Instant::now();
-                let result = sizer.size(&dir);
-                let mut all = lock(&shared);
-                // Forgotten meanwhile (the container is gone): nothing to record.
-                let Some(state) = all.get_mut(&id) else {
-                    return;
-                };
-                state.running = false;
-                state.measured = Some(Instant::now());
-                match result {
-                    Ok(usage) if usage.complete => state.bytes = Some(usage.allocated_bytes),
-                    Ok(usage) => {
-                        tracing::warn!(
-                            %id,
-                            entries = usage.entries,
-                            secs = started.elapsed().as_secs_f64(),
-                            "workspace too large to size within the budget; keeping its last size"
-                        );
-                        // What was seen is a lower bound, better than nothing at all.
-                        if state.bytes.is_none() {
-                            state.bytes = Some(usage.allocated_bytes);
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%id, %error, "cannot size the workspace; keeping its last size");
-                    }
-                }
-            });
-        }
-        state.bytes.unwrap_or(0)
-    }
-
-    /// Forgets every workspace but those of `live`.
-    fn retain(&self, live: &HashSet<&ContainerId>) {
-        lock(&self.state).retain(|id, _| live.contains(id));
-    }
-}
-
-/// The monitor's shared state: the policy and what it last saw.
-pub struct Monitor {
-    policy: Mutex<Policy>,
-    config: PolicyConfig,
-    clock: Clock,
-    last: Mutex<Option<(Status, Vec<UsageView>)>>,
-    pub(crate) sizes: WorkspaceSizes,
-}
-
-struct Tracker {
-    readings: HashMap<String, UsageReading>,
-    cores: HashMap<ContainerId, f64>,
-    memory: HashMap<ContainerId, u64>,
-}
+use crate::hub::AgentHub;
+use crate::metrics::Metrics;
+use crate::queries::{Closing, Queries};
+use crate::sizes::WorkspaceSizes;
+use crate::workspace::Workspaces;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Monitor {
-    pub fn new(config: PolicyConfig, clock: Clock) -> Result<Self, ActionError> {
-        Self::with_sizer(config, clock, Arc::new(DiskSizer::default()))
-    }
+/// What the monitor last saw, for `offload top`: written by the loop, read by the API.
+pub struct MonitorStatus {
+    source: SamplerSource,
+    last: Mutex<Option<(Status, Vec<UsageView>)>>,
+}
 
-    /// A monitor whose workspace sizes come from `sizer`.
-    pub fn with_sizer(
-        config: PolicyConfig,
-        clock: Clock,
-        sizer: Arc<dyn WorkspaceSizer>,
-    ) -> Result<Self, ActionError> {
-        let policy =
-            Policy::new(config.clone()).map_err(|e| ActionError::BadRequest(e.to_string()))?;
-        Ok(Monitor {
-            policy: Mutex::new(policy),
-            config,
-            clock,
+impl MonitorStatus {
+    pub fn new(source: SamplerSource) -> Self {
+        MonitorStatus {
+            source,
             last: Mutex::new(None),
-            sizes: WorkspaceSizes::new(sizer),
-        })
+        }
     }
 
-    /// The policy's time: the server clock's, so query deadlines in the store and the
-    /// policy's expiries are the same instants.
-    fn now(&self) -> Duration {
-        self.clock.since_epoch()
+    fn publish(&self, status: Status, containers: Vec<UsageView>) {
+        *lock(&self.last) = Some((status, containers));
     }
 
-    /// What `offload top` shows.
+    /// What `offload top` shows, with `pending` queries open.
     pub fn view(&self, pending: usize) -> MonitorView {
-        let last = lock(&self.last).clone();
-        let source = match self.config.source {
+        let source = match self.source {
             SamplerSource::Host => "host",
             SamplerSource::Pool => "pool",
         };
-        match last {
+        match lock(&self.last).clone() {
             Some((status, containers)) => MonitorView {
                 source: source.to_owned(),
                 under_pressure: status.under_pressure,
@@ -228,26 +93,66 @@ impl Monitor {
     }
 }
 
-fn query_view(q: &QueryRecord, name: &str) -> QueryView {
-    QueryView {
-        id: q.id.clone(),
-        container_id: q.container_id.to_string(),
-        container_name: name.to_owned(),
-        owner: q.owner.to_string(),
-        reason: q.reason.clone(),
-        created_at: q.created_at,
-        deadline_at: q.deadline_at,
-        state: q.state.clone(),
-        answered_at: q.answered_at,
-        move_bytes: q.move_bytes,
-    }
+/// How the monitor starts the moves it decides on (a query accepted when it expired, a
+/// return when the cloud has room): as the owner would, through the controller.
+#[async_trait::async_trait]
+pub trait MoveStarter: Send + Sync {
+    async fn start_move(
+        &self,
+        owner: &UserName,
+        id: &ContainerId,
+        to: Location,
+    ) -> Result<(), ActionError>;
 }
 
-impl Controller {
-    /// Runs the monitor loop forever.
-    pub async fn run_monitor(self: Arc<Self>) {
-        let config = self.monitor.config.clone();
-        let mut host: Box<dyn HostSampler + Send> = match config.source {
+/// What the loop reads and acts through.
+pub struct MonitorParts {
+    pub store: Arc<Store>,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub workspaces: Arc<Workspaces>,
+    pub hub: Arc<AgentHub>,
+    pub metrics: Arc<Metrics>,
+    pub queries: Arc<Queries>,
+    pub sizes: Arc<WorkspaceSizes>,
+    pub status: Arc<MonitorStatus>,
+    pub moves: Arc<dyn MoveStarter>,
+    pub clock: Clock,
+}
+
+/// Engine readings between rounds: CPU use is the difference of two.
+#[derive(Default)]
+struct Tracker {
+    readings: HashMap<String, UsageReading>,
+    cores: HashMap<ContainerId, f64>,
+    memory: HashMap<ContainerId, u64>,
+}
+
+/// The monitor loop and its state.
+pub struct MonitorLoop {
+    config: PolicyConfig,
+    policy: Policy,
+    parts: MonitorParts,
+    tracker: Tracker,
+    /// The pending queries the policy has been told of: id and container.
+    known: HashMap<String, ContainerId>,
+}
+
+impl MonitorLoop {
+    pub fn new(config: PolicyConfig, parts: MonitorParts) -> Result<Self, ActionError> {
+        let policy =
+            Policy::new(config.clone()).map_err(|e| ActionError::BadRequest(e.to_string()))?;
+        Ok(MonitorLoop {
+            config,
+            policy,
+            parts,
+            tracker: Tracker::default(),
+            known: HashMap::new(),
+        })
+    }
+
+    /// Runs the loop forever.
+    pub async fn run(mut self) {
+        let mut host: Box<dyn HostSampler + Send> = match self.config.source {
             SamplerSource::Host => match ProcHostSampler::new() {
                 Ok(s) => Box::new(s),
                 Err(e) => {
@@ -258,52 +163,79 @@ impl Controller {
             // Pool samples are computed from the containers below.
             SamplerSource::Pool => Box::new(NoSampler),
         };
-        let pool = match config.pool_capacity() {
+        let pool = match self.config.pool_capacity() {
             Ok(pool) => pool,
             Err(e) => {
                 tracing::error!(error = %e, "invalid pool; the monitor is off");
                 return;
             }
         };
-        let mut tracker = Tracker {
-            readings: HashMap::new(),
-            cores: HashMap::new(),
-            memory: HashMap::new(),
-        };
-        // Queries persisted before a restart keep their deadlines.
-        match self.db(|s| s.pending_queries()).await {
-            Ok(pending) => pending.iter().for_each(|q| self.remember_query(q, true)),
-            Err(e) => tracing::warn!(error = %e, "cannot read the pending queries"),
-        }
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(config.interval_secs));
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(self.config.interval_secs));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self
-                .monitor_tick(host.as_mut(), pool.as_ref(), &mut tracker)
-                .await
-            {
+            if let Err(e) = self.tick(host.as_mut(), pool.as_ref()).await {
                 tracing::warn!(error = %e, "monitor tick failed");
             }
         }
     }
 
-    async fn monitor_tick(
-        self: &Arc<Self>,
+    /// The policy's time: the server clock's, so query deadlines in the store and the
+    /// policy's expiries are the same instants.
+    fn now(&self) -> Duration {
+        self.parts.clock.since_epoch()
+    }
+
+    /// One round: observe, learn what the store says of queries, decide, act.
+    pub async fn tick(
+        &mut self,
         host: &mut (dyn HostSampler + Send),
         pool: Option<&PoolCapacity>,
-        tracker: &mut Tracker,
     ) -> Result<(), ActionError> {
-        let records = self.db(|s| s.containers(None)).await?;
-        self.monitor
-            .sizes
-            .retain(&records.iter().map(|r| &r.id).collect());
+        let records = db::call(&self.parts.store, |s| s.containers(None)).await?;
+        let observation = self.observe(&records, host, pool).await?;
+        self.learn_queries().await?;
+        let decision = self.policy.evaluate(self.now(), &observation);
+        let views = observation
+            .containers
+            .iter()
+            .filter_map(|u| {
+                let record = records.iter().find(|r| r.id.as_str() == u.id)?;
+                Some(UsageView {
+                    id: u.id.clone(),
+                    owner: u.owner.clone(),
+                    location: record.location,
+                    cpu_cores: u.cpu,
+                    memory_bytes: u.mem_bytes,
+                })
+            })
+            .collect();
+        for r in &decision.status.resources {
+            self.parts
+                .metrics
+                .monitor(&r.resource.to_string(), r.usage, r.forecast, r.pressure);
+        }
+        self.parts.status.publish(decision.status.clone(), views);
+        self.apply(decision, &records).await
+    }
+
+    /// What the policy looks at: the host's (or the pool's) sample, each container's use,
+    /// what a move of each would need, and the connected agents.
+    async fn observe(
+        &mut self,
+        records: &[ContainerRecord],
+        host: &mut (dyn HostSampler + Send),
+        pool: Option<&PoolCapacity>,
+    ) -> Result<Observation, ActionError> {
+        let parts = &self.parts;
+        let tracker = &mut self.tracker;
+        parts.sizes.retain(&records.iter().map(|r| &r.id).collect());
         let mut sizes = HashMap::new();
         let mut usage = Vec::new();
-        for record in &records {
+        for record in records {
             let in_cloud = record.location == Location::Cloud && record.state == State::Running;
             if in_cloud && let Some(runtime_id) = &record.runtime_id {
-                if let Ok(reading) = self.runtime().usage(runtime_id).await {
+                if let Ok(reading) = parts.runtime.usage(runtime_id).await {
                     if let Some(previous) = tracker.readings.get(runtime_id) {
                         let cores = container_cpu_cores(
                             &CpuReading {
@@ -330,9 +262,9 @@ impl Controller {
                 // new measurement when it is due.
                 sizes.insert(
                     record.id.clone(),
-                    self.monitor
+                    parts
                         .sizes
-                        .get(&record.id, self.sync.dir(&record.id)),
+                        .get(&record.id, parts.workspaces.dir(&record.id)),
                 );
             }
             let running_somewhere = matches!(
@@ -368,7 +300,7 @@ impl Controller {
                 missing_bytes: sizes.get(&r.id).copied().unwrap_or(0),
             })
             .collect();
-        let agents = self
+        let agents = parts
             .hub
             .agents()
             .iter()
@@ -381,71 +313,135 @@ impl Controller {
                 auto_return: a.auto_return,
             })
             .collect();
-        let observation = Observation {
+        Ok(Observation {
             host: sample,
             containers: usage,
             needs,
             agents,
-        };
-        let decision = {
-            let mut policy = lock(&self.monitor.policy);
-            policy.evaluate(self.monitor.now(), &observation)
-        };
-        let views = observation
-            .containers
-            .iter()
-            .filter_map(|u| {
-                let record = records.iter().find(|r| r.id.as_str() == u.id)?;
-                Some(UsageView {
-                    id: u.id.clone(),
-                    owner: u.owner.clone(),
-                    location: record.location,
-                    cpu_cores: u.cpu,
-                    memory_bytes: u.mem_bytes,
-                })
-            })
+        })
+    }
+
+    /// Tells the policy what the store shows that it did not do itself: owners' answers
+    /// to the queries it knows, and queries it did not ask (the operator's, or pending
+    /// from before a restart), which stand (see [`Policy::record_ask`]).
+    async fn learn_queries(&mut self) -> Result<(), ActionError> {
+        let pending = self.parts.queries.pending().await?;
+        let closed: Vec<String> = self
+            .known
+            .keys()
+            .filter(|id| !pending.iter().any(|q| q.id == **id))
+            .cloned()
             .collect();
-        for r in &decision.status.resources {
-            self.metrics
-                .monitor(&r.resource.to_string(), r.usage, r.forecast, r.pressure);
+        for id in closed {
+            let Some(container) = self.known.remove(&id) else {
+                continue;
+            };
+            // Expired and withdrawn are the policy's own doing; an answer is news.
+            let Some(query) = self.parts.queries.get(&id).await? else {
+                continue;
+            };
+            if let Some(answer) = Closing::answer_of(&query.state) {
+                let at = u64::try_from(query.answered_at.unwrap_or(0)).unwrap_or(0);
+                self.policy
+                    .record_answer(container.as_str(), answer, Duration::from_secs(at));
+            }
         }
-        *lock(&self.monitor.last) = Some((decision.status.clone(), views));
+        for query in &pending {
+            if !self.known.contains_key(&query.id) {
+                self.remember(query, true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the policy of a stored query, dated so that the policy expires it at the
+    /// deadline the store shows: one rule for both.
+    fn remember(&mut self, query: &QueryRecord, standing: bool) {
+        let deadline = u64::try_from(query.deadline_at).unwrap_or(0) as f64;
+        let asked_at = (deadline - self.config.query_deadline_secs).max(0.0);
+        self.policy.record_ask(
+            query.container_id.as_str(),
+            query.owner.as_str(),
+            Duration::from_secs_f64(asked_at),
+            standing,
+        );
+        self.known
+            .insert(query.id.clone(), query.container_id.clone());
+    }
+
+    /// Carries out the policy's decision, all of it.
+    async fn apply(
+        &mut self,
+        decision: Decision,
+        records: &[ContainerRecord],
+    ) -> Result<(), ActionError> {
+        let hub = self.parts.hub.clone();
+        let queries = self.parts.queries.clone();
+        let moves = self.parts.moves.clone();
+        let record_of = |id: &str| records.iter().find(|r| r.id.as_str() == id);
 
         for event in &decision.pressure_started {
             tracing::warn!(resource = %event.resource, reason = %event.reason, "pressure started");
-            self.broadcast(format!("the cloud is under pressure: {}", event.reason));
+            hub.notice_all(&format!("the cloud is under pressure: {}", event.reason));
         }
         for resource in &decision.pressure_ended {
             tracing::info!(%resource, "pressure ended");
-            self.broadcast(format!("{resource} pressure in the cloud is over"));
+            hub.notice_all(&format!("{resource} pressure in the cloud is over"));
         }
-        let pending = self.db(|s| s.pending_queries()).await.unwrap_or_default();
+        let pending = queries.pending().await?;
         for ask in &decision.ask {
-            let Some(record) = records.iter().find(|r| r.id.as_str() == ask.container_id) else {
+            let Some(record) = record_of(&ask.container_id) else {
                 continue;
             };
             if pending.iter().any(|q| q.container_id == record.id) {
                 continue;
             }
-            let deadline = Duration::from_secs_f64(self.monitor.config.query_deadline_secs);
-            if let Err(e) = self
-                .ask(record, &ask.reason, deadline, ask.move_bytes, false)
-                .await
-            {
-                tracing::warn!(id = %record.id, error = %e, "cannot send a query");
+            match queries.ask(record, &ask.reason, ask.move_bytes).await {
+                Ok(query) => self.remember(&query, false),
+                Err(e) => tracing::warn!(id = %record.id, error = %e, "cannot send a query"),
             }
         }
         for id in &decision.withdrawn {
-            self.withdraw(id).await;
+            if let Ok(id) = ContainerId::parse(id) {
+                queries.close_about(&id, Closing::Withdrawn).await;
+            }
         }
-        self.apply_expiries(&decision.expired).await;
+        // The policy alone decides expiries, by the deadline each query was stored with.
+        for expiry in &decision.expired {
+            let Ok(id) = ContainerId::parse(&expiry.container_id) else {
+                continue;
+            };
+            for query in queries.close_about(&id, Closing::Expired).await {
+                let accept = expiry.action == DefaultAction::Accept;
+                tracing::info!(query = %query.id, accept, "query expired");
+                if accept && let Err(e) = moves.start_move(&query.owner, &id, Location::Edge).await
+                {
+                    tracing::warn!(query = %query.id, error = %e, "cannot start the accepted move");
+                }
+            }
+        }
         for ret in &decision.return_moves {
-            self.auto_return(ret.container_id.as_str(), &ret.reason)
-                .await;
+            let Some(record) = record_of(&ret.container_id) else {
+                continue;
+            };
+            tracing::info!(id = %record.id, reason = %ret.reason, "returning to the cloud");
+            hub.notice(
+                &record.owner,
+                format!(
+                    "the cloud has room again; moving {} back ({})",
+                    record.id, ret.reason
+                ),
+            );
+            if let Err(e) = moves
+                .start_move(&record.owner, &record.id, Location::Cloud)
+                .await
+            {
+                tracing::warn!(id = %record.id, error = %e, "cannot start the return");
+            }
         }
         for ret in &decision.return_notices {
             if let Ok(owner) = UserName::parse(&ret.owner) {
-                self.notify(
+                hub.notice(
                     &owner,
                     format!(
                         "the cloud has room again: `offload move {} --to cloud` brings your container back",
@@ -456,318 +452,10 @@ impl Controller {
         }
         Ok(())
     }
-
-    fn broadcast(&self, text: String) {
-        for agent in self.hub.agents() {
-            agent.send(ServerMessage::Notice { text: text.clone() });
-        }
-    }
-
-    fn notify(&self, user: &UserName, text: String) {
-        if let Some(agent) = self.hub.agent(user) {
-            agent.send(ServerMessage::Notice { text });
-        }
-    }
-
-    /// Records a query and sends it to the owner's agent.
-    async fn ask(
-        &self,
-        record: &ContainerRecord,
-        reason: &str,
-        deadline: Duration,
-        move_bytes: u64,
-        standing: bool,
-    ) -> Result<QueryView, ActionError> {
-        let at = self.clock.unix();
-        let query = QueryRecord {
-            id: format!("q{}", &crate::auth::random_secret()[..10]),
-            container_id: record.id.clone(),
-            owner: record.owner.clone(),
-            reason: reason.to_owned(),
-            created_at: at,
-            deadline_at: at + deadline.as_secs().max(1) as i64,
-            state: "pending".to_owned(),
-            answered_at: None,
-            move_bytes,
-        };
-        let stored = query.clone();
-        self.db(move |s| s.insert_query(&stored)).await?;
-        self.remember_query(&query, standing);
-        self.metrics.query("asked");
-        let view = query_view(&query, record.name.as_str());
-        tracing::info!(id = %record.id, query = %query.id, %reason, "asking the owner to move");
-        if let Some(agent) = self.hub.agent(&record.owner) {
-            agent.send(ServerMessage::Query {
-                query: view.clone(),
-                deadline_secs: deadline.as_secs(),
-            });
-        }
-        let _ = self
-            .save(record, "query", &format!("asked to move: {reason}"))
-            .await;
-        Ok(view)
-    }
-
-    /// Tells the policy of a stored query, dated so that the policy expires it at the
-    /// deadline the store shows: one rule for both. `standing`: see
-    /// [`offload_monitor::Policy::record_ask`].
-    fn remember_query(&self, query: &QueryRecord, standing: bool) {
-        let deadline = u64::try_from(query.deadline_at).unwrap_or(0) as f64;
-        let asked_at = (deadline - self.monitor.config.query_deadline_secs).max(0.0);
-        lock(&self.monitor.policy).record_ask(
-            query.container_id.as_str(),
-            query.owner.as_str(),
-            Duration::from_secs_f64(asked_at),
-            standing,
-        );
-    }
-
-    async fn close(&self, query: &QueryRecord, state: &'static str) -> bool {
-        let id = query.id.clone();
-        let at = self.clock.unix();
-        let closed = self
-            .db(move |s| s.close_query(&id, state, at))
-            .await
-            .unwrap_or(false);
-        if closed {
-            self.metrics.query(state);
-        }
-        if closed && let Some(agent) = self.hub.agent(&query.owner) {
-            agent.send(ServerMessage::QueryClosed {
-                id: query.id.clone(),
-                state: state.to_owned(),
-            });
-        }
-        closed
-    }
-
-    async fn withdraw(&self, container_id: &str) {
-        let Ok(pending) = self.db(|s| s.pending_queries()).await else {
-            return;
-        };
-        for q in pending
-            .iter()
-            .filter(|q| q.container_id.as_str() == container_id)
-        {
-            self.close(q, "withdrawn").await;
-        }
-    }
-
-    /// Queries the policy found past their deadline take the action it chose for them:
-    /// the policy alone decides expiries, by the deadline the query was stored with.
-    async fn apply_expiries(self: &Arc<Self>, expired: &[Expiry]) {
-        if expired.is_empty() {
-            return;
-        }
-        let Ok(pending) = self.db(|s| s.pending_queries()).await else {
-            return;
-        };
-        for expiry in expired {
-            for q in pending
-                .iter()
-                .filter(|q| q.container_id.as_str() == expiry.container_id)
-            {
-                if !self.close(q, "expired").await {
-                    continue;
-                }
-                let accept = expiry.action == DefaultAction::Accept;
-                tracing::info!(query = %q.id, accept, "query expired");
-                if accept {
-                    self.start_accepted_move(q).await;
-                }
-            }
-        }
-    }
-
-    async fn start_accepted_move(self: &Arc<Self>, q: &QueryRecord) {
-        let owner = Principal {
-            user: q.owner.clone(),
-            admin: false,
-        };
-        let request = MoveRequest {
-            to: Location::Edge,
-            force: false,
-        };
-        if let Err(e) = self
-            .request_move(&owner, q.container_id.as_str(), request)
-            .await
-        {
-            tracing::warn!(query = %q.id, error = %e, "cannot start the accepted move");
-        }
-    }
-
-    async fn auto_return(self: &Arc<Self>, container_id: &str, reason: &str) {
-        let Ok(id) = ContainerId::parse(container_id) else {
-            return;
-        };
-        let Ok(record) = self.reload(&id).await else {
-            return;
-        };
-        let owner = Principal {
-            user: record.owner.clone(),
-            admin: false,
-        };
-        tracing::info!(%id, %reason, "returning to the cloud");
-        self.notify(
-            &record.owner,
-            format!("the cloud has room again; moving {id} back ({reason})"),
-        );
-        let request = MoveRequest {
-            to: Location::Cloud,
-            force: false,
-        };
-        if let Err(e) = self.request_move(&owner, id.as_str(), request).await {
-            tracing::warn!(%id, error = %e, "cannot start the return");
-        }
-    }
-
-    /// The caller's queries, newest first.
-    pub async fn queries(&self, who: &Principal) -> Result<Vec<QueryView>, ActionError> {
-        let owner = who.user.clone();
-        let queries = self.db(move |s| s.queries_of(&owner)).await?;
-        let records = self.list(who).await?;
-        Ok(queries
-            .iter()
-            .map(|q| {
-                let name = records
-                    .iter()
-                    .find(|r| r.id == q.container_id)
-                    .map_or("", |r| r.name.as_str());
-                query_view(q, name)
-            })
-            .collect())
-    }
-
-    /// `offload accept` / `offload decline`.
-    pub async fn answer(
-        self: &Arc<Self>,
-        who: &Principal,
-        query_id: &str,
-        answer: Answer,
-    ) -> Result<QueryView, ActionError> {
-        let key = query_id.to_owned();
-        let query = self
-            .db(move |s| s.query(&key))
-            .await?
-            .filter(|q| q.owner == who.user)
-            .ok_or_else(|| ActionError::NotFound(format!("query {query_id}")))?;
-        if query.state != "pending" {
-            return Err(ActionError::Conflict(format!(
-                "query {query_id} is already {}; it can no longer be answered",
-                query.state
-            )));
-        }
-        if query.deadline_at <= self.clock.unix() {
-            // The next round of the monitor applies the default action.
-            return Err(ActionError::Conflict(format!(
-                "query {query_id} expired before the answer came"
-            )));
-        }
-        let state = match answer {
-            Answer::Accept => "accepted",
-            Answer::Decline => "declined",
-        };
-        if !self.close(&query, state).await {
-            return Err(ActionError::Conflict(format!(
-                "query {query_id} was answered already"
-            )));
-        }
-        lock(&self.monitor.policy).record_answer(
-            query.container_id.as_str(),
-            answer,
-            self.monitor.now(),
-        );
-        if answer == Answer::Accept {
-            self.start_accepted_move(&query).await;
-        }
-        let key = query.id.clone();
-        let closed = self
-            .db(move |s| s.query(&key))
-            .await?
-            .ok_or_else(|| ActionError::NotFound(format!("query {query_id}")))?;
-        let name = self
-            .reload(&closed.container_id)
-            .await
-            .map(|r| r.name.to_string())
-            .unwrap_or_default();
-        Ok(query_view(&closed, &name))
-    }
-
-    /// `offload admin pressure`: ask now, as if pressure were seen, every running cloud
-    /// container whose owner has a connected agent and no pending query.
-    pub async fn ask_now(
-        &self,
-        who: &Principal,
-        user: Option<UserName>,
-    ) -> Result<Vec<QueryView>, ActionError> {
-        crate::controller::require_admin(who)?;
-        let records = self.db(|s| s.containers(None)).await?;
-        let pending = self.db(|s| s.pending_queries()).await?;
-        let cooldown = self.monitor.config.decline_cooldown_secs as i64;
-        let mut asked = Vec::new();
-        for record in records {
-            let owner = record.owner.clone();
-            let history = self.db(move |s| s.queries_of(&owner)).await?;
-            // As the policy would: a recent decline is respected.
-            let declined_recently = history.iter().any(|q| {
-                q.container_id == record.id
-                    && q.state == "declined"
-                    && q.answered_at
-                        .is_some_and(|at| self.clock.unix() - at < cooldown)
-            });
-            let eligible = record.location == Location::Cloud
-                && record.state == State::Running
-                && self.hub.agent(&record.owner).is_some()
-                && user.as_ref().is_none_or(|u| *u == record.owner)
-                && !declined_recently
-                && !pending.iter().any(|q| q.container_id == record.id);
-            if !eligible {
-                continue;
-            }
-            let deadline = Duration::from_secs_f64(self.monitor.config.query_deadline_secs);
-            let bytes = self
-                .monitor
-                .sizes
-                .last(&record.id)
-                .or_else(|| self.sync.cached_bytes(&record.id))
-                .unwrap_or(0);
-            asked.push(
-                self.ask(
-                    &record,
-                    "the operator asked for room on the cloud host now",
-                    deadline,
-                    bytes,
-                    true,
-                )
-                .await?,
-            );
-        }
-        Ok(asked)
-    }
-
-    /// The Prometheus exposition.
-    pub async fn metrics_text(&self) -> Result<String, ActionError> {
-        let records = self.db(|s| s.containers(None)).await?;
-        let mut counts: HashMap<(String, String), i64> = HashMap::new();
-        for r in &records {
-            *counts
-                .entry((r.location.as_str().to_owned(), r.state.as_str().to_owned()))
-                .or_default() += 1;
-        }
-        let counts: Vec<(String, String, i64)> =
-            counts.into_iter().map(|((l, s), n)| (l, s, n)).collect();
-        Ok(self.metrics.render(&counts, self.hub.agents().len()))
-    }
-
-    /// The monitor's last view, for `offload top`.
-    pub async fn monitor_view(&self) -> Result<MonitorView, ActionError> {
-        let pending = self.db(|s| s.pending_queries()).await?.len();
-        Ok(self.monitor.view(pending))
-    }
 }
 
 /// Stands in for the host sampler in pool mode, where samples come from the containers.
-struct NoSampler;
+pub struct NoSampler;
 
 impl HostSampler for NoSampler {
     fn sample(&mut self) -> Result<HostSample, offload_monitor::MonitorError> {
@@ -779,21 +467,22 @@ impl HostSampler for NoSampler {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
 
+    use offload_core::agent::ServerMessage;
     use offload_core::api::StartRequest;
+    use offload_monitor::Answer;
+    use offload_store::Principal;
+    use offload_sync::DiskUsage;
+
+    use crate::controller::Controller;
+    use crate::sizes::WorkspaceSizer;
 
     fn setup() -> (tempfile::TempDir, Controller, Principal) {
         let (dir, ctl, _, who) = crate::testing::controller();
         (dir, ctl, who)
-    }
-
-    fn tracker() -> Tracker {
-        Tracker {
-            readings: HashMap::new(),
-            cores: HashMap::new(),
-            memory: HashMap::new(),
-        }
     }
 
     async fn start(ctl: &Controller, who: &Principal) -> ContainerRecord {
@@ -804,20 +493,17 @@ mod tests {
         ctl.start(who, request).await.unwrap()
     }
 
-    async fn tick(ctl: &Arc<Controller>, tracker: &mut Tracker) {
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            ctl.monitor_tick(&mut NoSampler, None, tracker),
-        )
-        .await
-        .expect("the tick waited on workspace sizing")
-        .unwrap();
+    async fn tick(monitor: &mut MonitorLoop) {
+        tokio::time::timeout(Duration::from_secs(5), monitor.tick(&mut NoSampler, None))
+            .await
+            .expect("the tick waited on workspace sizing")
+            .unwrap();
     }
 
     async fn size_of(ctl: &Controller, id: &ContainerId) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(bytes) = ctl.monitor.sizes.last(id) {
+            if let Some(bytes) = ctl.sizes.last(id) {
                 return bytes;
             }
             assert!(Instant::now() < deadline, "the workspace was never sized");
@@ -841,7 +527,7 @@ mod tests {
         file.sync_all().unwrap();
         drop(file);
         let started = Instant::now();
-        tick(&ctl, &mut tracker()).await;
+        tick(&mut ctl.monitor_loop().unwrap()).await;
         let bytes = size_of(&ctl, &rec.id).await;
         assert!(
             started.elapsed() < Duration::from_secs(1),
@@ -882,14 +568,13 @@ mod tests {
             calls: AtomicUsize::new(0),
             release: Mutex::new(rx),
         });
-        ctl.monitor =
-            Monitor::with_sizer(ctl.monitor.config.clone(), ctl.clock, sizer.clone()).unwrap();
+        ctl.sizes = Arc::new(WorkspaceSizes::new(sizer.clone()));
         let ctl = Arc::new(ctl);
         let rec = start(&ctl, &who).await;
-        let mut tracker = tracker();
-        tick(&ctl, &mut tracker).await;
-        tick(&ctl, &mut tracker).await;
-        assert_eq!(ctl.monitor.sizes.last(&rec.id), None);
+        let mut monitor = ctl.monitor_loop().unwrap();
+        tick(&mut monitor).await;
+        tick(&mut monitor).await;
+        assert_eq!(ctl.sizes.last(&rec.id), None);
         let deadline = Instant::now() + Duration::from_secs(10);
         while sizer.calls.load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < deadline, "no measurement started");
@@ -898,23 +583,63 @@ mod tests {
         assert_eq!(sizer.calls.load(Ordering::SeqCst), 1);
         release.send(4096).unwrap();
         assert_eq!(size_of(&ctl, &rec.id).await, 4096);
-        tick(&ctl, &mut tracker).await;
+        tick(&mut monitor).await;
         assert_eq!(sizer.calls.load(Ordering::SeqCst), 1, "the size is fresh");
 
         // Due again: a measurement that runs out of budget keeps the last size.
-        lock(&ctl.monitor.sizes.state)
-            .get_mut(&rec.id)
-            .unwrap()
-            .measured = None;
-        tick(&ctl, &mut tracker).await;
+        ctl.sizes.make_due(&rec.id);
+        tick(&mut monitor).await;
         release.send(0).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while lock(&ctl.monitor.sizes.state)[&rec.id].measured.is_none() {
+        while !ctl.sizes.measured(&rec.id) {
             assert!(Instant::now() < deadline, "the measurement never ended");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(sizer.calls.load(Ordering::SeqCst), 2);
-        assert_eq!(ctl.monitor.sizes.last(&rec.id), Some(4096));
+        assert_eq!(ctl.sizes.last(&rec.id), Some(4096));
+    }
+
+    /// The loop learns from the store what it did not do itself: a query the operator
+    /// asked, one pending from before a restart (a new loop), and the owner's answer.
+    #[tokio::test]
+    async fn the_policy_learns_queries_and_answers_from_the_store_each_round() {
+        let rig = crate::testing::rig();
+        let admin = Principal {
+            user: rig.who.user.clone(),
+            admin: true,
+        };
+        let record = rig.start().await;
+        let script = crate::testing::Script::default();
+        let _link = rig.connect(&script, Vec::new());
+        let mut monitor = rig.ctl.monitor_loop().unwrap();
+        tick(&mut monitor).await;
+        assert!(!monitor.policy.is_pending(record.id.as_str()));
+
+        let asked = rig.ctl.ask_now(&admin, None).await.unwrap();
+        assert_eq!(asked.len(), 1);
+        tick(&mut monitor).await;
+        assert!(
+            monitor.policy.is_pending(record.id.as_str()),
+            "the operator's query"
+        );
+
+        let mut restarted = rig.ctl.monitor_loop().unwrap();
+        tick(&mut restarted).await;
+        assert!(
+            restarted.policy.is_pending(record.id.as_str()),
+            "a query pending before a restart"
+        );
+
+        rig.ctl
+            .answer(&rig.who, &asked[0].id, Answer::Decline)
+            .await
+            .unwrap();
+        tick(&mut monitor).await;
+        assert!(
+            !monitor.policy.is_pending(record.id.as_str()),
+            "the decline"
+        );
+        assert!(monitor.known.is_empty());
     }
 
     async fn query_state(ctl: &Controller, id: &str) -> String {
@@ -934,8 +659,8 @@ mod tests {
             user: rig.who.user.clone(),
             admin: true,
         };
-        let deadline = rig.ctl.monitor.config.query_deadline_secs as i64;
-        let mut tracker = tracker();
+        let deadline = rig.ctl.queries.deadline().as_secs() as i64;
+        let mut monitor = rig.ctl.monitor_loop().unwrap();
 
         // Declined by default: the deadline passes with no answer.
         let first = rig.start().await;
@@ -946,7 +671,7 @@ mod tests {
         let q = asked[0].clone();
         assert_eq!(q.deadline_at - q.created_at, deadline);
         tokio::time::advance(Duration::from_secs(deadline as u64 - 1)).await;
-        tick(&rig.ctl, &mut tracker).await;
+        tick(&mut monitor).await;
         assert_eq!(query_state(&rig.ctl, &q.id).await, "pending", "not yet due");
         tokio::time::advance(Duration::from_secs(2)).await;
         // Past the deadline an answer is refused, by the same rule the policy applies.
@@ -955,7 +680,7 @@ mod tests {
             matches!(&late, Err(ActionError::Conflict(m)) if m.contains("expired")),
             "{late:?}"
         );
-        tick(&rig.ctl, &mut tracker).await;
+        tick(&mut monitor).await;
         assert_eq!(query_state(&rig.ctl, &q.id).await, "expired");
         assert!(
             !script.seen().contains(&"prepare"),
@@ -996,7 +721,7 @@ mod tests {
             .unwrap()
             .clone();
         tokio::time::advance(Duration::from_secs(deadline as u64 + 1)).await;
-        tick(&rig.ctl, &mut tracker).await;
+        tick(&mut monitor).await;
         assert_eq!(query_state(&rig.ctl, &q.id).await, "expired");
         // The accepted move asks the agent to prepare (the first container, asked again,
         // expires as accepted too).
