@@ -83,12 +83,9 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Makes the agent's data directory, its `state` and `workspaces` directories and every
-/// workspace already there private (0700), creating what is missing. Run on start.
-///
-/// A workspace is bind-mounted into its container, whose root (the default user of
-/// offload's images) keeps access through `CAP_DAC_OVERRIDE`, as does an image user with
-/// the agent's uid; an image that runs as another non-root user cannot write it.
+/// Makes the agent's data directory and its `state` and `workspaces` directories private
+/// (0700), creating what is missing, and every workspace already there open to its
+/// container (see [`workspace_dir`]). Run on start.
 pub fn secure_data_dir(data_dir: &Path) -> std::io::Result<()> {
     private_dir(data_dir)?;
     private_dir(&data_dir.join("state"))?;
@@ -98,8 +95,34 @@ pub fn secure_data_dir(data_dir: &Path) -> std::io::Result<()> {
         let entry = entry?;
         // Only real directories: a symlink here is not ours to follow.
         if entry.file_type()?.is_dir() {
-            private_dir(&entry.path())?;
+            workspace_dir(&entry.path())?;
         }
+    }
+    Ok(())
+}
+
+/// Creates a workspace (its missing parents 0700) with mode 0777, as the cloud does: it
+/// is bind-mounted as the container's `/workspace`, which any user the image runs as must
+/// be able to write. The private directories above it keep every other local user out.
+pub fn workspace_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = dir.parent() {
+        private_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o7777 != 0o777 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
     }
     Ok(())
 }
@@ -250,7 +273,7 @@ impl Edge {
     /// Creates the workspace of `id` private (0700), or narrows an existing one.
     fn create_workspace(&self, id: &ContainerId) -> anyhow::Result<()> {
         let dir = self.workspace(id);
-        private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))
+        workspace_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))
     }
 
     fn state_path(&self, id: &ContainerId) -> PathBuf {
@@ -1180,8 +1203,9 @@ mod tests {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
     }
 
-    /// The data directory, its state and every workspace are 0700 after start, both when
-    /// they are new and when an older agent left them 0755 or 0777.
+    /// The data directory and its state and workspaces directories are 0700 after start,
+    /// both when they are new and when an older agent left them 0755; the workspaces
+    /// inside are 0777 for whatever user the image runs as, reachable through those only.
     #[test]
     fn data_and_workspace_directories_are_private() {
         use std::os::unix::fs::PermissionsExt;
@@ -1201,20 +1225,28 @@ mod tests {
             (old.clone(), 0o755),
             (old.join("state"), 0o755),
             (old.join("workspaces"), 0o755),
-            (ws.clone(), 0o777),
+            (ws.clone(), 0o700),
         ] {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).unwrap();
         }
         secure_data_dir(&old).unwrap();
-        for dir in [&old, &old.join("state"), &old.join("workspaces"), &ws] {
+        for dir in [&old, &old.join("state"), &old.join("workspaces")] {
             assert_eq!(mode(dir), 0o700, "{}", dir.display());
         }
+        assert_eq!(mode(&ws), 0o777, "a workspace any image user can write");
         assert_eq!(std::fs::read(ws.join("work.txt")).unwrap(), b"kept");
 
-        // A workspace made later, and the state file writes, are private too.
+        // A workspace made later opens to its container behind the private parents; the
+        // state file writes keep theirs private.
+        std::fs::set_permissions(
+            old.join("workspaces"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         let new_ws = old.join("workspaces/ba9876543210");
-        private_dir(&new_ws).unwrap();
-        assert_eq!(mode(&new_ws), 0o700);
+        workspace_dir(&new_ws).unwrap();
+        assert_eq!(mode(&new_ws), 0o777);
+        assert_eq!(mode(&old.join("workspaces")), 0o700);
         std::fs::set_permissions(old.join("state"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
         write_atomic(&old.join("state/x.json"), b"{}").unwrap();

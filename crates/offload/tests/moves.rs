@@ -406,3 +406,60 @@ fn the_edge_keeps_running_while_the_server_is_down_and_catches_up_when_it_return
         "no second copy in the cloud"
     );
 }
+
+/// An image that runs as a non-root user writes its workspace in the cloud and, after a
+/// move, at the edge: the edge's workspace is open to the container as the cloud's is,
+/// while the agent's directories above it stay private.
+#[test]
+fn an_image_running_as_a_non_root_user_writes_its_workspace_at_the_edge() {
+    use std::os::unix::fs::PermissionsExt;
+    let cloud = Cloud::start("nr-cloud");
+    let rootfs = offload_testkit::busybox_rootfs_tar().expect("busybox rootfs");
+    cloud
+        .engine
+        .import_rootfs(
+            "student:1",
+            rootfs,
+            &[
+                r#"CMD ["/bin/sh"]"#,
+                "ENV PATH=/bin",
+                "USER 1000:1000",
+                "WORKDIR /",
+            ],
+        )
+        .expect("import");
+    let alice = cloud.user("alice");
+    let edge = Edge::start("nr-edge", &alice);
+    let id = alice
+        .ok(&["start", "--name", "nr", "student:1", "--", "sleep", "86400"])
+        .trim()
+        .to_owned();
+    let write = |file: &str| {
+        alice.run(&[
+            "shell",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            &format!("id -u && echo work > /workspace/{file}"),
+        ])
+    };
+    let out = write("cloud.txt");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "1000");
+
+    let out = alice.run(&["move", &id, "--to", "edge"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = write("edge.txt");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(edge.workspace(&id).join("edge.txt")).expect("written at the edge"),
+        b"work\n"
+    );
+    let workspaces = edge.workspace(&id).parent().expect("parent").to_owned();
+    let mode = std::fs::metadata(&workspaces)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "the agent's directories stay private");
+}
