@@ -245,6 +245,18 @@ pub enum Reply {
     Done,
 }
 
+impl Reply {
+    /// How logs and reasons name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Prepared { .. } => "prepared",
+            Reply::Started { .. } => "started",
+            Reply::Stopped { .. } => "stopped",
+            Reply::Done => "done",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,11 +55,11 @@ struct Run {
 fn event_of(result: Result<Reply, HubError>, accept: impl FnOnce(Reply) -> bool) -> PhaseEvent {
     match result {
         Ok(reply) => {
-            let shown = format!("{reply:?}");
+            let kind = reply.kind();
             if accept(reply) {
                 PhaseEvent::Succeeded
             } else {
-                PhaseEvent::Lost(format!("unexpected answer from the agent: {shown}"))
+                PhaseEvent::Lost(format!("unexpected answer from the agent: {kind}"))
             }
         }
         Err(e) if e.is_ambiguous() => PhaseEvent::Lost(e.to_string()),
@@ -445,7 +445,7 @@ impl Controller {
                             record.runtime_id = Some(runtime_id);
                         }
                         Ok(other) => {
-                            reason = format!("{reason}; the edge answered {other:?}");
+                            reason = format!("{reason}; the edge answered {}", other.kind());
                             record.state = State::Stopped;
                         }
                         Err(e) => {
