@@ -162,6 +162,7 @@ pub fn check_command(command: &Command) -> anyhow::Result<()> {
     if spec.command.len() > 256 || spec.command.iter().any(|a| a.contains('\0')) {
         bail!("refusing a malformed command");
     }
+    offload_core::check_env(&spec.env)?;
     Ok(())
 }
 
@@ -215,6 +216,7 @@ fn classify(
                     image_id: String::new(),
                     image_pullable: false,
                     command: Vec::new(),
+                    env: Vec::new(),
                     cpus: 0.0,
                     memory_bytes: 0,
                 },
@@ -662,7 +664,7 @@ impl Edge {
             name: format!("offload-edge-{}", spec.id),
             image: spec.image.to_string(),
             command: spec.command.clone(),
-            env: Vec::new(),
+            env: spec.env.clone(),
             cpus: spec.cpus,
             memory_bytes: spec.memory_bytes,
             workspace: self.workspace(&spec.id),
@@ -1005,6 +1007,7 @@ mod tests {
             image_id: format!("sha256:{}", "a".repeat(64)),
             image_pullable: false,
             command: vec!["sleep".to_owned(), "1".to_owned()],
+            env: vec!["COURSE=os101".to_owned()],
             cpus: 1.0,
             memory_bytes: 1 << 28,
         }
@@ -1196,6 +1199,19 @@ mod tests {
         let mut bad = spec("0123456789ab");
         bad.memory_bytes = 1;
         assert!(check_command(&Command::Prepare { spec: bad }).is_err());
+        for env in [
+            vec!["NOVALUE"],
+            vec!["A=x\0y"],
+            vec!["1A=x"],
+            vec!["A=1", "A=2"],
+        ] {
+            let mut bad = spec("0123456789ab");
+            bad.env = env.iter().map(|v| (*v).to_owned()).collect();
+            assert!(
+                check_command(&Command::Prepare { spec: bad }).is_err(),
+                "{env:?}"
+            );
+        }
     }
 
     fn mode(path: &Path) -> u32 {

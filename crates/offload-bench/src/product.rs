@@ -83,6 +83,7 @@ impl Product {
                     cpus: None,
                     memory: None,
                     command: Vec::new(),
+                    env: Vec::new(),
                 },
             ))
             .context("cannot start the benchmark's container")?;

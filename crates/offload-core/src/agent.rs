@@ -151,6 +151,9 @@ pub struct EdgeSpec {
     /// Whether the image came from a registry (has a repo digest), so the edge can pull it.
     pub image_pullable: bool,
     pub command: Vec<String>,
+    /// Environment variables, `KEY=VALUE`; the agent checks them as the server did.
+    #[serde(default)]
+    pub env: Vec<String>,
     pub cpus: f64,
     pub memory_bytes: u64,
 }

@@ -105,6 +105,9 @@ pub struct StartRequest {
     /// Command to run instead of the image's default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Environment variables, `KEY=VALUE`, carried wherever the container runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
 }
 
 /// A container as `ls` and `show` print it.
@@ -120,6 +123,9 @@ pub struct ContainerView {
     /// The engine's id for the container where it runs now.
     pub runtime_id: Option<String>,
     pub command: Vec<String>,
+    /// The names of its environment variables (values may be secrets: not shown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
     pub cpus: f64,
     pub memory_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,6 +182,7 @@ impl From<&ContainerRecord> for ContainerView {
             generation: r.generation.get(),
             runtime_id: r.runtime_id.clone(),
             command: r.command.clone(),
+            env: crate::env_names(&r.env),
             cpus: r.cpus,
             memory_bytes: r.memory_bytes,
             reason: r.reason.clone(),

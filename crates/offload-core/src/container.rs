@@ -89,6 +89,8 @@ pub struct ContainerRecord {
     pub owner: UserName,
     pub image: ImageRef,
     pub command: Vec<String>,
+    /// Environment variables, `KEY=VALUE`, checked by [`crate::check_env`].
+    pub env: Vec<String>,
     pub cpus: f64,
     pub memory_bytes: u64,
     pub location: Location,

@@ -23,6 +23,8 @@ pub enum ValidationError {
     Memory(String),
     #[error("invalid cpus {0:?}: use a positive number of cores, e.g. 0.5 or 2")]
     Cpus(String),
+    #[error("invalid environment: {0}")]
+    Env(String),
 }
 
 macro_rules! string_newtype {

@@ -8,12 +8,14 @@
 pub mod agent;
 pub mod api;
 pub mod container;
+pub mod env;
 pub mod id;
 pub mod moves;
 pub mod size;
 pub mod token;
 
 pub use container::{ContainerRecord, Location, State};
+pub use env::{check_env, env_names};
 pub use id::{ContainerId, ImageRef, Name, UserName, ValidationError};
 pub use moves::{
     Generation, MoveDirection, MoveOutcome, MovePhase, MoveRecord, MoveReport, MoveStep,

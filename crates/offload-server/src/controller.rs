@@ -310,6 +310,7 @@ impl Controller {
         if req.command.iter().any(|a| a.contains('\0')) {
             return Err(bad("the command contains a NUL byte".into()));
         }
+        offload_core::check_env(&req.env).map_err(|e| bad(e.to_string()))?;
         Ok((image, name, cpus, memory))
     }
 
@@ -320,7 +321,7 @@ impl Controller {
             name: format!("offload-{}", record.id),
             image: record.image.to_string(),
             command: record.command.clone(),
-            env: Vec::new(),
+            env: record.env.clone(),
             cpus: record.cpus,
             memory_bytes: record.memory_bytes,
             workspace: self.workspace_dir(&record.id),
@@ -370,6 +371,7 @@ impl Controller {
             owner: who.user.clone(),
             image,
             command: req.command,
+            env: req.env,
             cpus,
             memory_bytes,
             location: Location::Cloud,
@@ -802,6 +804,18 @@ mod tests {
                 ..req("busybox")
             },
             req("Not An Image"),
+            StartRequest {
+                env: vec!["NOVALUE".into()],
+                ..req("busybox")
+            },
+            StartRequest {
+                env: vec!["A=1".into(), "A=2".into()],
+                ..req("busybox")
+            },
+            StartRequest {
+                env: vec!["BAD KEY=1".into()],
+                ..req("busybox")
+            },
         ] {
             assert!(matches!(
                 ctl.start(&who, bad).await,
@@ -809,6 +823,27 @@ mod tests {
             ));
         }
         assert!(fake.calls().is_empty());
+        assert!(ctl.list(&who).await.unwrap().is_empty());
+    }
+
+    /// A container's environment is stored with it and given to the engine.
+    #[tokio::test]
+    async fn the_environment_is_kept_and_run_with() {
+        let (_dir, ctl, _fake, who) = setup();
+        let request = StartRequest {
+            env: vec!["COURSE=os101".into(), "TOKEN=s3cret".into()],
+            ..req("busybox")
+        };
+        let rec = ctl.start(&who, request).await.unwrap();
+        let stored = ctl.reload(&rec.id).await.unwrap();
+        assert_eq!(stored.env, ["COURSE=os101", "TOKEN=s3cret"]);
+        assert_eq!(ctl.spec_for(&stored).env, stored.env);
+        let view = ContainerView::from(&stored);
+        assert_eq!(
+            view.env,
+            ["COURSE", "TOKEN"],
+            "names only: values may be secrets"
+        );
     }
 
     #[tokio::test]

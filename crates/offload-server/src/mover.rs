@@ -549,6 +549,7 @@ impl Controller {
             image_id: image.id,
             image_pullable: !image.repo_digests.is_empty(),
             command: record.command.clone(),
+            env: record.env.clone(),
             cpus: record.cpus,
             memory_bytes: record.memory_bytes,
         })

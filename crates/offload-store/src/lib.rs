@@ -134,6 +134,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX queries_by_owner ON queries (owner, created_at);",
     // 4: whether a move skipped the edge (`--force`).
     "ALTER TABLE moves ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;",
+    // 5: environment variables, a JSON list of KEY=VALUE.
+    "ALTER TABLE containers ADD COLUMN env TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// A query as the store keeps it.
@@ -269,10 +271,11 @@ impl Store {
     /// has a container of that name.
     pub fn insert_container(&self, record: &ContainerRecord) -> Result<()> {
         let command = serde_json::to_string(&record.command).unwrap_or_else(|_| "[]".to_owned());
+        let env = serde_json::to_string(&record.env).unwrap_or_else(|_| "[]".to_owned());
         let result = self.conn().execute(
             "INSERT INTO containers (id, name, owner, image, command, cpus, memory_bytes, location,
-                 state, generation, runtime_id, reason, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 state, generation, runtime_id, reason, created_at, updated_at, env)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 record.id.as_str(),
                 record.name.as_str(),
@@ -288,6 +291,7 @@ impl Store {
                 record.reason,
                 record.created_at,
                 record.updated_at,
+                env,
             ],
         );
         match result {
@@ -614,7 +618,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 const COLUMNS: &str = "id, name, owner, image, command, cpus, memory_bytes, location, state, \
-                       generation, runtime_id, reason, created_at, updated_at, last_move";
+                       generation, runtime_id, reason, created_at, updated_at, last_move, env";
 
 const UPDATE_CONTAINER: &str = "UPDATE containers SET location = ?2, state = ?3, generation = ?4,
          runtime_id = ?5, reason = ?6, updated_at = ?7, last_move = ?8
@@ -654,6 +658,7 @@ struct RawContainer {
     created_at: i64,
     updated_at: i64,
     last_move: Option<String>,
+    env: String,
 }
 
 fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
@@ -673,6 +678,7 @@ fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
         last_move: row.get(14)?,
+        env: row.get(15)?,
     })
 }
 
@@ -697,6 +703,8 @@ impl RawContainer {
                 .map_err(|_| corrupt("containers.image", &self.image))?,
             command: serde_json::from_str(&self.command)
                 .map_err(|_| corrupt("containers.command", &self.command))?,
+            env: serde_json::from_str(&self.env)
+                .map_err(|_| corrupt("containers.env", &self.env))?,
             cpus: self.cpus,
             memory_bytes: u64::try_from(self.memory_bytes)
                 .map_err(|_| corrupt("containers.memory_bytes", self.memory_bytes.to_string()))?,
@@ -738,6 +746,7 @@ mod tests {
             owner: user(owner),
             image: ImageRef::parse("busybox").unwrap(),
             command: vec!["sleep".into(), "1".into()],
+            env: vec!["COURSE=os101".into()],
             cpus: 1.0,
             memory_bytes: 1 << 28,
             location: Location::Cloud,

@@ -258,6 +258,13 @@ pub struct StartArgs {
     /// Memory limit, e.g. 512m or 2g.
     #[arg(long)]
     pub memory: Option<String>,
+    /// An environment variable, KEY=VALUE (KEY alone: its value here); repeatable. It
+    /// goes with the container wherever it runs.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Variables from a file of KEY=VALUE lines (`#` comments), as `docker run` reads it.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
     /// Command to run instead of the image's default.
     #[arg(last = true)]
     pub command: Vec<String>,

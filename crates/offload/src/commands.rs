@@ -65,6 +65,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 cpus: args.cpus,
                 memory: args.memory,
                 command: args.command,
+                env: crate::env::collect(&args.env_file, &args.env)?,
             };
             let view: ContainerView = api.post("/v1/containers", &request).await?;
             println!("{}", view.id);

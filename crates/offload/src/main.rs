@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod env;
 mod progress;
 mod shell;
 
