@@ -5,6 +5,7 @@ mod commands;
 mod demo;
 mod progress;
 mod shell;
+mod ssh;
 
 use std::process::ExitCode;
 
