@@ -120,7 +120,9 @@ pub async fn exec(target: Arc<Target>, channel: Channel<Msg>, request: ExecReque
         while let Some(message) = reader.wait().await {
             let frame = match message {
                 ChannelMsg::Data { data } => stdin_frame(&data),
-                ChannelMsg::Eof => control(&ExecControl::CloseStdin),
+                // A terminal has no end of input (sshd does not pass one on either);
+                // closing a tty exec's stdin can make the engine drop its last output.
+                ChannelMsg::Eof if !tty => control(&ExecControl::CloseStdin),
                 ChannelMsg::WindowChange {
                     col_width,
                     row_height,

@@ -331,9 +331,19 @@ where
         outcome: outcome.clone(),
         sessions: HashMap::new(),
     };
-    let result = match russh::server::run_stream(Arc::new(config(host_key)), io, connection).await {
-        Ok(session) => session.await,
-        Err(e) => Err(e),
+    // ssh ends its ProxyCommand with SIGHUP as it exits, also right after it gave up
+    // authenticating: that is when the refusal below must still be said.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch for the SSH client hanging up")?;
+    let session = async {
+        match russh::server::run_stream(Arc::new(config(host_key)), io, connection).await {
+            Ok(session) => session.await,
+            Err(e) => Err(e),
+        }
+    };
+    let result = tokio::select! {
+        result = session => result,
+        _ = hangup.recv() => Ok(()),
     };
     if !outcome.authenticated.load(Ordering::Relaxed) {
         let offered = if outcome.keys_refused.load(Ordering::Relaxed) == 0 {
