@@ -3,6 +3,7 @@
 //! forwards as raw bytes over the container's `sftp` and `ports/{port}` sockets.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use offload_agent::client::Api;
@@ -41,27 +42,60 @@ enum Ending {
     Gone,
 }
 
-/// A failure that the sftp and ports sockets report before they close.
+/// A text frame on the sftp and ports sockets (`{"kind": ...}`). A receiver ignores the
+/// kinds it does not know.
 #[derive(Deserialize)]
-struct StreamError {
+struct SocketText {
     kind: String,
     #[serde(default)]
     code: Option<String>,
-    error: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
 }
 
-/// A text frame on a byte socket, as the sentence it carries.
-fn stream_error(text: &str) -> String {
-    match serde_json::from_str::<StreamError>(text) {
-        Ok(e) if e.kind == "error" => match e.code {
-            Some(code) if !code.is_empty() => format!("{} ({code})", e.error),
-            _ => e.error,
-        },
-        _ => format!(
-            "unexpected message from the offload server: {}",
-            truncate(text)
-        ),
+/// What a text frame on a byte socket says.
+#[derive(Debug, PartialEq)]
+enum Control {
+    /// Ports: the connection inside the container is open.
+    Connected,
+    /// Ports: the server's direction ended (a TCP half-close).
+    Eof,
+    /// For the user to read (a move is about to end the connection).
+    Notice(String),
+    /// The socket could not do its job and closes next.
+    Error(String),
+    Other,
+}
+
+fn control_of(text: &str) -> Control {
+    let Ok(frame) = serde_json::from_str::<SocketText>(text) else {
+        return Control::Other;
+    };
+    match frame.kind.as_str() {
+        "connected" => Control::Connected,
+        "eof" => Control::Eof,
+        "notice" => Control::Notice(truncate(&frame.text.unwrap_or_default())),
+        "error" => {
+            let error = truncate(&frame.error.unwrap_or_else(|| "failed".to_owned()));
+            Control::Error(match frame.code {
+                Some(code) if !code.is_empty() => format!("{error} ({})", truncate(&code)),
+                _ => error,
+            })
+        }
+        _ => Control::Other,
     }
+}
+
+/// The text of a `notice` on the exec socket (`{"type":"notice","text":...}`), which
+/// servers that warn before a move send.
+fn exec_notice(text: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    if value.get("type")?.as_str()? != "notice" {
+        return None;
+    }
+    Some(truncate(value.get("text")?.as_str()?))
 }
 
 fn truncate(text: &str) -> String {
@@ -162,7 +196,12 @@ pub async fn exec(target: Arc<Target>, channel: Channel<Msg>, request: ExecReque
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ExecControl>(&text) {
                     Ok(ExecControl::Exit { code }) => return Ending::Exit(code),
                     Ok(ExecControl::Error { error, .. }) => return Ending::Failed(error),
-                    _ => {}
+                    _ => {
+                        if let Some(notice) = exec_notice(&text) {
+                            let line = format!("offload: {notice}\r\n");
+                            let _ = writer.extended_data_bytes(STDERR, line.into_bytes()).await;
+                        }
+                    }
                 },
                 Some(Ok(Message::Close(_))) | None => {
                     return Ending::Failed(
@@ -208,9 +247,13 @@ pub async fn sftp(target: Arc<Target>, channel: Channel<Msg>) {
     }
 }
 
+/// How long the server has to say that the container's port answered.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens a `direct-tcpip` channel to `port` on the container's loopback. The channel is
-/// confirmed only once the container's port socket is open, so a refusal reaches ssh as a
-/// failed open with the server's reason.
+/// confirmed only once the server says the connection inside the container is open
+/// (`connected`), so a port with nothing listening reaches ssh as a failed open with the
+/// server's reason, and nothing is left waiting.
 pub async fn forward(
     target: Arc<Target>,
     channel: Channel<Msg>,
@@ -223,25 +266,110 @@ pub async fn forward(
         .await
     {
         Ok(socket) => socket,
-        Err(e) => {
-            let reason = format!("offload: port {port}: {e:#}");
-            reply
-                .reject(ChannelOpenFailure::Other {
-                    code: ChannelOpenFailure::ConnectFailed.code(),
-                    reason,
-                })
-                .await;
-            return;
+        Err(e) => return refuse(reply, port, format!("{e:#}")).await,
+    };
+    let (mut sink, mut stream) = socket.split();
+    let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+    let opened: Result<Option<bytes::Bytes>, String> = loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => break Err(format!("no answer within {} s", OPEN_TIMEOUT.as_secs())),
+            Ok(Some(Ok(Message::Text(text)))) => match control_of(&text) {
+                Control::Connected => break Ok(None),
+                Control::Error(error) => break Err(error),
+                Control::Notice(notice) => eprintln!("offload: port {port}: {notice}"),
+                Control::Eof | Control::Other => {}
+            },
+            // A server that does not announce the connection simply starts with bytes.
+            Ok(Some(Ok(Message::Binary(data)))) => break Ok(Some(data)),
+            Ok(Some(Ok(Message::Close(_))) | None) => {
+                break Err("the offload server closed the connection".to_owned());
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => {
+                break Err(format!("the connection to the offload server failed: {e}"));
+            }
         }
     };
+    let first = match opened {
+        Ok(first) => first,
+        Err(reason) => return refuse(reply, port, reason).await,
+    };
     reply.accept().await;
-    let (reader, writer) = channel.split();
-    if let Piped::Failed(message) = pipe(socket, reader, &writer).await {
-        // A forwarded connection has no stderr of its own; ssh shows the ProxyCommand's.
-        eprintln!("offload: port {port}: {}", truncate(&message));
+    let (mut reader, writer) = channel.split();
+    if let Some(data) = first
+        && writer.data_bytes(data).await.is_err()
+    {
+        return;
     }
-    let _ = writer.eof().await;
+
+    // Each direction ends on its own: the SSH side's EOF becomes an `eof` frame, the
+    // server's `eof` the channel's EOF, and the server closes once both ended.
+    let input = async move {
+        let mut open = true;
+        while let Some(message) = reader.wait().await {
+            match message {
+                ChannelMsg::Data { data } if open => {
+                    open = sink.send(Message::Binary(data)).await.is_ok();
+                }
+                ChannelMsg::Eof if open => {
+                    let eof = Message::Text(r#"{"kind":"eof"}"#.into());
+                    open = sink.send(eof).await.is_ok();
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = sink.close().await;
+    };
+    let output = async {
+        let mut eof_sent = false;
+        let failure = loop {
+            match stream.next().await {
+                Some(Ok(Message::Binary(data))) => {
+                    if eof_sent || writer.data_bytes(data).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => match control_of(&text) {
+                    Control::Eof if !eof_sent => {
+                        eof_sent = true;
+                        let _ = writer.eof().await;
+                    }
+                    Control::Error(error) => break Some(error),
+                    Control::Notice(notice) => eprintln!("offload: port {port}: {notice}"),
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None => break None,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    break Some(format!("the connection to the offload server failed: {e}"));
+                }
+            }
+        };
+        if let Some(error) = failure {
+            // A forwarded connection has no stderr of its own; ssh shows the ProxyCommand's.
+            eprintln!("offload: port {port}: {error}");
+        }
+        if !eof_sent {
+            let _ = writer.eof().await;
+        }
+    };
+    tokio::pin!(input, output);
+    tokio::select! {
+        () = &mut input => {}
+        () = &mut output => {}
+    }
     let _ = writer.close().await;
+}
+
+/// Fails a `direct-tcpip` open with offload's reason, which ssh prints.
+async fn refuse(reply: ChannelOpenHandle, port: u16, reason: String) {
+    reply
+        .reject(ChannelOpenFailure::Other {
+            code: ChannelOpenFailure::ConnectFailed.code(),
+            reason: format!("offload: port {port}: {reason}"),
+        })
+        .await;
 }
 
 enum Piped {
@@ -252,9 +380,9 @@ enum Piped {
     Gone,
 }
 
-/// Copies bytes both ways between a channel and a byte socket. The SSH side's EOF closes
-/// the socket for sending (a WebSocket has no half-close); what the server still sends
-/// before its close frame is delivered.
+/// Copies the SFTP byte stream both ways between a channel and the sftp socket. The SSH
+/// side's EOF ends the session (the socket closes); what the server still sends before its
+/// close frame is delivered.
 async fn pipe(
     socket: super::Socket,
     mut reader: ChannelReadHalf,
@@ -288,7 +416,14 @@ async fn pipe(
                         return Piped::Gone;
                     }
                 }
-                Some(Ok(Message::Text(text))) => return Piped::Failed(stream_error(&text)),
+                Some(Ok(Message::Text(text))) => match control_of(&text) {
+                    Control::Error(error) => return Piped::Failed(error),
+                    Control::Notice(notice) => {
+                        let line = format!("offload: {notice}\r\n");
+                        let _ = writer.extended_data_bytes(STDERR, line.into_bytes()).await;
+                    }
+                    _ => {}
+                },
                 Some(Ok(Message::Close(_))) | None => return Piped::Done,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
@@ -311,14 +446,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn server_errors_on_byte_sockets_read_as_their_sentence() {
-        let text = r#"{"kind":"error","code":"connect_failed","error":"nothing listens on port 8080 in box"}"#;
+    fn text_frames_on_byte_sockets_read_as_what_they_say() {
+        let error = r#"{"kind":"error","code":"connect_failed","error":"nothing listens on port 8080 in box"}"#;
         assert_eq!(
-            stream_error(text),
-            "nothing listens on port 8080 in box (connect_failed)"
+            control_of(error),
+            Control::Error("nothing listens on port 8080 in box (connect_failed)".into())
         );
-        assert!(stream_error("{\"kind\":\"hello\"}").starts_with("unexpected message"));
-        assert!(!stream_error("\u{1b}[31mred").contains('\u{1b}'));
+        assert_eq!(control_of(r#"{"kind":"connected"}"#), Control::Connected);
+        assert_eq!(control_of(r#"{"kind":"eof"}"#), Control::Eof);
+        assert_eq!(
+            control_of(r#"{"kind":"notice","text":"box moves \u001b[2J"}"#),
+            Control::Notice("box moves [2J".into())
+        );
+        // Kinds a newer server may add, and what is not JSON, are ignored.
+        assert_eq!(
+            control_of(r#"{"kind":"progress","bytes":3}"#),
+            Control::Other
+        );
+        assert_eq!(control_of("hello"), Control::Other);
+    }
+
+    #[test]
+    fn exec_notices_are_found_and_other_controls_are_not() {
+        assert_eq!(
+            exec_notice(r#"{"type":"notice","text":"box moves to your machine"}"#).as_deref(),
+            Some("box moves to your machine")
+        );
+        assert_eq!(exec_notice(r#"{"type":"exit","code":0}"#), None);
+        assert_eq!(exec_notice("nonsense"), None);
     }
 
     #[test]
