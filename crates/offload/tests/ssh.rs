@@ -670,6 +670,15 @@ fn check_forward(laptop: &Laptop, workspace: &Path, place: &str) {
     let out = laptop.ssh(&["web.offload", "ls /sys/class/net"]);
     assert_eq!(stdout(&out).trim(), "lo", "{place}: {}", stderr(&out));
 
+    // A port with nothing listening fails the channel at once, with the reason.
+    let out = laptop.ssh(&["-W", "localhost:8001", "web.offload"]);
+    assert_eq!(out.status.code(), Some(255), "{place}");
+    let text = stderr(&out);
+    assert!(
+        text.contains("open failed: connect failed: offload: port 8001"),
+        "{place}: {text}"
+    );
+
     let port = offload_testkit::free_loopback_port().expect("port");
     let log = tempfile::NamedTempFile::new().expect("log");
     let child = laptop
@@ -683,7 +692,7 @@ fn check_forward(laptop: &Laptop, workspace: &Path, place: &str) {
         .spawn()
         .expect("ssh -L spawns");
     let _forward = Forward(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(body) = http_get(port, "/hello.txt") {
             assert_eq!(body, page, "{place}");

@@ -3,6 +3,7 @@
 //! forwards as raw bytes over the container's `sftp` and `ports/{port}` sockets.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -303,8 +304,10 @@ pub async fn forward(
     }
 
     // Each direction ends on its own: the SSH side's EOF becomes an `eof` frame, the
-    // server's `eof` the channel's EOF, and the server closes once both ended.
-    let input = async move {
+    // server's `eof` the channel's EOF, and the server closes once both ended (with or
+    // without a close handshake).
+    let ended = AtomicBool::new(false);
+    let input = async {
         let mut open = true;
         while let Some(message) = reader.wait().await {
             match message {
@@ -313,6 +316,7 @@ pub async fn forward(
                 }
                 ChannelMsg::Eof if open => {
                     let eof = Message::Text(r#"{"kind":"eof"}"#.into());
+                    ended.store(true, Ordering::Relaxed);
                     open = sink.send(eof).await.is_ok();
                 }
                 ChannelMsg::Close => break,
@@ -341,6 +345,7 @@ pub async fn forward(
                 },
                 Some(Ok(Message::Close(_))) | None => break None,
                 Some(Ok(_)) => {}
+                Some(Err(_)) if eof_sent && ended.load(Ordering::Relaxed) => break None,
                 Some(Err(e)) => {
                     break Some(format!("the connection to the offload server failed: {e}"));
                 }
@@ -389,7 +394,10 @@ async fn pipe(
     writer: &ChannelWriteHalf<Msg>,
 ) -> Piped {
     let (mut sink, mut stream) = socket.split();
-    let input = async move {
+    // Once the SSH side ended the session, the server may drop the connection without a
+    // close handshake: that is the end, not a failure.
+    let ended = AtomicBool::new(false);
+    let input = async {
         let mut open = true;
         while let Some(message) = reader.wait().await {
             match message {
@@ -398,6 +406,7 @@ async fn pipe(
                 }
                 ChannelMsg::Eof if open => {
                     open = false;
+                    ended.store(true, Ordering::Relaxed);
                     let _ = sink.close().await;
                 }
                 ChannelMsg::Close => break,
@@ -426,6 +435,7 @@ async fn pipe(
                 },
                 Some(Ok(Message::Close(_))) | None => return Piped::Done,
                 Some(Ok(_)) => {}
+                Some(Err(_)) if ended.load(Ordering::Relaxed) => return Piped::Done,
                 Some(Err(e)) => {
                     return Piped::Failed(format!(
                         "the connection to the offload server failed: {e}"
