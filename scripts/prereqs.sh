@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # prereqs.sh: installs what offload's demo and tests need on Debian 12, if missing:
-# the Docker engine (docker.io), a static busybox for local images, rsync for benchmarks.
+# the Docker engine (docker.io), a static busybox for local images, rsync for benchmarks
+# and the ssh tests, mmdebstrap for the Debian test image, OpenSSH's client for the ssh tests.
 set -euo pipefail
 
 need=()
@@ -8,6 +9,8 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker >/dev/null 2>&1 || need+=(docker.io)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

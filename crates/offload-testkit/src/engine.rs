@@ -25,6 +25,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_secs(20);
 /// Budget for one `docker` CLI call made by the helpers.
 const DOCKER_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Budget for importing the Debian rootfs (some 170 MB) on a busy machine.
+const LARGE_IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Longest unix socket path the kernel takes (`sun_path` is 108 bytes with the NUL); the
 /// containerd sockets under the exec root are the longest ones an engine creates.
 const MAX_SOCKET_PATH: usize = 107;
@@ -267,6 +269,42 @@ impl Engine {
                 "WORKDIR /",
             ],
         )
+    }
+
+    /// Imports the Debian 12 rootfs (see [`crate::debian_rootfs_tar`], built and cached on
+    /// first use) as `tag`, with `CMD ["/bin/bash"]`, a `PATH`, `LANG=C.UTF-8` and
+    /// `WORKDIR /`; returns the image ID. Does nothing but look the ID up if `tag` exists.
+    pub fn import_debian(&self, tag: &str) -> anyhow::Result<String> {
+        if let Some(id) = self.image_id(tag)? {
+            return Ok(id);
+        }
+        let tarball = crate::debian::debian_rootfs_tar()?;
+        let mut args: Vec<OsString> = vec!["import".into()];
+        for change in [
+            r#"CMD ["/bin/bash"]"#,
+            &format!("ENV PATH={IMAGE_PATH}"),
+            "ENV LANG=C.UTF-8",
+            "WORKDIR /",
+        ] {
+            args.push("--change".into());
+            args.push(change.into());
+        }
+        // The CLI streams the file itself: no copy of the tarball in memory.
+        args.push(tarball.clone().into());
+        args.push(tag.into());
+        let out = command::run_ok(&mut self.docker(&args), None, LARGE_IMPORT_TIMEOUT)
+            .with_context(|| {
+                format!(
+                    "failed to import {} as {tag} into engine {:?}",
+                    tarball.display(),
+                    self.name
+                )
+            })?;
+        let id = out.trim();
+        if !id.starts_with("sha256:") {
+            bail!("docker import of {tag} printed {id:?} instead of an image ID");
+        }
+        Ok(id.to_owned())
     }
 
     /// `docker import`s a rootfs tar as `tag` with the given Dockerfile `changes`; returns

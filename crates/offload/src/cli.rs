@@ -82,6 +82,16 @@ pub enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Print an OpenSSH config with a `NAME.offload` host for each of your containers;
+    /// `--write` saves it under ~/.ssh and includes it from ~/.ssh/config.
+    SshConfig {
+        /// Write ~/.ssh/offload.config (0600) and add one `Include` line to ~/.ssh/config.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Connect with the system's `ssh` to a container, wherever it runs; `-- CMD...` runs
+    /// one command.
+    Ssh(SshArgs),
     /// Stop a container; its workspace stays.
     Stop {
         /// Container id or name.
@@ -266,6 +276,22 @@ pub struct StartArgs {
     #[arg(long, value_name = "FILE")]
     pub env_file: Vec<PathBuf>,
     /// Command to run instead of the image's default.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SshArgs {
+    /// Container id or name (`NAME.offload` and `ID.offload` are accepted too).
+    pub id: String,
+    /// Speak SSH on stdin and stdout for the local OpenSSH client: the `ProxyCommand` that
+    /// `offload ssh-config` writes.
+    #[arg(long, conflicts_with_all = ["tty", "command"])]
+    pub stdio: bool,
+    /// Ask ssh for a terminal for CMD too (`ssh -t`).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Command and arguments.
     #[arg(last = true)]
     pub command: Vec<String>,
 }

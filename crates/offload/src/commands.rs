@@ -106,6 +106,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let api = connect(config.as_deref())?;
             crate::shell::run(&api, &id, command, tty).await
         }
+        Command::SshConfig { write } => crate::ssh::config_command(config.as_deref(), write).await,
+        Command::Ssh(args) => crate::ssh::ssh_command(config.as_deref(), args).await,
         Command::Stop { id } => {
             let api = connect(config.as_deref())?;
             let view: ContainerView = api

@@ -6,6 +6,7 @@ mod demo;
 mod env;
 mod progress;
 mod shell;
+mod ssh;
 
 use std::process::ExitCode;
 
