@@ -37,8 +37,10 @@ mod busybox;
 mod command;
 mod engine;
 mod process;
+mod swarm;
 mod wait;
 
 pub use busybox::{BUSYBOX_PATH, busybox_rootfs_tar};
-pub use engine::Engine;
+pub use engine::{Engine, EngineOptions};
+pub use swarm::{NODE_LABEL, Swarm, SwarmNode};
 pub use wait::{free_loopback_port, wait_for, wait_until};
