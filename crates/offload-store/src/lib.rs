@@ -134,6 +134,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX queries_by_owner ON queries (owner, created_at);",
     // 4: whether a move skipped the edge (`--force`).
     "ALTER TABLE moves ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;",
+    // 5: the cluster node a cloud copy is placed on.
+    "ALTER TABLE containers ADD COLUMN node TEXT;",
 ];
 
 /// A query as the store keeps it.
@@ -271,8 +273,8 @@ impl Store {
         let command = serde_json::to_string(&record.command).unwrap_or_else(|_| "[]".to_owned());
         let result = self.conn().execute(
             "INSERT INTO containers (id, name, owner, image, command, cpus, memory_bytes, location,
-                 state, generation, runtime_id, reason, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 state, generation, runtime_id, reason, created_at, updated_at, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 record.id.as_str(),
                 record.name.as_str(),
@@ -288,6 +290,7 @@ impl Store {
                 record.reason,
                 record.created_at,
                 record.updated_at,
+                record.node,
             ],
         );
         match result {
@@ -614,13 +617,13 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 const COLUMNS: &str = "id, name, owner, image, command, cpus, memory_bytes, location, state, \
-                       generation, runtime_id, reason, created_at, updated_at, last_move";
+                       generation, runtime_id, reason, created_at, updated_at, last_move, node";
 
 const UPDATE_CONTAINER: &str = "UPDATE containers SET location = ?2, state = ?3, generation = ?4,
-         runtime_id = ?5, reason = ?6, updated_at = ?7, last_move = ?8
+         runtime_id = ?5, reason = ?6, updated_at = ?7, last_move = ?8, node = ?9
      WHERE id = ?1";
 
-fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 8] {
+fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 9] {
     [
         Box::new(record.id.as_str()),
         Box::new(record.location.as_str()),
@@ -635,6 +638,7 @@ fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 8]
                 .as_ref()
                 .and_then(|m| serde_json::to_string(m).ok()),
         ),
+        Box::new(record.node.as_deref()),
     ]
 }
 
@@ -654,6 +658,7 @@ struct RawContainer {
     created_at: i64,
     updated_at: i64,
     last_move: Option<String>,
+    node: Option<String>,
 }
 
 fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
@@ -673,6 +678,7 @@ fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
         created_at: row.get(12)?,
         updated_at: row.get(13)?,
         last_move: row.get(14)?,
+        node: row.get(15)?,
     })
 }
 
@@ -709,6 +715,7 @@ impl RawContainer {
                     .map_err(|_| corrupt("containers.generation", self.generation.to_string()))?,
             ),
             runtime_id: self.runtime_id,
+            node: self.node,
             reason: self.reason,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -748,6 +755,7 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             last_move: None,
+            node: None,
         }
     }
 
@@ -782,6 +790,7 @@ mod tests {
         store.insert_container(&record("bob", "box")).unwrap();
         a.state = State::Running;
         a.runtime_id = Some("abc".into());
+        a.node = Some("n0de".into());
         store.update_container(&a).unwrap();
         assert_eq!(store.container(&a.id).unwrap().unwrap(), a);
         assert_eq!(
