@@ -11,6 +11,10 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+# The test swarm: network namespaces, veth pairs and a bridge (ip), dockerd entered into
+# a namespace (nsenter).
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

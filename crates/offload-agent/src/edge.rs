@@ -677,6 +677,7 @@ impl Edge {
             ]),
             network: self.options.network.clone(),
             stop_grace_secs: self.options.stop_grace_secs,
+            node: None,
         }
     }
 

@@ -138,6 +138,9 @@ pub struct ContainerView {
     /// How the last move ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_move: Option<MoveReport>,
+    /// On a cluster: the node (its ID) the cloud copy is placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A move in flight, as `show` reports it.
@@ -190,6 +193,7 @@ impl From<&ContainerRecord> for ContainerView {
             updated_at: r.updated_at,
             moving: None,
             last_move: r.last_move.clone(),
+            node: r.node.clone(),
         }
     }
 }
@@ -318,6 +322,9 @@ pub struct UsageView {
     pub location: Location,
     pub cpu_cores: f64,
     pub memory_bytes: u64,
+    /// On a cluster: the node (its ID) the cloud copy runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[cfg(test)]

@@ -106,6 +106,10 @@ pub struct ContainerRecord {
     pub updated_at: i64,
     /// How the last move ended.
     pub last_move: Option<MoveReport>,
+    /// The cluster node (its engine ID) the cloud copy is placed on; `None` on a single
+    /// engine.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl ContainerRecord {

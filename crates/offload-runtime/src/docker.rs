@@ -58,23 +58,28 @@ impl DockerRuntime {
     pub fn host(&self) -> &str {
         &self.host
     }
+
+    /// The bollard client, for the cluster backend in this crate.
+    pub(crate) fn client(&self) -> &Docker {
+        &self.docker
+    }
 }
 
-fn engine_err(action: &'static str) -> impl Fn(bollard::errors::Error) -> RuntimeError {
+pub(crate) fn engine_err(action: &'static str) -> impl Fn(bollard::errors::Error) -> RuntimeError {
     move |e| RuntimeError::Engine {
         action,
         message: describe(&e),
     }
 }
 
-fn describe(e: &bollard::errors::Error) -> String {
+pub(crate) fn describe(e: &bollard::errors::Error) -> String {
     match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
         other => other.to_string(),
     }
 }
 
-fn is_not_found(e: &bollard::errors::Error) -> bool {
+pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,
         bollard::errors::Error::DockerResponseServerError {
@@ -144,6 +149,7 @@ fn summary_to_container(s: bollard::models::ContainerSummary) -> Option<RuntimeC
         labels: s.labels.unwrap_or_default().into_iter().collect(),
         running: status == "running",
         status,
+        node: None,
     })
 }
 
@@ -380,6 +386,7 @@ impl ContainerRuntime for DockerRuntime {
                         .status
                         .map(|s| format!("{s:?}").to_lowercase())
                         .unwrap_or_default(),
+                    node: None,
                 }))
             }
             Err(e) if is_not_found(&e) => Ok(None),
@@ -507,6 +514,7 @@ mod tests {
             labels: Default::default(),
             network: NetworkMode::None,
             stop_grace_secs: 3,
+            node: None,
         }
     }
 

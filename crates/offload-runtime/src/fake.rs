@@ -174,6 +174,7 @@ impl FakeRuntime {
             labels: spec.labels.clone(),
             running,
             status: if running { "running" } else { "exited" }.to_owned(),
+            node: spec.node.clone(),
         }
     }
 }
@@ -372,6 +373,7 @@ mod tests {
             labels: BTreeMap::new(),
             network: crate::NetworkMode::None,
             stop_grace_secs: 1,
+            node: None,
         }
     }
 

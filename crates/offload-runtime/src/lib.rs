@@ -9,6 +9,7 @@
 mod docker;
 pub mod fake;
 pub mod relay;
+mod swarm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use futures::Stream;
 use tokio::io::AsyncWrite;
 
 pub use docker::DockerRuntime;
+pub use swarm::{SwarmNodeEngine, SwarmRuntime};
 
 /// Errors from a container engine.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,9 @@ pub struct ContainerSpec {
     pub network: NetworkMode,
     /// Seconds the engine waits after SIGTERM before SIGKILL on stop.
     pub stop_grace_secs: u32,
+    /// The cluster node (its ID, from [`ContainerRuntime::nodes`]) the container is pinned
+    /// to; `None` on a single engine.
+    pub node: Option<String>,
 }
 
 /// The rules a runtime applies to every user container on top of its [`ContainerSpec`]
@@ -123,6 +128,32 @@ pub struct RuntimeContainer {
     pub running: bool,
     /// The engine's own word for the state (`running`, `exited`, ...).
     pub status: String,
+    /// The cluster node the container runs (or last ran) on; `None` on a single engine.
+    pub node: Option<String>,
+}
+
+/// One node of a cluster engine, as [`ContainerRuntime::nodes`] reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInfo {
+    /// The engine's node ID: what [`ContainerSpec::node`] names.
+    pub id: String,
+    /// The operator's name for it (its `offload.node` label, else the hostname).
+    pub name: String,
+    /// The engine's word for its state (`ready`, `down`, `unknown`, ...).
+    pub state: String,
+    /// The engine's word for its availability (`active`, `pause`, `drain`).
+    pub availability: String,
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    /// Whether offload can reach the node's own engine (for commands and readings).
+    pub reachable: bool,
+}
+
+impl NodeInfo {
+    /// Whether new containers may be placed here.
+    pub fn schedulable(&self) -> bool {
+        self.state == "ready" && self.availability == "active" && self.reachable
+    }
 }
 
 /// What the engine knows of an image.
@@ -237,4 +268,10 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// The exit code of a finished exec, `None` while it still runs.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
+
+    /// The nodes of a cluster engine; empty for a single engine, where
+    /// [`ContainerSpec::node`] is `None`.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        Ok(Vec::new())
+    }
 }

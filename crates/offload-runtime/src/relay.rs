@@ -202,6 +202,7 @@ mod tests {
             labels: Default::default(),
             network: crate::NetworkMode::None,
             stop_grace_secs: 1,
+            node: None,
         };
         let id = crate::ContainerRuntime::run(&fake, &spec).await.unwrap();
         let request = serde_json::to_string(&ExecRequest {

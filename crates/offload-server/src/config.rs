@@ -17,6 +17,13 @@ pub struct ServerConfig {
     /// Docker Engine API endpoint of the cloud engine; `DOCKER_HOST` or the local socket
     /// when unset.
     pub docker_host: Option<String>,
+    /// The cloud's engine: one Docker engine (`docker`) or a Docker Swarm (`swarm`).
+    pub engine: EngineKind,
+    /// Where workspaces live; `<data_dir>/workspaces` when unset. On a swarm, a directory
+    /// every node mounts at this same path (the operator's shared filesystem).
+    pub workspace_root: Option<PathBuf>,
+    /// The swarm, with `engine = "swarm"`.
+    pub swarm: SwarmConfig,
     /// The network user containers join: `default` (the engine's), `none`, or a network name.
     pub network: String,
     /// CPU limit when a start request names none.
@@ -56,6 +63,9 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             data_dir: PathBuf::from("/var/lib/offload"),
             docker_host: None,
+            engine: EngineKind::Docker,
+            workspace_root: None,
+            swarm: SwarmConfig::default(),
             network: "default".to_owned(),
             default_cpus: 1.0,
             default_memory: "1g".to_owned(),
@@ -73,6 +83,46 @@ impl Default for ServerConfig {
             monitor: offload_monitor::PolicyConfig::default(),
         }
     }
+}
+
+/// Which engine runs the cloud's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// One Docker (or Podman) engine on the server's host.
+    #[default]
+    Docker,
+    /// A Docker Swarm: each container a one-replica service pinned to a node.
+    Swarm,
+}
+
+impl EngineKind {
+    /// Parses `docker` or `swarm` (the `--engine` flag).
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "docker" => Some(EngineKind::Docker),
+            "swarm" => Some(EngineKind::Swarm),
+            _ => None,
+        }
+    }
+}
+
+/// `[swarm]`: the manager and every node's own engine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwarmConfig {
+    /// Docker Engine API endpoint of a swarm manager; `docker_host` when unset.
+    pub manager: Option<String>,
+    /// `[[swarm.nodes]]`: each node's engine, for commands and readings in its containers.
+    pub nodes: Vec<SwarmNodeConfig>,
+}
+
+/// One `[[swarm.nodes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmNodeConfig {
+    pub name: String,
+    pub docker_host: String,
 }
 
 /// A configuration problem, naming the key at fault.
@@ -148,6 +198,14 @@ impl ServerConfig {
                     .to_owned(),
             ));
         }
+        if self.engine == EngineKind::Swarm {
+            self.validate_swarm()?;
+        }
+        if let Some(root) = &self.workspace_root
+            && !root.is_absolute()
+        {
+            return Err(value("workspace_root", "must be an absolute path".into()));
+        }
         if self.max_containers_per_user == 0 {
             return Err(value(
                 "max_containers_per_user",
@@ -188,6 +246,60 @@ impl ServerConfig {
             ));
         }
         Ok(limits)
+    }
+
+    fn validate_swarm(&self) -> Result<(), ConfigError> {
+        let value = |key, message: String| ConfigError::Value { key, message };
+        if self.swarm.manager.is_none() && self.docker_host.is_none() {
+            return Err(value(
+                "swarm.manager",
+                "engine = \"swarm\" needs the manager's Docker host (swarm.manager or docker_host)"
+                    .into(),
+            ));
+        }
+        if self.network == "none" {
+            return Err(value(
+                "network",
+                "a Swarm service cannot run without a network: use default or a swarm network (an --internal overlay isolates containers)".into(),
+            ));
+        }
+        if self.swarm.nodes.is_empty() {
+            return Err(value(
+                "swarm.nodes",
+                "name each node's engine in [[swarm.nodes]] (name, docker_host)".into(),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for node in &self.swarm.nodes {
+            if node.name.trim().is_empty() || node.docker_host.trim().is_empty() {
+                return Err(value(
+                    "swarm.nodes",
+                    "every node needs a name and a docker_host".into(),
+                ));
+            }
+            if !names.insert(node.name.as_str()) {
+                return Err(value(
+                    "swarm.nodes",
+                    format!("node {} is named twice", node.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The swarm manager's Docker host.
+    pub fn swarm_manager(&self) -> Option<&str> {
+        self.swarm
+            .manager
+            .as_deref()
+            .or(self.docker_host.as_deref())
+    }
+
+    /// Where workspaces live.
+    pub fn workspace_dir(&self) -> PathBuf {
+        self.workspace_root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("workspaces"))
     }
 
     /// The listener's limits.
@@ -264,6 +376,43 @@ mod tests {
             cfg.connection_limits().header_read_timeout,
             std::time::Duration::from_secs(3)
         );
+    }
+
+    #[test]
+    fn swarm_settings_are_checked() {
+        let cfg: ServerConfig = toml::from_str(
+            "engine = \"swarm\"\n[swarm]\nmanager = \"unix:///m.sock\"\n\
+             [[swarm.nodes]]\nname = \"a\"\ndocker_host = \"unix:///a.sock\"\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.swarm_manager(), Some("unix:///m.sock"));
+        let err = ServerConfig {
+            network: "none".into(),
+            ..cfg.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("network"), "{err}");
+        let mut twice = cfg.clone();
+        twice.swarm.nodes.push(twice.swarm.nodes[0].clone());
+        assert!(
+            twice
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("named twice")
+        );
+        let err = ServerConfig {
+            engine: EngineKind::Swarm,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("swarm.manager"), "{err}");
+        assert!(toml::from_str::<ServerConfig>("engine = \"k8s\"\n").is_err());
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl Controller {
             .map_err(|e| ActionError::BadRequest(e.to_string()))?;
         let network = NetworkMode::parse(&config.network)
             .ok_or_else(|| ActionError::BadRequest("invalid network setting".into()))?;
-        let workspaces = config.data_dir.join("workspaces");
+        let workspaces = config.workspace_dir();
         let sync = Arc::new(Workspaces::new(
             workspaces.clone(),
             config.data_dir.join("staging"),
@@ -333,6 +333,65 @@ impl Controller {
             ]),
             network: self.network.clone(),
             stop_grace_secs: self.config.stop_grace_secs,
+            node: record.node.clone(),
+        }
+    }
+
+    /// The cluster node a cloud copy of `record` goes to: of the ready, active nodes
+    /// offload reaches, the one with the most memory left by what offload placed there
+    /// (then the most CPU). `None` on a single engine.
+    pub(crate) async fn place(
+        &self,
+        record: &ContainerRecord,
+    ) -> Result<Option<String>, ActionError> {
+        let nodes = self.runtime.nodes().await?;
+        if nodes.is_empty() {
+            return Ok(None);
+        }
+        let records = self.db(|s| s.containers(None)).await?;
+        let placed = records.iter().filter(|r| {
+            r.id != record.id
+                && r.location == Location::Cloud
+                && !matches!(r.state, State::Stopped | State::Missing | State::Failed)
+        });
+        let mut load: HashMap<&str, (u64, f64)> = HashMap::new();
+        for r in placed {
+            if let Some(node) = r.node.as_deref() {
+                let entry = load.entry(node).or_default();
+                entry.0 = entry.0.saturating_add(r.memory_bytes);
+                entry.1 += r.cpus;
+            }
+        }
+        let best = nodes
+            .iter()
+            .filter(|n| n.schedulable())
+            .map(|n| {
+                let (memory, cpus) = load.get(n.id.as_str()).copied().unwrap_or_default();
+                let free_memory = i128::from(n.memory_bytes) - i128::from(memory);
+                (n, free_memory, n.cpus - cpus)
+            })
+            .max_by(|a, b| a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)));
+        match best {
+            Some((node, _, _)) => Ok(Some(node.id.clone())),
+            None => Err(ActionError::Unavailable(format!(
+                "no node of the swarm can take container {} now: {}",
+                record.id,
+                nodes
+                    .iter()
+                    .map(|n| format!(
+                        "{} is {}/{}{}",
+                        n.name,
+                        n.state,
+                        n.availability,
+                        if n.reachable {
+                            ""
+                        } else {
+                            ", its engine unreachable"
+                        }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))),
         }
     }
 
@@ -382,7 +441,9 @@ impl Controller {
             created_at: at,
             updated_at: at,
             last_move: None,
+            node: None,
         };
+        record.node = self.place(&record).await?;
         let _guard = self.lock(&record.id).await;
         let inserted = record.clone();
         self.db(move |s| s.insert_container(&inserted)).await?;
@@ -501,6 +562,7 @@ impl Controller {
             }
             create_workspace(&self.workspace_dir(&record.id))
                 .map_err(|e| ActionError::Internal(format!("cannot create workspace: {e}")))?;
+            record.node = self.place(&record).await?;
             record.runtime_id = Some(self.runtime.run(&self.spec_for(&record)).await?);
         }
         record.state = State::Running;

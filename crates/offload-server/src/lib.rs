@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use offload_core::UserName;
-use offload_runtime::{ContainerRuntime, DockerRuntime};
+use offload_runtime::{ContainerRuntime, DockerRuntime, SwarmNodeEngine, SwarmRuntime};
 use offload_store::{Store, TokenKind};
 
 pub use config::ServerConfig;
@@ -39,13 +39,46 @@ use controller::{Controller, now};
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     config.validate()?;
-    let runtime: Arc<dyn ContainerRuntime> =
-        Arc::new(DockerRuntime::connect(config.docker_host.as_deref()).await?);
-    runtime.ping().await?;
+    let runtime = connect_engine(&config).await?;
     let listen = config.listen;
     let tcp = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     serve(config, runtime, tcp, true, wait_for_signal()).await
+}
+
+/// The cloud's engine as configured: one Docker engine, or a swarm's manager and nodes.
+async fn connect_engine(config: &ServerConfig) -> anyhow::Result<Arc<dyn ContainerRuntime>> {
+    match config.engine {
+        config::EngineKind::Docker => {
+            let runtime = DockerRuntime::connect(config.docker_host.as_deref()).await?;
+            runtime.ping().await?;
+            Ok(Arc::new(runtime))
+        }
+        config::EngineKind::Swarm => {
+            let manager = config
+                .swarm_manager()
+                .context("engine = \"swarm\" needs swarm.manager")?;
+            let nodes: Vec<SwarmNodeEngine> = config
+                .swarm
+                .nodes
+                .iter()
+                .map(|n| SwarmNodeEngine {
+                    name: n.name.clone(),
+                    docker_host: n.docker_host.clone(),
+                })
+                .collect();
+            let runtime = SwarmRuntime::connect(manager, &nodes)
+                .await
+                .with_context(|| format!("cannot use the swarm whose manager is {manager}"))?;
+            let listed = runtime.nodes().await?;
+            tracing::info!(
+                nodes = listed.len(),
+                schedulable = listed.iter().filter(|n| n.schedulable()).count(),
+                "connected to the swarm"
+            );
+            Ok(Arc::new(runtime))
+        }
+    }
 }
 
 /// Serves the API on `tcp` over `runtime` until `shutdown` completes; `announce` prints

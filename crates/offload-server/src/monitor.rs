@@ -207,6 +207,7 @@ impl MonitorLoop {
                     location: record.location,
                     cpu_cores: u.cpu,
                     memory_bytes: u.mem_bytes,
+                    node: record.node.clone(),
                 })
             })
             .collect();

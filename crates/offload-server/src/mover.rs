@@ -574,6 +574,8 @@ impl Controller {
         for stale in self.engine_containers_of(&record.id).await? {
             self.runtime().remove(&stale.runtime_id).await?;
         }
+        // On a cluster a fresh copy lands on the node with the most room now.
+        record.node = self.place(record).await?;
         record.runtime_id = Some(self.runtime().run(&self.spec_for(record)).await?);
         Ok(())
     }

@@ -136,6 +136,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE moves ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;",
     // 5: environment variables, a JSON list of KEY=VALUE.
     "ALTER TABLE containers ADD COLUMN env TEXT NOT NULL DEFAULT '[]';",
+    // 6: the cluster node a cloud copy is placed on.
+    "ALTER TABLE containers ADD COLUMN node TEXT;",
 ];
 
 /// A query as the store keeps it.
@@ -274,8 +276,8 @@ impl Store {
         let env = serde_json::to_string(&record.env).unwrap_or_else(|_| "[]".to_owned());
         let result = self.conn().execute(
             "INSERT INTO containers (id, name, owner, image, command, cpus, memory_bytes, location,
-                 state, generation, runtime_id, reason, created_at, updated_at, env)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 state, generation, runtime_id, reason, created_at, updated_at, env, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 record.id.as_str(),
                 record.name.as_str(),
@@ -292,6 +294,7 @@ impl Store {
                 record.created_at,
                 record.updated_at,
                 env,
+                record.node,
             ],
         );
         match result {
@@ -618,13 +621,13 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 const COLUMNS: &str = "id, name, owner, image, command, cpus, memory_bytes, location, state, \
-                       generation, runtime_id, reason, created_at, updated_at, last_move, env";
+                       generation, runtime_id, reason, created_at, updated_at, last_move, env, node";
 
 const UPDATE_CONTAINER: &str = "UPDATE containers SET location = ?2, state = ?3, generation = ?4,
-         runtime_id = ?5, reason = ?6, updated_at = ?7, last_move = ?8
+         runtime_id = ?5, reason = ?6, updated_at = ?7, last_move = ?8, node = ?9
      WHERE id = ?1";
 
-fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 8] {
+fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 9] {
     [
         Box::new(record.id.as_str()),
         Box::new(record.location.as_str()),
@@ -639,6 +642,7 @@ fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 8]
                 .as_ref()
                 .and_then(|m| serde_json::to_string(m).ok()),
         ),
+        Box::new(record.node.as_deref()),
     ]
 }
 
@@ -659,6 +663,7 @@ struct RawContainer {
     updated_at: i64,
     last_move: Option<String>,
     env: String,
+    node: Option<String>,
 }
 
 fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
@@ -679,6 +684,7 @@ fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
         updated_at: row.get(13)?,
         last_move: row.get(14)?,
         env: row.get(15)?,
+        node: row.get(16)?,
     })
 }
 
@@ -717,6 +723,7 @@ impl RawContainer {
                     .map_err(|_| corrupt("containers.generation", self.generation.to_string()))?,
             ),
             runtime_id: self.runtime_id,
+            node: self.node,
             reason: self.reason,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -757,6 +764,7 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             last_move: None,
+            node: None,
         }
     }
 
@@ -791,6 +799,7 @@ mod tests {
         store.insert_container(&record("bob", "box")).unwrap();
         a.state = State::Running;
         a.runtime_id = Some("abc".into());
+        a.node = Some("n0de".into());
         store.update_container(&a).unwrap();
         assert_eq!(store.container(&a.id).unwrap().unwrap(), a);
         assert_eq!(

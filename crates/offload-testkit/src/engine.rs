@@ -68,6 +68,15 @@ umount -l "$dir" 2>/dev/null
 [ "$keep" = 1 ] || rm -rf "$dir"
 "#;
 
+/// How [`Engine::start_with`] starts `dockerd`.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// A network namespace file (`/run/netns/NAME`) for `dockerd` to run in.
+    pub netns: Option<PathBuf>,
+    /// More `dockerd` flags, after the testkit's own.
+    pub extra_args: Vec<String>,
+}
+
 /// A private Docker engine: its own `dockerd` (which starts its own `containerd`) with data
 /// root, exec root, pidfile, trust key, config file, log and socket in one directory under
 /// `/tmp`, so engines in parallel tests and processes never share state.
@@ -93,6 +102,12 @@ impl Engine {
     /// Starts a `dockerd` named `name` (used in the directory name, the engine label
     /// `offload.testkit.engine` and error messages) and waits until its API answers.
     pub fn start(name: &str) -> anyhow::Result<Engine> {
+        Engine::start_with(name, &EngineOptions::default())
+    }
+
+    /// Like [`Engine::start`], with `dockerd` entered into a network namespace and given
+    /// extra flags (see [`EngineOptions`]).
+    pub fn start_with(name: &str, options: &EngineOptions) -> anyhow::Result<Engine> {
         let started = Instant::now();
         let dir = engine_dir(name)?;
         let root = dir.path().to_path_buf();
@@ -119,7 +134,18 @@ impl Engine {
             .try_clone()
             .with_context(|| format!("failed to open {} twice", log_path.display()))?;
 
-        let mut cmd = Command::new(dockerd_program());
+        // `nsenter --net` (not `ip netns exec`, which remounts /sys and hides the cgroup
+        // mounts dockerd needs) and then exec: the child's PID stays dockerd's.
+        let mut cmd = match &options.netns {
+            Some(netns) => {
+                let mut cmd = Command::new(nsenter_program());
+                cmd.arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(dockerd_program());
+                cmd
+            }
+            None => Command::new(dockerd_program()),
+        };
         cmd.arg("--config-file")
             .arg(&config_path)
             .arg("--data-root")
@@ -142,6 +168,7 @@ impl Engine {
             ])
             .arg("--label")
             .arg(format!("offload.testkit.engine={name}"))
+            .args(&options.extra_args)
             .env("PATH", daemon_search_path())
             // Neither systemd nor a client configuration of the caller must leak in.
             .env_remove("NOTIFY_SOCKET")
@@ -594,6 +621,14 @@ fn dockerd_program() -> OsString {
         "OFFLOAD_TESTKIT_DOCKERD",
         &["/usr/sbin/dockerd", "/usr/bin/dockerd"],
         "dockerd",
+    )
+}
+
+fn nsenter_program() -> OsString {
+    program(
+        "OFFLOAD_TESTKIT_NSENTER",
+        &["/usr/bin/nsenter", "/bin/nsenter"],
+        "nsenter",
     )
 }
 

@@ -42,9 +42,11 @@ mod command;
 mod debian;
 mod engine;
 mod process;
+mod swarm;
 mod wait;
 
 pub use busybox::{BUSYBOX_PATH, busybox_rootfs_tar};
 pub use debian::{DEBIAN_PACKAGES, DEBIAN_SUITE, cache_dir, debian_rootfs_tar};
-pub use engine::Engine;
+pub use engine::{Engine, EngineOptions};
+pub use swarm::{NODE_LABEL, Swarm, SwarmNode};
 pub use wait::{free_loopback_port, wait_for, wait_until};

@@ -183,6 +183,14 @@ Config file keys (TOML; flags override them), with their defaults:
   header_read_timeout_secs = 10      idle_timeout_secs = 120
   body_read_timeout_secs = 30        (connections closed / requests failed after these)
   max_connections = 1024             max_connections_per_address = 64
+  engine = \"docker\"                  (docker | swarm)
+  workspace_root = (DATA_DIR/workspaces)  on a swarm: a shared filesystem mounted
+                                     at this same path on every node
+
+[swarm]                              with engine = \"swarm\"
+  manager = (docker_host)            a swarm manager's Docker host
+  [[swarm.nodes]]                    one per node: name = \"..\", docker_host = \"..\"
+                                     (the node's own engine, for shells and readings)
 
 [monitor]
   interval_secs = 2          seconds between evaluations
@@ -220,6 +228,15 @@ pub struct ServerArgs {
     /// Seconds between SIGTERM and SIGKILL when a container stops [default: 10].
     #[arg(long, value_name = "SECS")]
     pub stop_grace: Option<u32>,
+    /// The cloud's engine: docker (one engine) or swarm (see [swarm] in the config file)
+    /// [default: docker].
+    #[arg(long, value_parser = parse_engine)]
+    pub engine: Option<offload_server::config::EngineKind>,
+}
+
+fn parse_engine(value: &str) -> Result<offload_server::config::EngineKind, String> {
+    offload_server::config::EngineKind::parse(value)
+        .ok_or_else(|| format!("unknown engine {value:?}: use docker or swarm"))
 }
 
 #[derive(Subcommand, Debug)]

@@ -267,6 +267,9 @@ fn server_config(file: Option<&Path>, args: ServerArgs) -> anyhow::Result<Server
     if let Some(grace) = args.stop_grace {
         config.stop_grace_secs = grace;
     }
+    if let Some(engine) = args.engine {
+        config.engine = engine;
+    }
     config.data_dir = absolute(&config.data_dir)?;
     config.validate()?;
     Ok(config)
@@ -308,12 +311,14 @@ fn print_monitor(v: &MonitorView) {
         );
     }
     println!("pending queries: {}", v.pending_queries);
-    println!(
+    let nodes = v.containers.iter().any(|c| c.node.is_some());
+    print!(
         "{:<12}  {:<12}  {:<8}  {:>6}  {:>10}",
         "CONTAINER", "OWNER", "WHERE", "CPUS", "MEMORY"
     );
+    println!("{}", if nodes { "  NODE" } else { "" });
     for c in &v.containers {
-        println!(
+        print!(
             "{:<12}  {:<12}  {:<8}  {:>6.2}  {:>10}",
             c.id,
             c.owner,
@@ -321,6 +326,11 @@ fn print_monitor(v: &MonitorView) {
             c.cpu_cores,
             offload_core::size::format_bytes(c.memory_bytes)
         );
+        match (nodes, &c.node) {
+            (true, Some(node)) => println!("  {node}"),
+            (true, None) => println!("  -"),
+            (false, _) => println!(),
+        }
     }
 }
 
@@ -330,13 +340,21 @@ fn short(id: Option<&str>) -> String {
 }
 
 fn print_table(views: &[ContainerView]) {
+    // The NODE column appears only on a cluster, so single-engine output is unchanged.
+    let nodes = views.iter().any(|v| v.node.is_some());
+    let node_header = if nodes { "  NODE" } else { "" };
     println!(
-        "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}",
+        "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node_header}",
         "ID", "NAME", "IMAGE", "LOCATION", "STATE", "GEN", "RUNTIME ID"
     );
     for v in views {
+        let node = match (nodes, &v.node) {
+            (true, Some(node)) => format!("  {node}"),
+            (true, None) => "  -".to_owned(),
+            (false, _) => String::new(),
+        };
         println!(
-            "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}",
+            "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node}",
             v.id,
             v.name,
             v.image,
@@ -360,6 +378,9 @@ fn print_details(v: &ContainerView) {
     println!("state:       {}", v.state.as_str());
     println!("generation:  {}", v.generation);
     println!("runtime id:  {}", v.runtime_id.as_deref().unwrap_or("-"));
+    if let Some(node) = &v.node {
+        println!("node:        {node}");
+    }
     println!(
         "limits:      {} cpus, {}",
         v.cpus,
