@@ -121,6 +121,8 @@ pub enum ServerMessage {
 pub enum Channel {
     /// `/v1/containers/{id}/exec`: a command or a shell.
     Exec,
+    /// `/v1/containers/{id}/sftp`: an SFTP session on the container's filesystem.
+    Sftp,
 }
 
 impl Channel {
@@ -128,6 +130,7 @@ impl Channel {
     pub fn name(self) -> &'static str {
         match self {
             Channel::Exec => "exec",
+            Channel::Sftp => "sftp",
         }
     }
 }

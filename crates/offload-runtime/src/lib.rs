@@ -9,6 +9,7 @@
 mod docker;
 pub mod fake;
 pub mod relay;
+pub mod sftp;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub enum RuntimeError {
         action: &'static str,
         message: String,
     },
+    #[error("engine container {id} is not running")]
+    NotRunning { id: String },
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -237,4 +240,9 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// The exit code of a finished exec, `None` while it still runs.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
+
+    /// The root filesystem of a running container, as its processes see it (the image's
+    /// layers, `/workspace` and every other mount), for [`sftp`]. A stopped container is
+    /// [`RuntimeError::NotRunning`].
+    async fn filesystem(&self, runtime_id: &str) -> Result<sftp::ContainerFs>;
 }
