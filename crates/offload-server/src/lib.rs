@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod error;
 mod exec;
+mod files;
 pub mod http;
 pub mod hub;
 pub mod listener;
