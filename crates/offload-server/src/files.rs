@@ -46,7 +46,7 @@ pub async fn sftp_socket(
         Ok(Caller(who)) => who,
         Err(e) => return e.into_response(),
     };
-    let (record, runtime_id) = match state.ctl.exec_target(&who, &id).await {
+    let (record, runtime_id) = match state.ctl.files_target(&who, &id).await {
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };

@@ -105,6 +105,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let api = connect(config.as_deref())?;
             crate::shell::run(&api, &id, command, tty).await
         }
+        Command::Cp {
+            src,
+            dst,
+            follow_link,
+        } => {
+            let api = connect(config.as_deref())?;
+            crate::cp::run(&api, &src, &dst, follow_link).await
+        }
         Command::Stop { id } => {
             let api = connect(config.as_deref())?;
             let view: ContainerView = api

@@ -74,8 +74,11 @@ impl Meta {
             size: u64::try_from(st.st_size).unwrap_or(0),
             uid: st.st_uid,
             gid: st.st_gid,
-            atime: i64::try_from(st.st_atime).unwrap_or(0),
-            mtime: i64::try_from(st.st_mtime).unwrap_or(0),
+            // `i64` on 64-bit targets, `c_long` may be narrower elsewhere.
+            #[allow(clippy::useless_conversion)]
+            atime: i64::from(st.st_atime),
+            #[allow(clippy::useless_conversion)]
+            mtime: i64::from(st.st_mtime),
         }
     }
 
@@ -412,7 +415,7 @@ impl Root {
         // process's own `/proc/self/fd` link to it does, without any lookup in the root.
         let own = format!("/proc/self/fd/{}", fd.as_raw_fd());
         if let Some(size) = change.size {
-            let meta = fstat(&fd)?;
+            let meta = fstat(fd)?;
             if !meta.is_regular() {
                 return Err(invalid("only a regular file has a size to set"));
             }
