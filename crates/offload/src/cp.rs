@@ -323,7 +323,16 @@ impl Remote {
             pump,
         };
         if let Err(e) = remote.sftp.init().await {
-            return Err(remote.explain(anyhow::Error::new(e)));
+            // Refused before the stream started (the server's error frame says why).
+            let why = remote
+                .ended
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match why {
+                Some(why) => bail!("{why}"),
+                None => return Err(anyhow::Error::new(e).context("the SFTP session did not start")),
+            }
         }
         Ok(remote)
     }
