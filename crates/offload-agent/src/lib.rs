@@ -7,6 +7,7 @@
 pub mod client;
 pub mod connection;
 pub mod edge;
+mod files;
 pub mod prompt;
 pub mod sync;
 mod watch;

@@ -123,6 +123,8 @@ pub enum ServerMessage {
 pub enum Channel {
     /// `/v1/containers/{id}/exec`: a command or a shell.
     Exec,
+    /// `/v1/containers/{id}/sftp`: an SFTP session on the container's filesystem.
+    Sftp,
 }
 
 impl Channel {
@@ -130,6 +132,7 @@ impl Channel {
     pub fn name(self) -> &'static str {
         match self {
             Channel::Exec => "exec",
+            Channel::Sftp => "sftp",
         }
     }
 }

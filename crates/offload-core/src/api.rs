@@ -254,6 +254,17 @@ pub enum ExecControl {
     Error { error: String, code: ErrorCode },
 }
 
+/// Text frames on a file-transfer WebSocket (`/v1/containers/{id}/sftp`), whose binary
+/// frames carry the raw SFTP byte stream both ways, exactly what an SSH `sftp` subsystem
+/// channel carries (the client sends `SSH_FXP_INIT` first). An `error` ends the socket:
+/// sent before the stream starts when the session cannot start, or when the container
+/// stops under it. A receiver ignores a text frame it does not understand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SftpControl {
+    Error { code: ErrorCode, error: String },
+}
+
 /// First byte of a binary frame on an exec WebSocket.
 pub mod exec_stream {
     pub const STDIN: u8 = 0;

@@ -54,6 +54,33 @@ impl DockerRuntime {
         })
     }
 
+    /// The host PID of a running container's init process and the container's `User`.
+    async fn init_process(&self, runtime_id: &str) -> Result<(u32, String)> {
+        let inspect = match self
+            .docker
+            .inspect_container(runtime_id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if is_not_found(&e) => {
+                return Err(RuntimeError::NotFound {
+                    id: runtime_id.to_owned(),
+                });
+            }
+            Err(e) => return Err(engine_err("container inspect")(e)),
+        };
+        let state = inspect.state.unwrap_or_default();
+        let pid = state
+            .pid
+            .filter(|p| *p > 0 && state.running == Some(true))
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| RuntimeError::NotRunning {
+                id: runtime_id.to_owned(),
+            })?;
+        let user = inspect.config.and_then(|c| c.user).unwrap_or_default();
+        Ok((pid, user))
+    }
+
     /// The endpoint this runtime talks to.
     pub fn host(&self) -> &str {
         &self.host
@@ -484,6 +511,30 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(engine_err("exec resize"))
     }
 
+    async fn filesystem(&self, runtime_id: &str) -> Result<crate::sftp::ContainerFs> {
+        let (pid, user) = self.init_process(runtime_id).await?;
+        let (pidfd, root) = open_process_root(pid).map_err(|e| RuntimeError::Engine {
+            action: "open the container's filesystem",
+            message: format!(
+                "/proc/{pid}/root: {e} (offload reaches a container's files through its init \
+                 process: run it as root on the engine's host)"
+            ),
+        })?;
+        // The PID was the init's when the engine answered; it still is now, so the root
+        // opened in between is the container's and not a process's that took the PID over.
+        let (again, _) = self.init_process(runtime_id).await?;
+        if again != pid {
+            return Err(RuntimeError::NotRunning {
+                id: runtime_id.to_owned(),
+            });
+        }
+        Ok(crate::sftp::ContainerFs {
+            root,
+            user,
+            stopped: process_exit(pidfd),
+        })
+    }
+
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
         let inspect = self
             .docker
@@ -495,6 +546,44 @@ impl ContainerRuntime for DockerRuntime {
         }
         Ok(inspect.exit_code)
     }
+}
+
+/// A pidfd of process `pid` and a handle on its root directory (`/proc/PID/root`, the
+/// one path opened on the host: the kernel's own view of the process).
+fn open_process_root(pid: u32) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use rustix::fs::{Mode, OFlags};
+    let raw = i32::try_from(pid).map_err(|_| std::io::Error::other("PID out of range"))?;
+    let pid_handle =
+        rustix::process::Pid::from_raw(raw).ok_or_else(|| std::io::Error::other("PID 0"))?;
+    let pidfd = rustix::process::pidfd_open(pid_handle, rustix::process::PidfdFlags::empty())?;
+    let root = rustix::fs::open(
+        format!("/proc/{pid}/root").as_str(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok((pidfd, root))
+}
+
+/// Completes when the process of `pidfd` has exited (a pidfd turns readable then). It is
+/// checked four times a second without blocking, which is prompt enough to end a file
+/// transfer and needs neither a thread nor an unsafe registration with the reactor.
+fn process_exit(pidfd: std::os::fd::OwnedFd) -> futures::future::BoxFuture<'static, ()> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    Box::pin(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+            let zero = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            match rustix::event::poll(&mut fds, Some(&zero)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                Ok(_) | Err(_) => return,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -54,6 +54,8 @@ struct Inner {
     /// How many more calls of each operation fail (`usize::MAX`: all of them).
     failures: BTreeMap<Op, usize>,
     usage: BTreeMap<String, UsageReading>,
+    /// A container's root filesystem and `User`, by container name.
+    filesystems: BTreeMap<String, (std::path::PathBuf, String)>,
 }
 
 impl Inner {
@@ -113,6 +115,21 @@ impl FakeRuntime {
     /// Sets what `usage` reports for the container named `name`.
     pub fn set_usage(&self, name: &str, reading: UsageReading) {
         self.lock().usage.insert(name.to_owned(), reading);
+    }
+
+    /// Makes the directory `root` the root filesystem of the container named `name`, run
+    /// as `user` (the engine's `User` setting), for [`ContainerRuntime::filesystem`].
+    pub fn set_filesystem(&self, name: &str, root: &std::path::Path, user: &str) {
+        self.lock()
+            .filesystems
+            .insert(name.to_owned(), (root.to_owned(), user.to_owned()));
+    }
+
+    fn is_running(&self, runtime_id: &str) -> bool {
+        self.lock()
+            .containers
+            .get(runtime_id)
+            .is_some_and(|(_, running)| *running)
     }
 
     /// Makes every later `run` fail.
@@ -353,6 +370,52 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn exec_exit_code(&self, _exec_id: &str) -> Result<Option<i64>> {
         Ok(Some(0))
+    }
+
+    async fn filesystem(&self, runtime_id: &str) -> Result<crate::sftp::ContainerFs> {
+        let (root, user) = {
+            let inner = self.lock();
+            let (spec, running) =
+                inner
+                    .containers
+                    .get(runtime_id)
+                    .ok_or_else(|| RuntimeError::NotFound {
+                        id: runtime_id.to_owned(),
+                    })?;
+            if !running {
+                return Err(RuntimeError::NotRunning {
+                    id: runtime_id.to_owned(),
+                });
+            }
+            inner
+                .filesystems
+                .get(&spec.name)
+                .cloned()
+                .ok_or_else(|| RuntimeError::Engine {
+                    action: "open the container's filesystem",
+                    message: format!("no root set for {}", spec.name),
+                })?
+        };
+        let root = rustix::fs::open(
+            &root,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| RuntimeError::Engine {
+            action: "open the container's filesystem",
+            message: e.to_string(),
+        })?;
+        let fake = self.clone();
+        let id = runtime_id.to_owned();
+        Ok(crate::sftp::ContainerFs {
+            root,
+            user,
+            stopped: Box::pin(async move {
+                while fake.is_running(&id) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }),
+        })
     }
 }
 

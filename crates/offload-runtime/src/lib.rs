@@ -9,6 +9,7 @@
 mod docker;
 pub mod fake;
 pub mod relay;
+pub mod sftp;
 mod swarm;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub enum RuntimeError {
         action: &'static str,
         message: String,
     },
+    #[error("engine container {id} is not running")]
+    NotRunning { id: String },
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -274,4 +277,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn nodes(&self) -> Result<Vec<NodeInfo>> {
         Ok(Vec::new())
     }
+    /// The root filesystem of a running container, as its processes see it (the image's
+    /// layers, `/workspace` and every other mount), for [`sftp`]. A stopped container is
+    /// [`RuntimeError::NotRunning`].
+    async fn filesystem(&self, runtime_id: &str) -> Result<sftp::ContainerFs>;
 }

@@ -746,6 +746,14 @@ impl ContainerRuntime for SwarmRuntime {
         Ok(session)
     }
 
+    /// The node's engine opens it: offload reaches the files of a task's container through
+    /// its init process on that node, so the server must run on the node's host (as every
+    /// node's engine does on one machine in the tests).
+    async fn filesystem(&self, runtime_id: &str) -> Result<crate::sftp::ContainerFs> {
+        let (engine, _node, container) = self.running_container(runtime_id).await?;
+        engine.0.runtime.filesystem(&container).await
+    }
+
     async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()> {
         let (node, exec) = split_exec_id(exec_id)?;
         self.engine_of(node)?

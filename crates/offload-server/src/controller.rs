@@ -639,10 +639,34 @@ impl Controller {
         who: &Principal,
         id_or_name: &str,
     ) -> Result<(ContainerRecord, String), ActionError> {
+        self.running_target(who, id_or_name, "commands run only in a running container")
+            .await
+    }
+
+    /// The engine id of a container whose files can be reached now.
+    pub async fn files_target(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+    ) -> Result<(ContainerRecord, String), ActionError> {
+        self.running_target(
+            who,
+            id_or_name,
+            "its files are reachable only while it runs (`offload restart` starts it)",
+        )
+        .await
+    }
+
+    async fn running_target(
+        &self,
+        who: &Principal,
+        id_or_name: &str,
+        why: &str,
+    ) -> Result<(ContainerRecord, String), ActionError> {
         let record = self.find(who, id_or_name).await?;
         if !record.can_exec() {
             return Err(ActionError::Conflict(format!(
-                "container {} is {}; commands run only in a running container",
+                "container {} is {}; {why}",
                 record.id,
                 record.state.as_str()
             )));

@@ -81,6 +81,7 @@ impl From<offload_runtime::RuntimeError> for ActionError {
             E::ImageUnavailable { .. } => ActionError::BadRequest(e.to_string()),
             E::Connect { .. } => ActionError::Unavailable(e.to_string()),
             E::NotFound { .. } | E::Engine { .. } => ActionError::Internal(e.to_string()),
+            E::NotRunning { .. } => ActionError::Conflict(e.to_string()),
         }
     }
 }

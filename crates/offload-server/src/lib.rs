@@ -11,6 +11,7 @@ pub mod controller;
 mod db;
 pub mod error;
 mod exec;
+mod files;
 pub mod http;
 pub mod hub;
 pub mod listener;

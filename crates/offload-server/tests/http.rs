@@ -214,3 +214,42 @@ async fn another_users_container_looks_exactly_like_a_missing_one() {
     assert_error(&got, StatusCode::CONFLICT, "conflict");
     assert!(got.1["error"].as_str().unwrap().contains("offload agent"));
 }
+
+#[tokio::test]
+async fn the_sftp_socket_is_refused_before_the_upgrade_for_missing_stopped_or_others_containers() {
+    let api = api();
+    let (status, created) = api
+        .call(api.post(
+            "/v1/containers",
+            &api.alice,
+            json!({"image": "busybox", "name": "box"}).to_string(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/containers/{id}/sftp");
+    // Another user's container and a missing one: the same 404.
+    let theirs = api.call(api.get(&path, Some(&api.bob))).await;
+    assert_error(&theirs, StatusCode::NOT_FOUND, "not_found");
+    let missing = api
+        .call(api.get("/v1/containers/c0123456789abcdef/sftp", Some(&api.alice)))
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "not_found");
+    let unauthenticated = api.call(api.get(&path, None)).await;
+    assert_error(
+        &unauthenticated,
+        StatusCode::UNAUTHORIZED,
+        "unauthenticated",
+    );
+    // The owner's running container, asked without a WebSocket upgrade.
+    let plain = api.call(api.get(&path, Some(&api.alice))).await;
+    assert_error(&plain, StatusCode::BAD_REQUEST, "websocket_required");
+    // A stopped container: 409.
+    let (status, _) = api
+        .call(api.post(&format!("/v1/containers/{id}/stop"), &api.alice, ""))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let stopped = api.call(api.get(&path, Some(&api.alice))).await;
+    assert_error(&stopped, StatusCode::CONFLICT, "conflict");
+    assert!(api.fake.running().is_empty());
+}

@@ -92,6 +92,19 @@ pub enum Command {
     /// Connect with the system's `ssh` to a container, wherever it runs; `-- CMD...` runs
     /// one command.
     Ssh(SshArgs),
+    /// Copy files between this machine and a container, wherever it runs: exactly one
+    /// side is ID:PATH (relative paths start at /workspace). Directories copy
+    /// recursively with modes and mtimes; into an existing directory they land inside it;
+    /// SRC/. copies a directory's contents.
+    Cp {
+        /// What to copy: a local path or ID:PATH.
+        src: String,
+        /// Where to: a local path or ID:PATH.
+        dst: String,
+        /// Copy what a symlink SRC points to instead of the symlink.
+        #[arg(short = 'L', long)]
+        follow_link: bool,
+    },
     /// Stop a container; its workspace stays.
     Stop {
         /// Container id or name.

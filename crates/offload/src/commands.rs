@@ -108,6 +108,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::SshConfig { write } => crate::ssh::config_command(config.as_deref(), write).await,
         Command::Ssh(args) => crate::ssh::ssh_command(config.as_deref(), args).await,
+        Command::Cp {
+            src,
+            dst,
+            follow_link,
+        } => {
+            let api = connect(config.as_deref())?;
+            crate::cp::run(&api, &src, &dst, follow_link).await
+        }
         Command::Stop { id } => {
             let api = connect(config.as_deref())?;
             let view: ContainerView = api
