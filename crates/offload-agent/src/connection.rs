@@ -254,18 +254,21 @@ async fn open_channel(
     let mut sink = Box::pin(sink.with(|f: Frame| async move {
         Ok::<_, tokio_tungstenite::tungstenite::Error>(from_frame(f))
     }));
-    let Some(runtime_id) = edge.runtime_id(container_id.as_str()) else {
-        let error = offload_core::api::ExecControl::Error {
-            error: format!("this edge does not run container {container_id}"),
-            code: offload_core::api::ErrorCode::NotFound,
-        };
-        sink.send(Frame::Text(serde_json::to_string(&error)?))
-            .await?;
-        return Ok(());
-    };
     match channel {
         Channel::Exec => {
+            let Some(runtime_id) = edge.runtime_id(container_id.as_str()) else {
+                let error = offload_core::api::ExecControl::Error {
+                    error: format!("this edge does not run container {container_id}"),
+                    code: offload_core::api::ErrorCode::NotFound,
+                };
+                sink.send(Frame::Text(serde_json::to_string(&error)?))
+                    .await?;
+                return Ok(());
+            };
             relay_exec(Box::pin(stream), sink, edge.runtime.clone(), runtime_id).await;
+        }
+        Channel::Port { port } => {
+            crate::tunnel::carry_port(edge, container_id, port, Box::pin(stream), sink).await;
         }
     }
     Ok(())

@@ -121,6 +121,9 @@ pub enum ServerMessage {
 pub enum Channel {
     /// `/v1/containers/{id}/exec`: a command or a shell.
     Exec,
+    /// `/v1/containers/{id}/ports/{port}`: a TCP connection to `127.0.0.1:port` inside the
+    /// container's network namespace. The agent checks the port itself (1–65535).
+    Port { port: u16 },
 }
 
 impl Channel {
@@ -128,6 +131,7 @@ impl Channel {
     pub fn name(self) -> &'static str {
         match self {
             Channel::Exec => "exec",
+            Channel::Port { .. } => "port",
         }
     }
 }

@@ -54,6 +54,9 @@ struct Inner {
     /// How many more calls of each operation fail (`usize::MAX`: all of them).
     failures: BTreeMap<Op, usize>,
     usage: BTreeMap<String, UsageReading>,
+    /// Where a container's ports lead: (its `offload.id` label, port) to a loopback
+    /// address.
+    ports: BTreeMap<(String, u16), std::net::SocketAddr>,
 }
 
 impl Inner {
@@ -113,6 +116,13 @@ impl FakeRuntime {
     /// Sets what `usage` reports for the container named `name`.
     pub fn set_usage(&self, name: &str, reading: UsageReading) {
         self.lock().usage.insert(name.to_owned(), reading);
+    }
+
+    /// Makes `connect` to `port` of every engine container of the offload container `id`
+    /// (its `offload.id` label) reach `address`, a listener the test runs on loopback, as
+    /// if it listened inside the container.
+    pub fn map_port(&self, id: &str, port: u16, address: std::net::SocketAddr) {
+        self.lock().ports.insert((id.to_owned(), port), address);
     }
 
     /// Makes every later `run` fail.
@@ -352,6 +362,49 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn exec_exit_code(&self, _exec_id: &str) -> Result<Option<i64>> {
         Ok(Some(0))
+    }
+
+    async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let address = {
+            let inner = self.lock();
+            match inner.containers.get(runtime_id) {
+                Some((spec, true)) => spec
+                    .labels
+                    .get(offload_core::labels::ID)
+                    .and_then(|id| inner.ports.get(&(id.clone(), port)))
+                    .copied(),
+                Some((_, false)) => {
+                    return Err(RuntimeError::NotRunning {
+                        id: runtime_id.to_owned(),
+                    });
+                }
+                None => {
+                    return Err(RuntimeError::NotFound {
+                        id: runtime_id.to_owned(),
+                    });
+                }
+            }
+        };
+        let address = address.ok_or(RuntimeError::NothingListens { port })?;
+        match tokio::time::timeout(
+            crate::CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Err(RuntimeError::NothingListens { port })
+            }
+            Ok(Err(e)) => Err(RuntimeError::Port {
+                port,
+                message: e.to_string(),
+            }),
+            Err(_) => Err(RuntimeError::Port {
+                port,
+                message: "no answer".to_owned(),
+            }),
+        }
     }
 }
 

@@ -76,6 +76,9 @@ pub struct Controller {
     /// One lock per container, so actions on the same container do not interleave.
     locks: Mutex<HashMap<ContainerId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) hub: Arc<AgentHub>,
+    /// The user channels (exec, ports) open to each container, which a move tells
+    /// before it cuts them.
+    pub(crate) channels: offload_runtime::channels::OpenChannels,
     pub(crate) sync: Arc<Workspaces>,
     pub(crate) monitor: crate::monitor::Monitor,
     pub(crate) metrics: crate::metrics::Metrics,
@@ -114,6 +117,7 @@ impl Controller {
             workspaces,
             locks: Mutex::new(HashMap::new()),
             hub: Arc::new(AgentHub::new()),
+            channels: Default::default(),
             sync,
             monitor,
             metrics: crate::metrics::Metrics::new(),

@@ -49,6 +49,7 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         workspace_upload,
         workspace_push,
         crate::exec::exec_socket,
+        crate::tunnel::port_socket,
         crate::agent_ws::agent_socket,
         crate::agent_ws::agent_channel_socket
     ),
@@ -57,6 +58,7 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         offload_core::api::ErrorCode,
         offload_core::api::ExecRequest,
         offload_core::api::ExecControl,
+        offload_core::api::PortControl,
         offload_core::agent::AgentMessage,
         offload_core::agent::ServerMessage,
         offload_core::agent::Command,
@@ -107,6 +109,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/containers/{id}/exec",
             axum::routing::get(crate::exec::exec_socket),
+        )
+        .route(
+            "/v1/containers/{id}/ports/{port}",
+            axum::routing::get(crate::tunnel::port_socket),
         )
         .route(
             "/v1/agent",

@@ -19,6 +19,7 @@ pub mod reconciler;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+mod tunnel;
 pub mod workspace;
 
 use std::path::Path;

@@ -3,6 +3,7 @@
 mod cli;
 mod commands;
 mod demo;
+mod forward;
 mod progress;
 mod shell;
 
