@@ -196,6 +196,10 @@ pub struct Api {
     pub config: ClientConfig,
     pub timeouts: Timeouts,
     http: reqwest::Client,
+    /// The TLS configuration of WebSockets, built once: its session cache lets later
+    /// connections resume instead of a full handshake (a port forward opens one per
+    /// connection).
+    websocket_tls: Arc<rustls::ClientConfig>,
 }
 
 /// A failed call: the server's own sentence, or why the server could not be reached.
@@ -236,10 +240,12 @@ impl Api {
 
     pub fn with_timeouts(config: ClientConfig, timeouts: Timeouts) -> anyhow::Result<Self> {
         let http = http_client(&config.ca_pem, &timeouts)?;
+        let websocket_tls = rustls_config(&config.ca_pem)?;
         Ok(Api {
             config,
             timeouts,
             http,
+            websocket_tls,
         })
     }
 
@@ -416,8 +422,7 @@ impl Api {
             .parse()
             .map_err(|_| local("invalid token in the config".to_owned()))?;
         request.headers_mut().insert("authorization", bearer);
-        let tls = rustls_config(&self.config.ca_pem).map_err(|e| local(format!("{e:#}")))?;
-        let connector = tokio_tungstenite::Connector::Rustls(tls);
+        let connector = tokio_tungstenite::Connector::Rustls(self.websocket_tls.clone());
         let connecting =
             tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
         // TCP, TLS and the upgrade under one deadline: on a dead link each could hang.

@@ -3,32 +3,38 @@
 //! on the agent's local socket, which `offload port-forward` on the same machine uses so
 //! that the traffic never leaves the machine.
 //!
-//! The local socket (`agent.sock` in the agent's 0700 data directory) speaks the server's
-//! port protocol: a WebSocket upgrade of `GET /v1/containers/{id}/ports/{port}` (with
-//! `?generation=G`, the copy the caller expects), then `PortControl` text frames and
-//! binary frames with the bytes. Only the agent's own user (and root) may connect: the
-//! directory's mode says so and the peer's credentials are checked. The agent records
-//! where it listens beside the client config it runs with ([`LocalAgent`]), so the CLI
-//! that uses the same config finds it.
+//! The local socket (`agent.sock` in the agent's 0700 data directory) takes one JSON line,
+//! a [`LocalRequest`] (container, port, the generation the caller expects), and answers
+//! with one `PortControl` line: `connected`, carrying the connected TCP socket itself
+//! (`SCM_RIGHTS`), or `error`. The caller then moves the bytes between its own socket and
+//! that one, so the agent is not even in the data path; the agent keeps the local
+//! connection open to send `notice` lines (a move is about to cut the connection) until
+//! the caller closes it. Only the agent's own user (and root) may connect: the directory's
+//! mode says so and both ends check the other's credentials. The agent records where it
+//! listens beside the client config it runs with ([`LocalAgent`]), so the CLI that uses
+//! the same config finds it.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::{Sink, Stream};
 use offload_core::ContainerId;
 use offload_core::agent::Channel;
 use offload_core::api::{ErrorCode, PortControl};
 use offload_runtime::RuntimeError;
-use offload_runtime::channels::OpenChannel;
 use offload_runtime::relay::{Frame, port_error, relay_port};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 use serde::{Deserialize, Serialize};
-use tokio::net::{UnixListener, UnixStream};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
 
 use crate::client::ClientConfig;
 use crate::edge::Edge;
@@ -36,8 +42,8 @@ use crate::edge::Edge;
 /// The local socket's name in the agent's data directory.
 pub const LOCAL_SOCKET: &str = "agent.sock";
 
-/// Largest message on the local socket: binary frames carry at most 64 KiB.
-const MAX_LOCAL_MESSAGE: usize = 4 << 20;
+/// Longest line on the local socket.
+const MAX_LINE: usize = 4 << 10;
 
 /// Where the agent on this machine serves local channels, as it records it beside the
 /// client config it runs with (`NAME.agent.json` next to `NAME.toml`).
@@ -144,47 +150,23 @@ pub fn check_port(port: u16) -> Result<u16, (ErrorCode, String)> {
     Ok(port)
 }
 
-/// What a local request asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a caller on the local socket asks for: one JSON line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LocalRequest {
     pub container_id: ContainerId,
     pub port: u16,
     /// The generation the caller expects this agent to run.
+    #[serde(default)]
     pub generation: Option<u64>,
 }
 
-/// Parses `/v1/containers/{id}/ports/{port}[?generation=G]`; anything else is refused.
-pub fn parse_local_request(path_and_query: &str) -> Result<LocalRequest, (ErrorCode, String)> {
-    let bad = |what: &str| (ErrorCode::BadRequest, what.to_owned());
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (path_and_query, None),
-    };
-    let rest = path
-        .strip_prefix("/v1/containers/")
-        .ok_or_else(|| bad("this socket serves /v1/containers/{id}/ports/{port} only"))?;
-    let (id, port) = rest
-        .split_once("/ports/")
-        .ok_or_else(|| bad("this socket serves /v1/containers/{id}/ports/{port} only"))?;
-    let container_id =
-        ContainerId::parse(id).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
-    let digits = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
-    let port = match port.parse::<u16>() {
-        Ok(port) if digits => check_port(port)?,
-        _ => return Err(bad("port must be a number in 1-65535")),
-    };
-    let generation = match query {
-        None => None,
-        Some(query) => match query.strip_prefix("generation=") {
-            Some(g) => Some(g.parse::<u64>().map_err(|_| bad("invalid generation"))?),
-            None => return Err(bad("the only query is generation=G")),
-        },
-    };
-    Ok(LocalRequest {
-        container_id,
-        port,
-        generation,
-    })
+/// Parses a request line; its port is checked as any other (1–65535).
+pub fn parse_local_request(line: &[u8]) -> Result<LocalRequest, (ErrorCode, String)> {
+    let request: LocalRequest = serde_json::from_slice(line)
+        .map_err(|e| (ErrorCode::BadRequest, format!("invalid local request: {e}")))?;
+    check_port(request.port)?;
+    Ok(request)
 }
 
 /// Connects to `port` in the copy of `id` this agent runs, checked against what the
@@ -254,83 +236,101 @@ where
 }
 
 /// Serves local channels on `listener` until the agent stops.
-pub async fn serve_local(edge: Arc<Edge>, listener: UnixListener) {
+pub async fn serve_local(edge: std::sync::Arc<Edge>, listener: UnixListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let edge = edge.clone();
                 tokio::spawn(async move {
                     if let Err(e) = local_connection(&edge, stream).await {
-                        tracing::debug!(error = %e, "local channel ended");
+                        tracing::debug!(error = %format!("{e:#}"), "local channel ended");
                     }
                 });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the local socket failed to accept");
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
 }
 
-fn to_frame(message: Message) -> Option<Frame> {
-    match message {
-        Message::Text(text) => Some(Frame::Text(text.to_string())),
-        Message::Binary(data) => Some(Frame::Binary(data.into())),
-        Message::Close(_) => Some(Frame::Close),
-        _ => None,
+/// Reads one line (without its newline), at most [`MAX_LINE`] bytes. The caller sends
+/// nothing after its request until it has the answer, so nothing is read past it.
+async fn read_line(stream: &mut UnixStream) -> anyhow::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if stream.read(&mut byte).await? == 0 {
+            bail!("the caller closed before its request ended");
+        }
+        if byte[0] == b'\n' {
+            return Ok(line);
+        }
+        if line.len() == MAX_LINE {
+            bail!("a request longer than {MAX_LINE} bytes");
+        }
+        line.push(byte[0]);
     }
 }
 
-fn from_frame(frame: Frame) -> Message {
-    match frame {
-        Frame::Text(text) => Message::Text(text.into()),
-        Frame::Binary(data) => Message::Binary(data.into()),
-        Frame::Close => Message::Close(None),
-    }
+async fn send_line(stream: &mut UnixStream, control: &PortControl) -> io::Result<()> {
+    let mut line = control.to_text().into_bytes();
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+/// Sends the `connected` line with `tcp` attached to it.
+async fn send_connected(stream: &mut UnixStream, tcp: &TcpStream) -> io::Result<()> {
+    let mut line = PortControl::Connected.to_text().into_bytes();
+    line.push(b'\n');
+    let fds = [tcp.as_fd()];
+    let sent = loop {
+        stream.writable().await?;
+        let attempt = stream.try_io(Interest::WRITABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+                return Err(io::Error::other("no room for the descriptor"));
+            }
+            rustix::net::sendmsg(
+                stream.as_fd(),
+                &[io::IoSlice::new(&line)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )
+            .map_err(io::Error::from)
+        });
+        match attempt {
+            Ok(sent) => break sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    // The descriptor went with the first byte; the rest of the line is plain bytes.
+    stream.write_all(&line[sent..]).await
 }
 
 /// One connection on the local socket.
-async fn local_connection(edge: &Edge, stream: UnixStream) -> anyhow::Result<()> {
+async fn local_connection(edge: &Edge, mut stream: UnixStream) -> anyhow::Result<()> {
     if !same_user(&stream)? {
         bail!("refusing a local connection from another user");
     }
-    let asked = Arc::new(Mutex::new(String::new()));
-    let record = asked.clone();
-    let callback = move |request: &Request, response: Response| {
-        let path = request
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default();
-        *record.lock().unwrap_or_else(|p| p.into_inner()) = path;
-        Ok(response)
-    };
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_LOCAL_MESSAGE));
-    let socket = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
-    )
-    .await
-    .context("no WebSocket handshake within 10 s")??;
-    let path = asked.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let (sink, stream) = socket.split();
-    let stream = stream.filter_map(|m| async move { m.ok().and_then(to_frame) });
-    let mut sink = Box::pin(sink.with(|f: Frame| async move {
-        Ok::<_, tokio_tungstenite::tungstenite::Error>(from_frame(f))
-    }));
-    let request = match parse_local_request(&path) {
+    let line = tokio::time::timeout(Duration::from_secs(10), read_line(&mut stream))
+        .await
+        .context("no request within 10 s")??;
+    let request = match parse_local_request(&line) {
         Ok(request) => request,
         Err((code, error)) => {
-            port_error(&mut sink, code, error).await;
+            send_line(&mut stream, &PortControl::Error { code, error }).await?;
             return Ok(());
         }
     };
     // Registered before the connection, so a move that starts now tells it too.
-    let mut open: OpenChannel = edge
+    let mut open = edge
         .local_channels
         .open(&request.container_id, Channel::Port { port: request.port });
-    match connect_own(
+    let tcp = match connect_own(
         edge,
         &request.container_id,
         request.port,
@@ -338,39 +338,196 @@ async fn local_connection(edge: &Edge, stream: UnixStream) -> anyhow::Result<()>
     )
     .await
     {
-        Ok((tcp, name)) => {
-            let what = format!("port {} in {name}", request.port);
-            relay_port(Box::pin(stream), sink, tcp, open.notice_stream(), &what).await;
+        Ok((tcp, _)) => tcp,
+        Err((code, error)) => {
+            send_line(&mut stream, &PortControl::Error { code, error }).await?;
+            return Ok(());
         }
-        Err((code, error)) => port_error(&mut sink, code, error).await,
+    };
+    send_connected(&mut stream, &tcp).await?;
+    // The caller holds the connection now; ours closes, theirs stays.
+    drop(tcp);
+    let mut rest = [0u8; 64];
+    loop {
+        tokio::select! {
+            notice = open.notices.recv() => match notice {
+                Some(text) => send_line(&mut stream, &PortControl::Notice { text }).await?,
+                None => return Ok(()),
+            },
+            // The caller sends nothing more: anything, or the end, closes the channel.
+            _ = stream.read(&mut rest) => return Ok(()),
+        }
     }
-    Ok(())
 }
 
-/// Says what a local port channel answered before its bytes, for the CLI: `Ok` once the
-/// connection inside the container is open.
-pub async fn await_connected<T>(stream: &mut T) -> Result<(), (ErrorCode, String)>
-where
-    T: Stream<Item = Frame> + Unpin,
-{
+/// A port channel opened through the local agent: the TCP connection inside the
+/// container, and the agent's connection that carries notices while it lives.
+pub struct LocalChannel {
+    pub tcp: TcpStream,
+    pub notices: LocalNotices,
+}
+
+/// The notices the local agent sends on a channel; dropping it closes the channel's
+/// registration at the agent.
+pub struct LocalNotices {
+    control: UnixStream,
+    /// Bytes read from `control` past the answer line.
+    pending: Vec<u8>,
+}
+
+/// Receives bytes and at most one descriptor from the agent.
+async fn receive(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
     loop {
-        match stream.next().await {
-            Some(Frame::Text(text)) => match serde_json::from_str::<PortControl>(&text) {
-                Ok(PortControl::Connected) => return Ok(()),
-                Ok(PortControl::Error { code, error }) => return Err((code, error)),
-                Ok(_) | Err(_) => {}
-            },
-            Some(Frame::Binary(_)) => {
-                return Err((
-                    ErrorCode::Unknown,
-                    "the other side sent bytes before the connection was open".to_owned(),
-                ));
+        stream.readable().await?;
+        let attempt = stream.try_io(Interest::READABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let received = rustix::net::recvmsg(
+                stream.as_fd(),
+                &mut [io::IoSliceMut::new(buf)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            )
+            .map_err(io::Error::from)?;
+            let mut fd = None;
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(fds) = message {
+                    // One is expected; any others are closed as they drop.
+                    for received in fds {
+                        fd.get_or_insert(received);
+                    }
+                }
             }
-            Some(Frame::Close) | None => {
-                return Err((
-                    ErrorCode::Unavailable,
-                    "the channel closed before the connection was open".to_owned(),
-                ));
+            Ok((received.bytes, fd))
+        });
+        match attempt {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Asks the local agent at `socket` for a connection and reads its answer: the channel,
+/// or the agent's error code and sentence (`None` for a code when the agent could not be
+/// asked at all).
+pub async fn open_local(
+    socket: &Path,
+    request: &LocalRequest,
+) -> Result<LocalChannel, (Option<ErrorCode>, String)> {
+    let failed = |e: &dyn std::fmt::Display| (None, format!("the local agent: {e}"));
+    let mut control = connect_local(socket).await.map_err(|e| failed(&e))?;
+    let mut line = serde_json::to_vec(request).map_err(|e| failed(&e))?;
+    line.push(b'\n');
+    control.write_all(&line).await.map_err(|e| failed(&e))?;
+    let mut answer = Vec::new();
+    let mut fd = None;
+    let mut buf = [0u8; 512];
+    let end = loop {
+        let (n, received) = receive(&control, &mut buf).await.map_err(|e| failed(&e))?;
+        if n == 0 {
+            return Err(failed(&"closed without an answer"));
+        }
+        if fd.is_none() {
+            fd = received;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(end) = answer.iter().position(|b| *b == b'\n') {
+            break end;
+        }
+        if answer.len() > MAX_LINE {
+            return Err(failed(&"an answer that does not end"));
+        }
+    };
+    let pending = answer.split_off(end + 1);
+    match serde_json::from_slice::<PortControl>(&answer[..end]) {
+        Ok(PortControl::Connected) => {
+            let fd = fd.ok_or_else(|| failed(&"connected without a connection"))?;
+            let tcp = std::net::TcpStream::from(fd);
+            tcp.set_nonblocking(true).map_err(|e| failed(&e))?;
+            let tcp = TcpStream::from_std(tcp).map_err(|e| failed(&e))?;
+            Ok(LocalChannel {
+                tcp,
+                notices: LocalNotices { control, pending },
+            })
+        }
+        Ok(PortControl::Error { code, error }) => Err((Some(code), error)),
+        Ok(other) => Err(failed(&format!("unexpected answer {other:?}"))),
+        Err(e) => Err(failed(&e)),
+    }
+}
+
+/// How much a splice moves at most (the pipe between the sockets is made this large
+/// when the system allows).
+const SPLICE_PIPE: usize = 1 << 20;
+
+/// Moves the bytes of one direction, `from` to `to`, through a pipe with `splice(2)`, so
+/// they never enter this process; at `from`'s end, ends `to`'s writing side.
+async fn splice_one(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, splice};
+    let (pipe_out, pipe_in) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    let _ = fcntl_setpipe_size(&pipe_in, SPLICE_PIPE);
+    let chunk = fcntl_getpipe_size(&pipe_in).unwrap_or(64 << 10);
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    loop {
+        let filled = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                splice(from, None, &pipe_in, None, chunk, flags).map_err(io::Error::from)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if filled == 0 {
+            return match rustix::net::shutdown(to, rustix::net::Shutdown::Write) {
+                Ok(()) => Ok(()),
+                // The other side is gone already: nothing is left to end.
+                Err(rustix::io::Errno::NOTCONN) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let mut left = filled;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(&pipe_out, None, to, None, left, flags).map_err(io::Error::from)
+            }) {
+                Ok(n) => left -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Moves bytes both ways between two TCP connections of this machine until both
+/// directions ended (each end passed on as a half-close) or either failed, without
+/// copying them through this process.
+pub async fn splice_both(a: &TcpStream, b: &TcpStream) -> io::Result<()> {
+    tokio::try_join!(splice_one(a, b), splice_one(b, a)).map(|_| ())
+}
+
+impl LocalNotices {
+    /// The next notice the agent sends; `None` once the agent closed.
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                if let Ok(PortControl::Notice { text }) =
+                    serde_json::from_slice::<PortControl>(&line[..end])
+                {
+                    return Some(text);
+                }
+                continue;
+            }
+            if self.pending.len() > MAX_LINE {
+                return None;
+            }
+            let mut buf = [0u8; 512];
+            match self.control.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
             }
         }
     }
@@ -383,25 +540,125 @@ mod tests {
     #[test]
     fn a_local_request_names_a_valid_container_and_port() {
         let ok =
-            parse_local_request("/v1/containers/0123456789ab/ports/8080?generation=4").unwrap();
+            parse_local_request(br#"{"container_id":"0123456789ab","port":8080,"generation":4}"#)
+                .unwrap();
         assert_eq!(ok.container_id.as_str(), "0123456789ab");
         assert_eq!((ok.port, ok.generation), (8080, Some(4)));
-        let plain = parse_local_request("/v1/containers/0123456789ab/ports/1").unwrap();
+        let plain = parse_local_request(br#"{"container_id":"0123456789ab","port":1}"#).unwrap();
         assert_eq!((plain.port, plain.generation), (1, None));
         for bad in [
-            "/v1/containers/0123456789ab/ports/0",
-            "/v1/containers/0123456789ab/ports/70000",
-            "/v1/containers/0123456789ab/ports/+80",
-            "/v1/containers/0123456789ab/ports/",
-            "/v1/containers/../ports/80",
-            "/v1/containers/0123456789ab/exec",
-            "/v1/containers/0123456789ab/ports/80?generation=x",
-            "/v1/containers/0123456789ab/ports/80?host=10.0.0.1",
-            "/etc/passwd",
+            r#"{"container_id":"0123456789ab","port":0}"#,
+            r#"{"container_id":"0123456789ab","port":70000}"#,
+            r#"{"container_id":"0123456789ab","port":-1}"#,
+            r#"{"container_id":"../../etc","port":80}"#,
+            r#"{"container_id":"0123456789ab","port":80,"host":"10.0.0.1"}"#,
+            r#"{"container_id":"0123456789ab"}"#,
+            "GET / HTTP/1.1",
         ] {
-            let (code, _) = parse_local_request(bad).unwrap_err();
+            let (code, _) = parse_local_request(bad.as_bytes()).unwrap_err();
             assert_eq!(code, ErrorCode::BadRequest, "{bad}");
         }
+    }
+
+    /// The agent's half of a local exchange over a real socket pair: the answer carries
+    /// the connection itself, which the caller then uses, and notices follow as lines.
+    #[tokio::test]
+    async fn the_connected_answer_hands_over_the_connection_and_notices_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listener, socket) = bind_local(dir.path()).unwrap();
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let program = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = program.local_addr().unwrap();
+        let agent = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let line = read_line(&mut stream).await.unwrap();
+            let request = parse_local_request(&line).unwrap();
+            assert_eq!(request.port, 8080);
+            let tcp = TcpStream::connect(address).await.unwrap();
+            send_connected(&mut stream, &tcp).await.unwrap();
+            drop(tcp);
+            let notice = PortControl::Notice {
+                text: "box moves".into(),
+            };
+            send_line(&mut stream, &notice).await.unwrap();
+            stream
+        });
+        let request = LocalRequest {
+            container_id: ContainerId::parse("0123456789ab").unwrap(),
+            port: 8080,
+            generation: Some(2),
+        };
+        let mut channel = open_local(&socket, &request).await.unwrap();
+        let (mut accepted, _) = program.accept().await.unwrap();
+        channel.tcp.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        accepted.read_exact(&mut got).await.unwrap();
+        assert_eq!(
+            &got, b"ping",
+            "the handed-over connection reaches the program"
+        );
+        assert_eq!(channel.notices.next().await.as_deref(), Some("box moves"));
+        drop(agent.await.unwrap());
+        assert_eq!(channel.notices.next().await, None, "the agent closed");
+    }
+
+    #[tokio::test]
+    async fn spliced_connections_carry_both_directions_and_their_ends() {
+        use tokio::net::TcpListener;
+        async fn pair() -> (TcpStream, TcpStream) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            (client, server)
+        }
+        // user <-> (a  splice  b) <-> program
+        let (mut user, a) = pair().await;
+        let (b, mut program) = pair().await;
+        let spliced = tokio::spawn(async move { splice_both(&a, &b).await });
+        let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            user.write_all(&sent).await.unwrap();
+            user.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            user.read_to_end(&mut answer).await.unwrap();
+            answer
+        });
+        let mut request = Vec::new();
+        program.read_to_end(&mut request).await.unwrap();
+        assert!(request == big, "every byte crossed, in order");
+        program.write_all(b"done").await.unwrap();
+        program.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"done");
+        spliced.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_keeps_its_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listener, socket) = bind_local(dir.path()).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let _ = read_line(&mut stream).await.unwrap();
+            let error = PortControl::Error {
+                code: ErrorCode::NothingListens,
+                error: "nothing listens on port 8080 in box".into(),
+            };
+            send_line(&mut stream, &error).await.unwrap();
+        });
+        let request = LocalRequest {
+            container_id: ContainerId::parse("0123456789ab").unwrap(),
+            port: 8080,
+            generation: None,
+        };
+        let Err((code, error)) = open_local(&socket, &request).await else {
+            panic!("an error answer opened a channel");
+        };
+        assert_eq!(code, Some(ErrorCode::NothingListens));
+        assert_eq!(error, "nothing listens on port 8080 in box");
     }
 
     #[test]

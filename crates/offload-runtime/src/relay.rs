@@ -217,7 +217,7 @@ pub fn notice_frame(channel: Channel, text: &str) -> Frame {
 }
 
 /// How much a port relay reads from its TCP side at once: one binary frame at most.
-pub const PORT_CHUNK: usize = 64 << 10;
+pub const PORT_CHUNK: usize = 256 << 10;
 
 /// How a port relay ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,6 +328,35 @@ where
         }
         if up_done && down_done {
             return PortEnd::Done;
+        }
+    }
+}
+
+/// The client's side of a port channel before its bytes: `Ok` once the other end says
+/// the connection inside the container is open, else its error (or why it ended).
+pub async fn await_connected<T>(stream: &mut T) -> Result<(), (ErrorCode, String)>
+where
+    T: Stream<Item = Frame> + Unpin,
+{
+    loop {
+        match stream.next().await {
+            Some(Frame::Text(text)) => match serde_json::from_str::<PortControl>(&text) {
+                Ok(PortControl::Connected) => return Ok(()),
+                Ok(PortControl::Error { code, error }) => return Err((code, error)),
+                Ok(_) | Err(_) => {}
+            },
+            Some(Frame::Binary(_)) => {
+                return Err((
+                    ErrorCode::Unknown,
+                    "the other end sent bytes before the connection was open".to_owned(),
+                ));
+            }
+            Some(Frame::Close) | None => {
+                return Err((
+                    ErrorCode::Unavailable,
+                    "the channel closed before the connection was open".to_owned(),
+                ));
+            }
         }
     }
 }

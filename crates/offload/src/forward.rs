@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use offload_agent::client::{Api, CallError};
-use offload_agent::tunnel::{LocalAgent, await_connected, connect_local};
+use offload_agent::tunnel::{LocalAgent, LocalChannel, LocalRequest, open_local, splice_both};
 use offload_core::api::{ContainerView, ErrorCode};
 use offload_core::{Location, State};
-use offload_runtime::relay::{Frame, PortEnd, pump_port};
+use offload_runtime::relay::{Frame, PortEnd, await_connected, pump_port};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::Message;
@@ -78,10 +78,17 @@ const SAY_AGAIN: Duration = Duration::from_secs(5);
 type FrameStream = Pin<Box<dyn Stream<Item = Frame> + Send>>;
 type FrameSink = Pin<Box<dyn Sink<Frame, Error = tungstenite::Error> + Send>>;
 
-/// An open channel to a port in the container.
+/// An open channel to a port in the container, through the server.
 struct Channel {
     stream: FrameStream,
     sink: FrameSink,
+}
+
+/// A channel that is open: framed through the server, or the container's connection
+/// itself, handed over by this machine's agent.
+enum Opened {
+    Server(Channel),
+    Local(LocalChannel),
 }
 
 fn to_frame(message: Message) -> Option<Frame> {
@@ -220,28 +227,17 @@ impl Forward {
         agent: &LocalAgent,
         port: u16,
         generation: u64,
-    ) -> Result<Channel, (Option<ErrorCode>, String)> {
-        let unreachable = |e: String| (None, format!("the local agent: {e}"));
-        let stream = tokio::time::timeout(Duration::from_secs(2), connect_local(&agent.socket))
-            .await
-            .map_err(|_| unreachable("no answer".to_owned()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let url = format!(
-            "ws://localhost/v1/containers/{}/ports/{port}?generation={generation}",
-            self.id
-        );
-        let (socket, _) = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio_tungstenite::client_async(url, stream),
-        )
-        .await
-        .map_err(|_| unreachable("no answer".to_owned()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-        let mut channel = channel_of(socket);
-        match tokio::time::timeout(OPEN_TIMEOUT, await_connected(&mut channel.stream)).await {
-            Ok(Ok(())) => Ok(channel),
-            Ok(Err((code, error))) => Err((Some(code), error)),
-            Err(_) => Err(unreachable("no answer".to_owned())),
+    ) -> Result<LocalChannel, (Option<ErrorCode>, String)> {
+        let container_id = offload_core::ContainerId::parse(&self.id)
+            .map_err(|e| (None, format!("the container's id: {e}")))?;
+        let request = LocalRequest {
+            container_id,
+            port,
+            generation: Some(generation),
+        };
+        match tokio::time::timeout(OPEN_TIMEOUT, open_local(&agent.socket, &request)).await {
+            Ok(result) => result,
+            Err(_) => Err((None, "the local agent did not answer".to_owned())),
         }
     }
 
@@ -268,12 +264,12 @@ impl Forward {
         }
     }
 
-    async fn open(&self, port: u16, snapshot: &Snapshot) -> Result<Channel, Failure> {
+    async fn open(&self, port: u16, snapshot: &Snapshot) -> Result<Opened, Failure> {
         if snapshot.location == Location::Edge
             && let Some(agent) = LocalAgent::find(&self.config_path, &self.api.config)
         {
             match self.open_local(&agent, port, snapshot.generation).await {
-                Ok(channel) => return Ok(channel),
+                Ok(channel) => return Ok(Opened::Local(channel)),
                 Err((Some(ErrorCode::NothingListens), error)) => {
                     return Err(Failure::NothingListens(error));
                 }
@@ -285,7 +281,7 @@ impl Forward {
             }
         }
         match self.open_server(port).await {
-            Ok(channel) => Ok(channel),
+            Ok(channel) => Ok(Opened::Server(channel)),
             Err((code, error)) => Err(self.judge(code, error).await),
         }
     }
@@ -340,7 +336,26 @@ impl Forward {
     }
 
     /// Carries the bytes of an open channel until either side ends it.
-    async fn pipe(&self, mut channel: Channel, local: TcpStream) {
+    async fn pipe(&self, opened: Opened, local: TcpStream) {
+        let mut channel = match opened {
+            Opened::Server(channel) => channel,
+            Opened::Local(LocalChannel { tcp, mut notices }) => {
+                // Two sockets of this machine: the bytes go from one to the other in the
+                // kernel, and an end or a reset on either side ends both.
+                let copy = splice_both(&local, &tcp);
+                let told = async {
+                    while let Some(text) = notices.next().await {
+                        self.say(&text);
+                    }
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    _ = copy => {}
+                    _ = told => {}
+                }
+                return;
+            }
+        };
         let end = pump_port(
             &mut channel.stream,
             &mut channel.sink,

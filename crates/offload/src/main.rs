@@ -1,5 +1,7 @@
 //! `offload`: one binary for the server, the agent and every user command.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod cli;
 mod commands;
 mod demo;

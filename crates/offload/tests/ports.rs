@@ -62,7 +62,7 @@ impl Forward {
                     seen += 1;
                     let _ = tx.send(line);
                 } else {
-                    later.lock().unwrap().push(line);
+                    later.lock().expect("lock").push(line);
                 }
             }
         });
@@ -135,10 +135,13 @@ fn get(address: SocketAddr, timeout: Duration) -> Result<String, String> {
     }
 }
 
+/// One request: when it started and ended, and its body or why it failed.
+type Probe = (Instant, Instant, Result<String, String>);
+
 /// A GET every 50 ms through a forward, each request's start, end and outcome recorded.
 struct Prober {
     stop: Arc<AtomicBool>,
-    results: Arc<Mutex<Vec<(Instant, Instant, Result<String, String>)>>>,
+    results: Arc<Mutex<Vec<Probe>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -153,7 +156,9 @@ impl Prober {
                 // Longer than the forward's 30 s wait: a request that waits through a
                 // move is not a failure.
                 let outcome = get(address, Duration::from_secs(45));
-                log.lock().unwrap().push((started, Instant::now(), outcome));
+                log.lock()
+                    .expect("lock")
+                    .push((started, Instant::now(), outcome));
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
@@ -164,18 +169,18 @@ impl Prober {
         }
     }
 
-    fn finish(mut self) -> Vec<(Instant, Instant, Result<String, String>)> {
+    fn finish(mut self) -> Vec<Probe> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             thread.join().expect("prober");
         }
-        self.results.lock().unwrap().clone()
+        self.results.lock().expect("lock").clone()
     }
 
     fn successes_since(&self, since: Instant) -> usize {
         self.results
             .lock()
-            .unwrap()
+            .expect("lock")
             .iter()
             .filter(|(started, _, outcome)| *started >= since && outcome.is_ok())
             .count()
@@ -380,7 +385,7 @@ fn a_forward_follows_its_container_through_three_round_trips() {
     // The forward never restarted and its port never changed.
     assert!(forward.running(), "port-forward exited: {}", forward.log());
     assert!(
-        forward.extra.lock().unwrap().is_empty(),
+        forward.extra.lock().expect("lock").is_empty(),
         "no second forwarding line"
     );
     reachable(address, "hello from web");
