@@ -196,6 +196,10 @@ pub struct Api {
     pub config: ClientConfig,
     pub timeouts: Timeouts,
     http: reqwest::Client,
+    /// The TLS configuration of WebSockets, built once: its session cache lets later
+    /// connections resume instead of a full handshake (a port forward opens one per
+    /// connection).
+    websocket_tls: Arc<rustls::ClientConfig>,
 }
 
 /// A failed call: the server's own sentence, or why the server could not be reached.
@@ -236,10 +240,12 @@ impl Api {
 
     pub fn with_timeouts(config: ClientConfig, timeouts: Timeouts) -> anyhow::Result<Self> {
         let http = http_client(&config.ca_pem, &timeouts)?;
+        let websocket_tls = rustls_config(&config.ca_pem)?;
         Ok(Api {
             config,
             timeouts,
             http,
+            websocket_tls,
         })
     }
 
@@ -387,28 +393,44 @@ impl Api {
             tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
         >,
     > {
+        Ok(self.websocket_call(path).await?)
+    }
+
+    /// [`Api::websocket`] with the failure typed: the server's refusal keeps its status
+    /// and code, so a caller can tell a container that is moving (409, 503) from one
+    /// that does not exist (404).
+    pub async fn websocket_call(
+        &self,
+        path: &str,
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        CallError,
+    > {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = self.url(path).replacen("https://", "wss://", 1);
+        let local = |reason: String| CallError::Unreachable {
+            url: url.clone(),
+            reason,
+        };
         let mut request = url
             .as_str()
             .into_client_request()
-            .context("invalid server URL")?;
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", self.config.token)
-                .parse()
-                .context("invalid token in the config")?,
-        );
-        let connector = tokio_tungstenite::Connector::Rustls(rustls_config(&self.config.ca_pem)?);
+            .map_err(|e| local(format!("invalid server URL: {e}")))?;
+        let bearer = format!("Bearer {}", self.config.token)
+            .parse()
+            .map_err(|_| local("invalid token in the config".to_owned()))?;
+        request.headers_mut().insert("authorization", bearer);
+        let connector = tokio_tungstenite::Connector::Rustls(self.websocket_tls.clone());
         let connecting =
             tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector));
         // TCP, TLS and the upgrade under one deadline: on a dead link each could hang.
         let Ok(connected) = tokio::time::timeout(self.timeouts.connect, connecting).await else {
-            bail!(
-                "cannot reach the offload server at {}: no answer within {} s",
-                self.config.server,
-                self.timeouts.connect.as_secs_f64()
-            );
+            return Err(CallError::Unreachable {
+                url: self.config.server.clone(),
+                reason: format!("no answer within {} s", self.timeouts.connect.as_secs_f64()),
+            });
         };
         match connected {
             Ok((socket, _)) => {
@@ -418,16 +440,20 @@ impl Api {
                 Ok(socket)
             }
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
                 let body = response.body().as_deref().unwrap_or_default();
                 match serde_json::from_slice::<ApiError>(body) {
-                    Ok(e) => bail!("{}", e.error),
-                    Err(_) => bail!("the server refused the connection ({})", response.status()),
+                    Ok(body) => Err(CallError::Api { status, body }),
+                    Err(_) => Err(CallError::Unexpected {
+                        status,
+                        text: "the WebSocket upgrade was refused".to_owned(),
+                    }),
                 }
             }
-            Err(e) => bail!(
-                "cannot reach the offload server at {}: {e}",
-                self.config.server
-            ),
+            Err(e) => Err(CallError::Unreachable {
+                url: self.config.server.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
 

@@ -270,6 +270,9 @@ async fn open_channel(
         Channel::Sftp => {
             crate::files::carry_sftp(edge, container_id, Box::pin(stream), sink).await;
         }
+        Channel::Port { port } => {
+            crate::tunnel::carry_port(edge, container_id, port, Box::pin(stream), sink).await;
+        }
     }
     Ok(())
 }

@@ -60,6 +60,17 @@ pub struct Edge {
     /// Copies found stopped behind the agent's back: how often each was started again,
     /// and when it may be next (a crash-loop back-off).
     restarts: Mutex<HashMap<ContainerId, (u32, Instant)>>,
+    /// The channels open on the local socket, which a move tells before it stops the
+    /// copy they reach (the server tells the ones it carries).
+    pub local_channels: offload_runtime::channels::OpenChannels,
+}
+
+/// The copy of a container this agent runs (or is about to), as a channel needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Serving {
+    pub name: String,
+    pub generation: u64,
+    pub runtime_id: Option<String>,
 }
 
 /// The first wait before a copy that keeps stopping is started again; it doubles up to
@@ -243,6 +254,7 @@ impl Edge {
             pulled: Mutex::new(HashMap::new()),
             progress: Mutex::new(None),
             restarts: Mutex::new(HashMap::new()),
+            local_channels: Default::default(),
         })
     }
 
@@ -534,6 +546,19 @@ impl Edge {
             .and_then(|r| r.held.runtime_id.clone())
     }
 
+    /// The copy of `id` this agent holds, if any.
+    pub fn serving(&self, id: &ContainerId) -> Option<Serving> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|r| Serving {
+                name: r.held.spec.name.to_string(),
+                generation: r.held.generation,
+                runtime_id: r.held.runtime_id.clone(),
+            })
+    }
+
     /// Carries out a command from the server.
     pub async fn execute(self: &Arc<Self>, command: Command) -> anyhow::Result<Reply> {
         check_command(&command)?;
@@ -780,6 +805,7 @@ impl Edge {
             );
         }
         self.stop_tracking(id);
+        self.announce_return(&held);
         let mut timings = Timings::default();
         let stop_started = Instant::now();
         if let Some(runtime_id) = &held.runtime_id {
@@ -901,6 +927,15 @@ impl Edge {
         if let Some(running) = self.held.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             let _ = running.stop.send(true);
         }
+    }
+
+    /// Tells the channels open on the local socket that the copy stops for a move.
+    fn announce_return(&self, held: &Held) {
+        let id = &held.spec.id;
+        let name = held.spec.name.as_str();
+        self.local_channels.notify(id, |channel| {
+            offload_runtime::channels::move_notice(channel, name, "the cloud")
+        });
     }
 
     /// Holds a stopped container without a sync loop.

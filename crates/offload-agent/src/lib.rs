@@ -10,6 +10,7 @@ pub mod edge;
 mod files;
 pub mod prompt;
 pub mod sync;
+pub mod tunnel;
 mod watch;
 
 use std::path::PathBuf;
@@ -30,6 +31,9 @@ pub struct AgentOptions {
     pub network: String,
     pub stop_grace_secs: u32,
     pub preferences: Preferences,
+    /// The client config the agent runs with: the local socket is recorded beside it, so
+    /// the CLI with the same config finds it.
+    pub config_path: Option<PathBuf>,
 }
 
 /// The agent's data directory when none is given: `$XDG_DATA_HOME/offload`, else
@@ -61,13 +65,39 @@ pub async fn run(config: client::ClientConfig, options: AgentOptions) -> anyhow:
         api,
         runtime,
         EdgeOptions {
-            data_dir: options.data_dir,
+            data_dir: options.data_dir.clone(),
             network,
             stop_grace_secs: options.stop_grace_secs,
             rescan: Duration::from_secs(2),
         },
     );
     edge.restore().await?;
+    serve_local_channels(&edge, &options);
     connection::run(edge, options.preferences).await;
     Ok(())
+}
+
+/// Listens on the local socket for channels from this machine's CLI and records where,
+/// beside the client config. Without it the CLI goes through the server, so a failure
+/// here is logged, not fatal.
+fn serve_local_channels(edge: &Arc<Edge>, options: &AgentOptions) {
+    let (listener, socket) = match tunnel::bind_local(&options.data_dir) {
+        Ok(bound) => bound,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no local socket: this machine's port forwards go through the server");
+            return;
+        }
+    };
+    if let Some(config) = &options.config_path {
+        let record = tunnel::LocalAgent {
+            socket,
+            server: edge.api.config.server.clone(),
+            user: edge.api.config.user.clone(),
+            pid: std::process::id(),
+        };
+        if let Err(e) = record.write(config) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot record the local socket: this machine's port forwards go through the server");
+        }
+    }
+    tokio::spawn(tunnel::serve_local(edge.clone(), listener));
 }

@@ -125,6 +125,9 @@ pub enum Channel {
     Exec,
     /// `/v1/containers/{id}/sftp`: an SFTP session on the container's filesystem.
     Sftp,
+    /// `/v1/containers/{id}/ports/{port}`: a TCP connection to `127.0.0.1:port` inside the
+    /// container's network namespace. The agent checks the port itself (1–65535).
+    Port { port: u16 },
 }
 
 impl Channel {
@@ -133,6 +136,7 @@ impl Channel {
         match self {
             Channel::Exec => "exec",
             Channel::Sftp => "sftp",
+            Channel::Port { .. } => "port",
         }
     }
 }

@@ -50,6 +50,8 @@ pub enum ErrorCode {
     WebsocketRequired,
     /// A command in a container could not run.
     ExecFailed,
+    /// Nothing listens on the port inside the container (the connection was refused).
+    NothingListens,
     /// A code this build does not know: a newer server's.
     #[serde(other)]
     Unknown,
@@ -76,6 +78,7 @@ impl ErrorCode {
             ErrorCode::HttpsRequired => "https_required",
             ErrorCode::WebsocketRequired => "websocket_required",
             ErrorCode::ExecFailed => "exec_failed",
+            ErrorCode::NothingListens => "nothing_listens",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -252,6 +255,38 @@ pub enum ExecControl {
     Exit { code: i64 },
     /// Server to client: the command could not run.
     Error { error: String, code: ErrorCode },
+    /// Server to client: something for the user to read while the command runs (a move
+    /// is about to end the session); clients print it on stderr.
+    Notice { text: String },
+}
+
+/// Control messages on a port WebSocket (`/v1/containers/{id}/ports/{port}`), sent as
+/// text frames; binary frames carry the raw TCP bytes, both ways. A receiver ignores a
+/// text frame it does not understand.
+///
+/// The server sends `connected` once the connection to `127.0.0.1:PORT` inside the
+/// container is open, or `error` and then closes the socket. Either side sends `eof` when
+/// its direction ends (a TCP half-close); once both directions ended, the server closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PortControl {
+    /// Server to client: the connection inside the container is open; bytes may flow.
+    Connected,
+    /// Either way: the sender will send no more bytes; the other direction goes on.
+    Eof,
+    /// Server to client: for the user to read (a move is about to end this connection).
+    Notice { text: String },
+    /// Server to client: the connection could not be made, or failed; the socket closes
+    /// next.
+    Error { code: ErrorCode, error: String },
+}
+
+impl PortControl {
+    /// The control as the text of a frame.
+    pub fn to_text(&self) -> String {
+        // An enum of strings and unit variants always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// Text frames on a file-transfer WebSocket (`/v1/containers/{id}/sftp`), whose binary
@@ -262,7 +297,14 @@ pub enum ExecControl {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SftpControl {
-    Error { code: ErrorCode, error: String },
+    Error {
+        code: ErrorCode,
+        error: String,
+    },
+    /// Something for the user to read; the session goes on.
+    Notice {
+        text: String,
+    },
 }
 
 /// First byte of a binary frame on an exec WebSocket.

@@ -1,6 +1,7 @@
 //! [`ContainerRuntime`] over the Docker Engine API (Docker, or Podman's compatible socket).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -14,9 +15,11 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
+use crate::netns::{NetNs, NsError};
 use crate::{
-    ByteStream, CONFINEMENT, ContainerRuntime, ContainerSpec, ExecOutput, ExecSession, ExecSpec,
-    HostInfo, ImageInfo, NetworkMode, Result, RuntimeContainer, RuntimeError, UsageReading,
+    ByteStream, CONFINEMENT, CONNECT_TIMEOUT, ContainerRuntime, ContainerSpec, ExecOutput,
+    ExecSession, ExecSpec, HostInfo, ImageInfo, NetworkMode, Result, RuntimeContainer,
+    RuntimeError, UsageReading,
 };
 
 /// A Docker Engine API endpoint.
@@ -24,7 +27,13 @@ use crate::{
 pub struct DockerRuntime {
     docker: Docker,
     host: String,
+    /// Network namespaces opened for [`ContainerRuntime::connect`], by engine id, so a
+    /// connection costs no engine call while the container's init process lives.
+    namespaces: Arc<Mutex<HashMap<String, Arc<NetNs>>>>,
 }
+
+/// Namespaces kept open at most before the ones whose container is gone are dropped.
+const MAX_NAMESPACES: usize = 64;
 
 impl DockerRuntime {
     /// Connects to `host` (`unix:///...`, `tcp://...`), or to `DOCKER_HOST` and then the
@@ -51,6 +60,7 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             host: shown,
+            namespaces: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -79,6 +89,32 @@ impl DockerRuntime {
             })?;
         let user = inspect.config.and_then(|c| c.user).unwrap_or_default();
         Ok((pid, user))
+    }
+
+    /// The network namespace of a running container: the one opened before while its
+    /// init process still lives in it, else opened through the PID the engine reports.
+    async fn namespace(&self, runtime_id: &str) -> Result<Arc<NetNs>> {
+        let cached = self.namespaces_lock().get(runtime_id).cloned();
+        if let Some(ns) = cached.filter(|ns| ns.is_current()) {
+            return Ok(ns);
+        }
+        let (pid, _) = self.init_process(runtime_id).await?;
+        let ns = Arc::new(NetNs::open(pid).map_err(|e| RuntimeError::Engine {
+            action: "open the container's network namespace",
+            message: format!(
+                "/proc/{pid}/ns/net: {e} (the engine's PIDs must be this host's: run offload on the engine's host)"
+            ),
+        })?);
+        let mut namespaces = self.namespaces_lock();
+        if namespaces.len() >= MAX_NAMESPACES {
+            namespaces.retain(|_, ns| ns.is_current());
+        }
+        namespaces.insert(runtime_id.to_owned(), ns.clone());
+        Ok(ns)
+    }
+
+    fn namespaces_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<NetNs>>> {
+        self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The endpoint this runtime talks to.
@@ -545,6 +581,32 @@ impl ContainerRuntime for DockerRuntime {
             return Ok(None);
         }
         Ok(inspect.exit_code)
+    }
+
+    async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let ns = self.namespace(runtime_id).await?;
+        match ns.connect(port, CONNECT_TIMEOUT).await {
+            Ok(stream) => Ok(stream),
+            Err(NsError::Connect(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Err(RuntimeError::NothingListens { port })
+            }
+            Err(NsError::Connect(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                Err(RuntimeError::Port {
+                    port,
+                    message: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                })
+            }
+            Err(NsError::Connect(e)) => Err(RuntimeError::Port {
+                port,
+                message: e.to_string(),
+            }),
+            Err(NsError::Enter(e)) => Err(RuntimeError::Port {
+                port,
+                message: format!(
+                    "entering the container's network namespace failed ({e}); offload needs CAP_SYS_ADMIN for it (run it as root)"
+                ),
+            }),
+        }
     }
 }
 

@@ -56,6 +56,9 @@ struct Inner {
     usage: BTreeMap<String, UsageReading>,
     /// A container's root filesystem and `User`, by container name.
     filesystems: BTreeMap<String, (std::path::PathBuf, String)>,
+    /// Where a container's ports lead: (its `offload.id` label, port) to a loopback
+    /// address.
+    ports: BTreeMap<(String, u16), std::net::SocketAddr>,
 }
 
 impl Inner {
@@ -130,6 +133,13 @@ impl FakeRuntime {
             .containers
             .get(runtime_id)
             .is_some_and(|(_, running)| *running)
+    }
+
+    /// Makes `connect` to `port` of every engine container of the offload container `id`
+    /// (its `offload.id` label) reach `address`, a listener the test runs on loopback, as
+    /// if it listened inside the container.
+    pub fn map_port(&self, id: &str, port: u16, address: std::net::SocketAddr) {
+        self.lock().ports.insert((id.to_owned(), port), address);
     }
 
     /// Makes every later `run` fail.
@@ -416,6 +426,49 @@ impl ContainerRuntime for FakeRuntime {
                 }
             }),
         })
+    }
+
+    async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let address = {
+            let inner = self.lock();
+            match inner.containers.get(runtime_id) {
+                Some((spec, true)) => spec
+                    .labels
+                    .get(offload_core::labels::ID)
+                    .and_then(|id| inner.ports.get(&(id.clone(), port)))
+                    .copied(),
+                Some((_, false)) => {
+                    return Err(RuntimeError::NotRunning {
+                        id: runtime_id.to_owned(),
+                    });
+                }
+                None => {
+                    return Err(RuntimeError::NotFound {
+                        id: runtime_id.to_owned(),
+                    });
+                }
+            }
+        };
+        let address = address.ok_or(RuntimeError::NothingListens { port })?;
+        match tokio::time::timeout(
+            crate::CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Err(RuntimeError::NothingListens { port })
+            }
+            Ok(Err(e)) => Err(RuntimeError::Port {
+                port,
+                message: e.to_string(),
+            }),
+            Err(_) => Err(RuntimeError::Port {
+                port,
+                message: "no answer".to_owned(),
+            }),
+        }
     }
 }
 

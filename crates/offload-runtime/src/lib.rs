@@ -6,8 +6,10 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod channels;
 mod docker;
 pub mod fake;
+mod netns;
 pub mod relay;
 pub mod sftp;
 mod swarm;
@@ -42,6 +44,10 @@ pub enum RuntimeError {
     },
     #[error("engine container {id} is not running")]
     NotRunning { id: String },
+    #[error("nothing listens on port {port} in the container")]
+    NothingListens { port: u16 },
+    #[error("cannot connect to port {port} in the container: {message}")]
+    Port { port: u16, message: String },
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -281,4 +287,13 @@ pub trait ContainerRuntime: Send + Sync {
     /// layers, `/workspace` and every other mount), for [`sftp`]. A stopped container is
     /// [`RuntimeError::NotRunning`].
     async fn filesystem(&self, runtime_id: &str) -> Result<sftp::ContainerFs>;
+    /// Opens a TCP connection to `127.0.0.1:port` inside the running container's network
+    /// namespace: it works when the container has no network at all, publishes nothing
+    /// and runs nothing in the container. A refused connection is
+    /// [`RuntimeError::NothingListens`]; the attempt takes at most [`CONNECT_TIMEOUT`].
+    async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream>;
 }
+
+/// How long [`ContainerRuntime::connect`] may take. A loopback connection is accepted or
+/// refused at once; only a firewall rule in the container that drops packets makes it wait.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

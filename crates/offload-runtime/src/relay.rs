@@ -1,18 +1,21 @@
-//! The exec relay: one command in a container, driven over a message socket.
+//! The relays of user channels over a message socket: the exec relay (one command in a
+//! container) and the port relay (one TCP connection into it).
 //!
-//! The server runs it for cloud containers (on the user's WebSocket) and the agent for edge
-//! containers (on a WebSocket it dials back to the server, which splices the two). The
-//! protocol is in `offload_core::api`: the first text frame is an `ExecRequest`, binary
-//! frames carry data tagged by stream, text frames carry `ExecControl` messages, and the
-//! relay ends with `Exit { code }`.
+//! The server runs them for cloud containers (on the user's WebSocket) and the agent for
+//! edge containers (on a WebSocket it dials back to the server, which splices the two, or
+//! on its local socket). The protocols are in `offload_core::api`. Exec: the first text
+//! frame is an `ExecRequest`, binary frames carry data tagged by stream, text frames carry
+//! `ExecControl` messages, and the relay ends with `Exit { code }`. Port: binary frames
+//! carry the TCP bytes both ways, text frames carry `PortControl` messages.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use offload_core::WORKSPACE_MOUNT;
-use offload_core::api::{ExecControl, ExecRequest, exec_stream};
-use tokio::io::AsyncWriteExt;
+use offload_core::agent::Channel;
+use offload_core::api::{ErrorCode, ExecControl, ExecRequest, PortControl, exec_stream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{ContainerRuntime, ExecOutput, ExecSpec};
 
@@ -162,6 +165,244 @@ pub async fn relay_exec<T, K>(
     let _ = sink.send(Frame::Close).await;
 }
 
+/// [`relay_exec`] with `notices` sent to the user as they come, as exec notice frames.
+pub async fn relay_exec_with_notices<T, K, N>(
+    stream: T,
+    mut sink: K,
+    runtime: Arc<dyn ContainerRuntime>,
+    runtime_id: String,
+    mut notices: N,
+) where
+    T: Stream<Item = Frame> + Unpin + Send + 'static,
+    K: Sink<Frame> + Unpin,
+    N: Stream<Item = String> + Unpin,
+{
+    let (tx, mut rx) = futures::channel::mpsc::unbounded::<Frame>();
+    let relay = relay_exec(stream, tx, runtime, runtime_id);
+    let forward = async {
+        let mut notices_open = true;
+        loop {
+            tokio::select! {
+                frame = rx.next() => match frame {
+                    Some(frame) => {
+                        if sink.send(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                notice = notices.next(), if notices_open => match notice {
+                    Some(text) => {
+                        if sink.send(notice_frame(Channel::Exec, &text)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => notices_open = false,
+                },
+            }
+        }
+    };
+    // The relay ends by dropping its sender, which ends the forwarding after the last
+    // frame; a user who went away ends the forwarding, and the relay sees its input end.
+    tokio::join!(relay, forward);
+}
+
+/// A notice for the user, as the text frame of `channel`'s protocol.
+pub fn notice_frame(channel: Channel, text: &str) -> Frame {
+    let text = text.to_owned();
+    Frame::Text(match channel {
+        Channel::Exec => serde_json::to_string(&ExecControl::Notice { text }).unwrap_or_default(),
+        Channel::Port { .. } => PortControl::Notice { text }.to_text(),
+        Channel::Sftp => serde_json::to_string(&offload_core::api::SftpControl::Notice { text })
+            .unwrap_or_default(),
+    })
+}
+
+/// How much a port relay reads from its TCP side at once: one binary frame at most.
+pub const PORT_CHUNK: usize = 256 << 10;
+
+/// How a port relay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortEnd {
+    /// Both directions ended, each with an `eof`.
+    Done,
+    /// The frame socket closed or failed before both directions ended.
+    PeerClosed,
+    /// The other side reported an error.
+    PeerError { code: ErrorCode, error: String },
+    /// The TCP side failed (a reset: the container stopped, the local program crashed).
+    TcpFailed(String),
+}
+
+enum Up {
+    Eof,
+    End(PortEnd),
+}
+
+/// Carries bytes between a frame socket (`stream`, `sink`) and a TCP connection `tcp`
+/// until both directions ended or either side failed; `notices` are sent as notice frames
+/// while bytes flow, and notices received go to `on_notice`. Does not close the socket:
+/// the caller sends what the end calls for.
+pub async fn pump_port<T, K, S, N>(
+    stream: &mut T,
+    sink: &mut K,
+    tcp: S,
+    mut notices: N,
+    mut on_notice: impl FnMut(String),
+) -> PortEnd
+where
+    T: Stream<Item = Frame> + Unpin,
+    K: Sink<Frame> + Unpin,
+    S: AsyncRead + AsyncWrite,
+    N: Stream<Item = String> + Unpin,
+{
+    let (mut from_tcp, mut to_tcp) = tokio::io::split(tcp);
+    // Frames to TCP.
+    let up = async {
+        loop {
+            match stream.next().await {
+                Some(Frame::Binary(data)) => {
+                    if let Err(e) = to_tcp.write_all(&data).await {
+                        return Up::End(PortEnd::TcpFailed(e.to_string()));
+                    }
+                }
+                Some(Frame::Text(text)) => match serde_json::from_str::<PortControl>(&text) {
+                    Ok(PortControl::Eof) => {
+                        let _ = to_tcp.shutdown().await;
+                        return Up::Eof;
+                    }
+                    Ok(PortControl::Notice { text }) => on_notice(text),
+                    Ok(PortControl::Error { code, error }) => {
+                        return Up::End(PortEnd::PeerError { code, error });
+                    }
+                    // A repeated `connected`, or a control of a newer peer.
+                    Ok(PortControl::Connected) | Err(_) => {}
+                },
+                Some(Frame::Close) | None => return Up::End(PortEnd::PeerClosed),
+            }
+        }
+    };
+    // TCP to frames, and the notices.
+    let down = async {
+        let mut notices_open = true;
+        loop {
+            let mut buf = Vec::with_capacity(PORT_CHUNK);
+            tokio::select! {
+                read = from_tcp.read_buf(&mut buf) => match read {
+                    Ok(0) => {
+                        let eof = Frame::Text(PortControl::Eof.to_text());
+                        if sink.send(eof).await.is_err() {
+                            return Some(PortEnd::PeerClosed);
+                        }
+                        return None;
+                    }
+                    Ok(_) => {
+                        if sink.send(Frame::Binary(buf)).await.is_err() {
+                            return Some(PortEnd::PeerClosed);
+                        }
+                    }
+                    Err(e) => return Some(PortEnd::TcpFailed(e.to_string())),
+                },
+                notice = notices.next(), if notices_open => match notice {
+                    Some(text) => {
+                        let frame = Frame::Text(PortControl::Notice { text }.to_text());
+                        if sink.send(frame).await.is_err() {
+                            return Some(PortEnd::PeerClosed);
+                        }
+                    }
+                    None => notices_open = false,
+                },
+            }
+        }
+    };
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    loop {
+        tokio::select! {
+            end = &mut up, if !up_done => match end {
+                Up::Eof => up_done = true,
+                Up::End(end) => return end,
+            },
+            end = &mut down, if !down_done => match end {
+                None => down_done = true,
+                Some(end) => return end,
+            },
+        }
+        if up_done && down_done {
+            return PortEnd::Done;
+        }
+    }
+}
+
+/// The client's side of a port channel before its bytes: `Ok` once the other end says
+/// the connection inside the container is open, else its error (or why it ended).
+pub async fn await_connected<T>(stream: &mut T) -> Result<(), (ErrorCode, String)>
+where
+    T: Stream<Item = Frame> + Unpin,
+{
+    loop {
+        match stream.next().await {
+            Some(Frame::Text(text)) => match serde_json::from_str::<PortControl>(&text) {
+                Ok(PortControl::Connected) => return Ok(()),
+                Ok(PortControl::Error { code, error }) => return Err((code, error)),
+                Ok(_) | Err(_) => {}
+            },
+            Some(Frame::Binary(_)) => {
+                return Err((
+                    ErrorCode::Unknown,
+                    "the other end sent bytes before the connection was open".to_owned(),
+                ));
+            }
+            Some(Frame::Close) | None => {
+                return Err((
+                    ErrorCode::Unavailable,
+                    "the channel closed before the connection was open".to_owned(),
+                ));
+            }
+        }
+    }
+}
+
+/// Sends an error on a port socket and closes it.
+pub async fn port_error<K: Sink<Frame> + Unpin>(sink: &mut K, code: ErrorCode, error: String) {
+    let _ = sink
+        .send(Frame::Text(PortControl::Error { code, error }.to_text()))
+        .await;
+    let _ = sink.send(Frame::Close).await;
+}
+
+/// The server's (or agent's) side of a port channel whose TCP connection inside the
+/// container is open: `connected`, then the bytes both ways with `notices` sent as they
+/// come, then the close. `what` names the connection in an error (`port 8080 in box`).
+pub async fn relay_port<T, K, N>(
+    mut stream: T,
+    mut sink: K,
+    tcp: tokio::net::TcpStream,
+    notices: N,
+    what: &str,
+) where
+    T: Stream<Item = Frame> + Unpin,
+    K: Sink<Frame> + Unpin,
+    N: Stream<Item = String> + Unpin,
+{
+    if sink
+        .send(Frame::Text(PortControl::Connected.to_text()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match pump_port(&mut stream, &mut sink, tcp, notices, |_| {}).await {
+        PortEnd::TcpFailed(e) => {
+            let error = format!("the connection to {what} failed: {e}");
+            port_error(&mut sink, ErrorCode::Unavailable, error).await;
+        }
+        PortEnd::Done | PortEnd::PeerClosed | PortEnd::PeerError { .. } => {
+            let _ = sink.send(Frame::Close).await;
+        }
+    }
+}
+
 fn tagged(stream: u8, data: Vec<u8>) -> Vec<u8> {
     let mut frame = Vec::with_capacity(data.len() + 1);
     frame.push(stream);
@@ -220,5 +461,116 @@ mod tests {
         assert_eq!(frames[0], Frame::Binary(b"\x01echo hi".to_vec()));
         assert_eq!(frames[1], Frame::Text(r#"{"type":"exit","code":0}"#.into()));
         assert_eq!(frames[2], Frame::Close);
+    }
+
+    /// A frame socket end: what the relay reads (`to_relay`) and what it wrote (`from_relay`).
+    fn frames() -> (
+        futures::channel::mpsc::UnboundedSender<Frame>,
+        futures::channel::mpsc::UnboundedReceiver<Frame>,
+        futures::channel::mpsc::UnboundedReceiver<Frame>,
+        futures::channel::mpsc::UnboundedSender<Frame>,
+    ) {
+        let (to_relay, relay_in) = futures::channel::mpsc::unbounded();
+        let (relay_out, from_relay) = futures::channel::mpsc::unbounded();
+        (to_relay, relay_in, from_relay, relay_out)
+    }
+
+    fn text(control: PortControl) -> Frame {
+        Frame::Text(control.to_text())
+    }
+
+    #[tokio::test]
+    async fn the_port_pump_carries_both_directions_and_their_ends() {
+        use tokio::io::AsyncReadExt;
+        let (tcp, mut program) = tokio::io::duplex(1 << 16);
+        let (to_relay, mut relay_in, mut from_relay, mut relay_out) = frames();
+        let (notify, notices) = futures::channel::mpsc::unbounded::<String>();
+        let mut heard = Vec::new();
+        let pump = async {
+            pump_port(&mut relay_in, &mut relay_out, tcp, notices, |n| {
+                heard.push(n)
+            })
+            .await
+        };
+        let peer = async {
+            to_relay
+                .unbounded_send(Frame::Binary(b"GET /".to_vec()))
+                .unwrap();
+            to_relay
+                .unbounded_send(text(PortControl::Notice {
+                    text: "hello".into(),
+                }))
+                .unwrap();
+            to_relay.unbounded_send(text(PortControl::Eof)).unwrap();
+            // The program reads the request to its end, then answers and ends its side.
+            let mut request = Vec::new();
+            program.read_to_end(&mut request).await.unwrap();
+            assert_eq!(request, b"GET /");
+            notify.unbounded_send("moving".into()).unwrap();
+            program.write_all(b"200 OK").await.unwrap();
+            program.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            while let Some(frame) = from_relay.next().await {
+                let end = frame == text(PortControl::Eof);
+                got.push(frame);
+                if end {
+                    break;
+                }
+            }
+            got
+        };
+        let (end, got) = tokio::join!(pump, peer);
+        assert_eq!(end, PortEnd::Done);
+        // The notice and the answer race each other; the end comes after both.
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got.contains(&Frame::Binary(b"200 OK".to_vec())), "{got:?}");
+        assert!(
+            got.contains(&text(PortControl::Notice {
+                text: "moving".into()
+            })),
+            "{got:?}"
+        );
+        assert_eq!(got[2], text(PortControl::Eof));
+        assert_eq!(heard, vec!["hello".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn the_port_pump_ends_when_the_peer_goes_or_reports_an_error() {
+        let (tcp, _program) = tokio::io::duplex(1 << 16);
+        let (to_relay, mut relay_in, _from_relay, mut relay_out) = frames();
+        drop(to_relay);
+        let end = pump_port(
+            &mut relay_in,
+            &mut relay_out,
+            tcp,
+            futures::stream::pending(),
+            |_| {},
+        )
+        .await;
+        assert_eq!(end, PortEnd::PeerClosed);
+
+        let (tcp, _program) = tokio::io::duplex(1 << 16);
+        let (to_relay, mut relay_in, _from_relay, mut relay_out) = frames();
+        to_relay
+            .unbounded_send(text(PortControl::Error {
+                code: ErrorCode::NothingListens,
+                error: "nothing listens on port 1 in box".into(),
+            }))
+            .unwrap();
+        let end = pump_port(
+            &mut relay_in,
+            &mut relay_out,
+            tcp,
+            futures::stream::pending(),
+            |_| {},
+        )
+        .await;
+        assert_eq!(
+            end,
+            PortEnd::PeerError {
+                code: ErrorCode::NothingListens,
+                error: "nothing listens on port 1 in box".into()
+            }
+        );
     }
 }

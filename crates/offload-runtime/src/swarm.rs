@@ -749,6 +749,11 @@ impl ContainerRuntime for SwarmRuntime {
     /// The node's engine opens it: offload reaches the files of a task's container through
     /// its init process on that node, so the server must run on the node's host (as every
     /// node's engine does on one machine in the tests).
+    async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let (engine, _node, container) = self.running_container(runtime_id).await?;
+        engine.0.runtime.connect(&container, port).await
+    }
+
     async fn filesystem(&self, runtime_id: &str) -> Result<crate::sftp::ContainerFs> {
         let (engine, _node, container) = self.running_container(runtime_id).await?;
         engine.0.runtime.filesystem(&container).await

@@ -40,6 +40,9 @@ pub struct Controller {
     /// One lock per container, so actions on the same container do not interleave.
     locks: Mutex<HashMap<ContainerId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) hub: Arc<AgentHub>,
+    /// The user channels (exec, ports) open to each container, which a move tells
+    /// before it cuts them.
+    pub(crate) channels: offload_runtime::channels::OpenChannels,
     pub(crate) sync: Arc<Workspaces>,
     pub(crate) queries: Arc<Queries>,
     /// What the monitor last saw.
@@ -90,6 +93,7 @@ impl Controller {
             workspaces,
             locks: Mutex::new(HashMap::new()),
             hub,
+            channels: Default::default(),
             sync,
             queries,
             monitor,

@@ -80,8 +80,9 @@ impl From<offload_runtime::RuntimeError> for ActionError {
         match e {
             E::ImageUnavailable { .. } => ActionError::BadRequest(e.to_string()),
             E::Connect { .. } => ActionError::Unavailable(e.to_string()),
+            E::NothingListens { .. } | E::NotRunning { .. } => ActionError::Conflict(e.to_string()),
+            E::Port { .. } => ActionError::Unavailable(e.to_string()),
             E::NotFound { .. } | E::Engine { .. } => ActionError::Internal(e.to_string()),
-            E::NotRunning { .. } => ActionError::Conflict(e.to_string()),
         }
     }
 }

@@ -13,7 +13,8 @@ use offload_core::Location;
 use offload_core::agent::Channel;
 use offload_core::api::ApiError;
 use offload_core::api::ExecControl;
-use offload_runtime::relay::{Frame, relay_exec};
+use offload_runtime::channels::OpenChannel;
+use offload_runtime::relay::{Frame, notice_frame, relay_exec_with_notices};
 
 use crate::error::{ActionError, error_response};
 use crate::http::{AppState, Caller};
@@ -36,22 +37,31 @@ pub fn from_frame(frame: Frame) -> Message {
     }
 }
 
-/// Runs the exec relay on an axum WebSocket.
-pub async fn relay_on(socket: WebSocket, state: &AppState, runtime_id: String) {
+/// Runs the exec relay on an axum WebSocket, with the notices of `open` sent as they come.
+pub async fn relay_on(
+    socket: WebSocket,
+    state: &AppState,
+    runtime_id: String,
+    open: &mut OpenChannel,
+) {
     let (sink, stream) = socket.split();
     let stream = stream.filter_map(|m| async move { m.ok().and_then(to_frame) });
     let sink = sink.with(|f: Frame| async move { Ok::<_, axum::Error>(from_frame(f)) });
-    relay_exec(
+    relay_exec_with_notices(
         Box::pin(stream),
         Box::pin(sink),
         state.ctl.runtime().clone(),
         runtime_id,
+        open.notice_stream(),
     )
     .await;
 }
 
-/// Forwards every message between two sockets until one side closes.
-pub async fn splice(user: WebSocket, agent: WebSocket) {
+/// Forwards every message between two sockets until one side closes; the notices of
+/// `open` go to the user as its channel's notice frames.
+pub async fn splice(user: WebSocket, agent: WebSocket, open: &mut OpenChannel) {
+    let channel = open.channel;
+    let notices = &mut open.notices;
     let (mut user_tx, mut user_rx) = user.split();
     let (mut agent_tx, mut agent_rx) = agent.split();
     let up = async {
@@ -64,7 +74,21 @@ pub async fn splice(user: WebSocket, agent: WebSocket) {
         let _ = agent_tx.close().await;
     };
     let down = async {
-        while let Some(Ok(m)) = agent_rx.next().await {
+        let mut notices_open = true;
+        loop {
+            let m = tokio::select! {
+                m = agent_rx.next() => match m {
+                    Some(Ok(m)) => m,
+                    _ => break,
+                },
+                notice = notices.recv(), if notices_open => match notice {
+                    Some(text) => from_frame(notice_frame(channel, &text)),
+                    None => {
+                        notices_open = false;
+                        continue;
+                    }
+                },
+            };
             let close = matches!(m, Message::Close(_));
             if user_tx.send(m).await.is_err() || close {
                 break;
@@ -120,11 +144,12 @@ pub async fn exec_socket(
         return upgrade
             .max_message_size(4 << 20)
             .on_upgrade(move |mut socket| async move {
+                let mut open = state.ctl.channels.open(&record.id, Channel::Exec);
                 match hub
                     .open_channel(&record.owner, &record.id, Channel::Exec)
                     .await
                 {
-                    Ok(agent) => splice(socket, agent).await,
+                    Ok(agent) => splice(socket, agent, &mut open).await,
                     Err(e) => {
                         let control = ExecControl::Error {
                             error: e.to_string(),
@@ -139,5 +164,8 @@ pub async fn exec_socket(
     }
     upgrade
         .max_message_size(4 << 20)
-        .on_upgrade(move |socket| async move { relay_on(socket, &state, runtime_id).await })
+        .on_upgrade(move |socket| async move {
+            let mut open = state.ctl.channels.open(&record.id, Channel::Exec);
+            relay_on(socket, &state, runtime_id, &mut open).await
+        })
 }

@@ -67,12 +67,17 @@ pub async fn sftp_socket(
             ))
             .into_response();
         }
+        let channels = state.ctl.channels.clone();
         return upgrade.on_upgrade(move |mut socket| async move {
             match hub
                 .open_channel(&record.owner, &record.id, Channel::Sftp)
                 .await
             {
-                Ok(agent) => splice(socket, agent).await,
+                Ok(agent) => {
+                    // Told before a move stops the copy it reaches, as exec and ports are.
+                    let mut open = channels.open(&record.id, Channel::Sftp);
+                    splice(socket, agent, &mut open).await
+                }
                 Err(e) => {
                     let frame = sftp::error_frame(ErrorCode::Unavailable, e.to_string());
                     let _ = socket.send(from_frame(frame)).await;

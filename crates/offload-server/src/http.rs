@@ -50,6 +50,7 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         workspace_push,
         crate::exec::exec_socket,
         crate::files::sftp_socket,
+        crate::tunnel::port_socket,
         crate::agent_ws::agent_socket,
         crate::agent_ws::agent_channel_socket
     ),
@@ -59,6 +60,7 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         offload_core::api::ExecRequest,
         offload_core::api::ExecControl,
         offload_core::api::SftpControl,
+        offload_core::api::PortControl,
         offload_core::agent::AgentMessage,
         offload_core::agent::ServerMessage,
         offload_core::agent::Command,
@@ -113,6 +115,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/containers/{id}/sftp",
             axum::routing::get(crate::files::sftp_socket),
+        )
+        .route(
+            "/v1/containers/{id}/ports/{port}",
+            axum::routing::get(crate::tunnel::port_socket),
         )
         .route(
             "/v1/agent",

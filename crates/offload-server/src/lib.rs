@@ -24,6 +24,7 @@ mod sizes;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+mod tunnel;
 pub mod workspace;
 
 use std::path::Path;

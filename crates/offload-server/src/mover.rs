@@ -201,7 +201,10 @@ impl Controller {
         loop {
             let phase = run.mv.phase;
             let event = match self.enter(&run.mv).await {
-                Ok(()) => self.take_phase(&mut run).await,
+                Ok(()) => {
+                    self.announce_move(&run.record, phase);
+                    self.take_phase(&mut run).await
+                }
                 Err(e) => PhaseEvent::Failed(format!("cannot record the move: {e}")),
             };
             tracing::debug!(id = %run.record.id, ?phase, ?event, "move phase ended");

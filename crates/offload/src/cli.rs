@@ -105,6 +105,22 @@ pub enum Command {
         #[arg(short = 'L', long)]
         follow_link: bool,
     },
+    /// Forward local ports to ports in a container, wherever it runs: `REMOTE` listens on
+    /// 127.0.0.1:REMOTE, `LOCAL:REMOTE` on 127.0.0.1:LOCAL (0 picks a free port and prints
+    /// it). Runs until interrupted and follows the container across moves: while it moves,
+    /// new connections wait and then reach it where it runs.
+    #[command(name = "port-forward")]
+    PortForward {
+        /// Container id or name.
+        id: String,
+        /// `[LOCAL:]REMOTE`, one or more.
+        #[arg(required = true, value_name = "[LOCAL:]REMOTE", value_parser = crate::forward::parse_spec)]
+        ports: Vec<crate::forward::PortSpec>,
+        /// Seconds a new connection waits for a moving or unreachable container before
+        /// it is closed.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        wait: u64,
+    },
     /// Stop a container; its workspace stays.
     Stop {
         /// Container id or name.
@@ -345,6 +361,21 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn port_forward_refuses_ports_outside_the_range_as_bad_usage() {
+        for bad in ["0", "70000", "65536", "0:0", "70000:80", "abc"] {
+            let err = Cli::try_parse_from(["offload", "port-forward", "box", bad])
+                .err()
+                .unwrap_or_else(|| panic!("port {bad} was accepted"));
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("must be a number"), "{bad}: {err}");
+        }
+        let none = Cli::try_parse_from(["offload", "port-forward", "box"]);
+        assert_eq!(none.err().map(|e| e.exit_code()), Some(2));
+        let ok = Cli::try_parse_from(["offload", "port-forward", "box", "8080", "0:22"]);
+        assert!(ok.is_ok());
+    }
 
     #[test]
     fn start_refuses_cpus_that_are_not_a_positive_number_as_bad_usage() {

@@ -116,6 +116,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let api = connect(config.as_deref())?;
             crate::cp::run(&api, &src, &dst, follow_link).await
         }
+        Command::PortForward { id, ports, wait } => {
+            let path = absolute(&config_path(config.as_deref())?)?;
+            let api = Api::new(ClientConfig::load(&path)?)?;
+            crate::forward::run(api, path, &id, &ports, std::time::Duration::from_secs(wait)).await
+        }
         Command::Stop { id } => {
             let api = connect(config.as_deref())?;
             let view: ContainerView = api
@@ -135,7 +140,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Agent(args) => {
-            let client = ClientConfig::load(&config_path(config.as_deref())?)?;
+            let client_path = absolute(&config_path(config.as_deref())?)?;
+            let client = ClientConfig::load(&client_path)?;
             let data_dir = match args.data_dir {
                 Some(dir) => absolute(&dir)?,
                 None => offload_agent::default_data_dir()?,
@@ -149,6 +155,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     auto_accept: args.auto_accept,
                     auto_return: args.auto_return,
                 },
+                config_path: Some(client_path),
             };
             offload_agent::run(client, options).await?;
             Ok(0)

@@ -1,10 +1,13 @@
 //! `offload`: one binary for the server, the agent and every user command.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod cli;
 mod commands;
 mod cp;
 mod demo;
 mod env;
+mod forward;
 mod progress;
 mod shell;
 mod ssh;

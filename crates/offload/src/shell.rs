@@ -136,6 +136,12 @@ pub async fn run(
                         return Ok(i32::try_from(code).unwrap_or(1));
                     }
                     Ok(ExecControl::Error { error, .. }) => bail!("{error}"),
+                    Ok(ExecControl::Notice { text }) => {
+                        // On a raw terminal a line needs its carriage return.
+                        let line = if tty { format!("\r\noffload: {text}\r\n") } else { format!("offload: {text}\n") };
+                        stderr.write_all(line.as_bytes()).await?;
+                        stderr.flush().await?;
+                    }
                     _ => {}
                 },
                 Some(Ok(Message::Close(_))) | None => {

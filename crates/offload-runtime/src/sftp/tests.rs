@@ -515,7 +515,9 @@ async fn an_unknown_named_user_ends_the_session_with_an_error_frame() {
         panic!("{frames:?}")
     };
     let control: SftpControl = serde_json::from_str(text).unwrap();
-    let SftpControl::Error { code, error } = control;
+    let SftpControl::Error { code, error } = control else {
+        panic!("{control:?}")
+    };
     assert_eq!(code, ErrorCode::Internal);
     assert!(error.contains("ghost"), "{error}");
     assert_eq!(frames[1], Frame::Close);
