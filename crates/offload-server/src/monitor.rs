@@ -397,6 +397,12 @@ impl MonitorLoop {
             if pending.iter().any(|q| q.container_id == record.id) {
                 continue;
             }
+            // An answer the policy has not learnt yet (a query answered between two
+            // rounds, before the loop saw it pending) is respected all the same.
+            let cooldown = Duration::from_secs_f64(self.config.decline_cooldown_secs);
+            if queries.declined_recently(record, cooldown).await? {
+                continue;
+            }
             match queries.ask(record, &ask.reason, ask.move_bytes).await {
                 Ok(query) => self.remember(&query, false),
                 Err(e) => tracing::warn!(id = %record.id, error = %e, "cannot send a query"),
