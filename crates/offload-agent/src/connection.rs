@@ -273,6 +273,20 @@ async fn open_channel(
         Channel::Port { port } => {
             crate::tunnel::carry_port(edge, container_id, port, Box::pin(stream), sink).await;
         }
+        Channel::Logs {
+            follow,
+            tail,
+            since_ns,
+            timestamps,
+        } => {
+            let spec = offload_runtime::LogsSpec {
+                follow,
+                tail,
+                since_ns,
+            };
+            let stream = Box::pin(stream);
+            crate::logs::carry_logs(edge, container_id, spec, timestamps, stream, sink).await;
+        }
     }
     Ok(())
 }

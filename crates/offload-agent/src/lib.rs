@@ -8,6 +8,7 @@ pub mod client;
 pub mod connection;
 pub mod edge;
 mod files;
+mod logs;
 pub mod prompt;
 pub mod sync;
 pub mod tunnel;

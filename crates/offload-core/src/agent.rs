@@ -128,6 +128,19 @@ pub enum Channel {
     /// `/v1/containers/{id}/ports/{port}`: a TCP connection to `127.0.0.1:port` inside the
     /// container's network namespace. The agent checks the port itself (1–65535).
     Port { port: u16 },
+    /// `/v1/containers/{id}/logs`: the container's output, as the logs endpoint's frames
+    /// (without the following across moves, which the server does).
+    Logs {
+        follow: bool,
+        /// The last N entries only; absent for all.
+        #[serde(default)]
+        tail: Option<u64>,
+        /// Entries written at or after this Unix time, nanoseconds (0: all).
+        #[serde(default)]
+        since_ns: u64,
+        #[serde(default)]
+        timestamps: bool,
+    },
 }
 
 impl Channel {
@@ -137,6 +150,7 @@ impl Channel {
             Channel::Exec => "exec",
             Channel::Sftp => "sftp",
             Channel::Port { .. } => "port",
+            Channel::Logs { .. } => "logs",
         }
     }
 }

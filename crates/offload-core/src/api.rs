@@ -307,6 +307,30 @@ pub enum SftpControl {
     },
 }
 
+/// Text frames on a logs WebSocket (`/v1/containers/{id}/logs`), server to client. Binary
+/// frames carry one log entry each ([`crate::logs`]: the stream tag, 8 bytes of Unix
+/// nanoseconds, the bytes). A receiver ignores a text frame it does not understand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LogsControl {
+    /// For the user to read (a move is about to stop the copy whose output this is; the
+    /// output goes on with the new copy's); clients print it on stderr.
+    Notice { text: String },
+    /// The output cannot be read, or stopped being readable; the socket closes next.
+    Error { code: ErrorCode, error: String },
+    /// All of the output was sent: without `follow`, everything written so far; with it,
+    /// the container stopped. The socket closes next.
+    End,
+}
+
+impl LogsControl {
+    /// The control as the text of a frame.
+    pub fn to_text(&self) -> String {
+        // An enum of strings and unit variants always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// First byte of a binary frame on an exec WebSocket.
 pub mod exec_stream {
     pub const STDIN: u8 = 0;

@@ -10,6 +10,7 @@ pub mod api;
 pub mod container;
 pub mod env;
 pub mod id;
+pub mod logs;
 pub mod moves;
 pub mod size;
 pub mod token;

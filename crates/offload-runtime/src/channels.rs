@@ -125,6 +125,9 @@ pub fn move_notice(channel: Channel, name: &str, whereto: &str) -> String {
         Channel::Sftp => format!(
             "{name} moves to {whereto}: this file session ends in a moment; copy again once it runs there"
         ),
+        Channel::Logs { .. } => {
+            format!("{name} moves to {whereto}: its output goes on here once it runs there")
+        }
     }
 }
 

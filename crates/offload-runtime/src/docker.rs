@@ -10,7 +10,7 @@ use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, Star
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
-    InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptions,
+    InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptions, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
@@ -18,8 +18,8 @@ use futures::StreamExt;
 use crate::netns::{NetNs, NsError};
 use crate::{
     ByteStream, CONFINEMENT, CONNECT_TIMEOUT, ContainerRuntime, ContainerSpec, ExecOutput,
-    ExecSession, ExecSpec, HostInfo, ImageInfo, NetworkMode, Result, RuntimeContainer,
-    RuntimeError, UsageReading,
+    ExecSession, ExecSpec, HostInfo, ImageInfo, LogEntry, LogStream, LogsSpec, NetworkMode,
+    OutputStream, Result, RuntimeContainer, RuntimeError, UsageReading,
 };
 
 /// A Docker Engine API endpoint.
@@ -583,6 +583,54 @@ impl ContainerRuntime for DockerRuntime {
         Ok(inspect.exit_code)
     }
 
+    async fn logs(&self, runtime_id: &str, spec: &LogsSpec) -> Result<LogStream> {
+        // The engine takes whole seconds; the entries' own times cut to the nanosecond.
+        let since_secs = spec.since_ns / 1_000_000_000;
+        let tail = spec
+            .tail
+            .map_or_else(|| "all".to_owned(), |n| n.to_string());
+        let options = LogsOptionsBuilder::new()
+            .follow(spec.follow)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since(i32::try_from(since_secs).unwrap_or(i32::MAX))
+            .tail(&tail)
+            .build();
+        // A missing container is told apart before the stream starts: a stream that
+        // follows a silent container yields nothing for as long as it is silent.
+        if self.inspect(runtime_id).await?.is_none() {
+            return Err(RuntimeError::NotFound {
+                id: runtime_id.to_owned(),
+            });
+        }
+        let id = runtime_id.to_owned();
+        let map = move |item: std::result::Result<LogOutput, bollard::errors::Error>| {
+            let (kind, message) = match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                    (OutputStream::Stdout, message)
+                }
+                Ok(LogOutput::StdErr { message }) => (OutputStream::Stderr, message),
+                Ok(LogOutput::StdIn { .. }) => return None,
+                Err(e) if is_not_found(&e) => {
+                    return Some(Err(RuntimeError::NotFound { id: id.clone() }));
+                }
+                Err(e) => return Some(Err(engine_err("container logs")(e))),
+            };
+            log_entry(kind, &message).map(Ok)
+        };
+        let since = spec.since_ns;
+        let entries = self
+            .docker
+            .logs(runtime_id, Some(options))
+            .filter_map(move |item| futures::future::ready(map(item)))
+            .filter(move |entry| {
+                let keep = entry.as_ref().map_or(true, |e| e.timestamp_ns >= since);
+                futures::future::ready(keep)
+            });
+        Ok(Box::pin(entries))
+    }
+
     async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
         let ns = self.namespace(runtime_id).await?;
         match ns.connect(port, CONNECT_TIMEOUT).await {
@@ -608,6 +656,19 @@ impl ContainerRuntime for DockerRuntime {
             }),
         }
     }
+}
+
+/// One message of the engine's log stream (asked with timestamps) as a [`LogEntry`]:
+/// the engine puts the entry's RFC 3339 time and a space before its bytes.
+fn log_entry(stream: OutputStream, message: &[u8]) -> Option<LogEntry> {
+    let space = message.iter().position(|b| *b == b' ')?;
+    let stamp = std::str::from_utf8(&message[..space]).ok()?;
+    let timestamp_ns = offload_core::logs::parse_timestamp(stamp)?;
+    Some(LogEntry {
+        stream,
+        timestamp_ns,
+        bytes: message[space + 1..].to_vec(),
+    })
 }
 
 /// A pidfd of process `pid` and a handle on its root directory (`/proc/PID/root`, the
@@ -667,6 +728,24 @@ mod tests {
             stop_grace_secs: 3,
             node: None,
         }
+    }
+
+    /// The engine's log lines carry their time in front; an entry keeps its bytes
+    /// (spaces, an empty line) exactly.
+    #[test]
+    fn log_messages_split_into_their_time_and_bytes() {
+        let entry = log_entry(
+            OutputStream::Stderr,
+            b"2024-05-01T12:34:56.123456789Z  two spaces\n",
+        )
+        .unwrap();
+        assert_eq!(entry.stream, OutputStream::Stderr);
+        assert_eq!(entry.timestamp_ns, 1_714_566_896_123_456_789);
+        assert_eq!(entry.bytes, b" two spaces\n");
+        let empty = log_entry(OutputStream::Stdout, b"2024-05-01T12:34:56Z \n").unwrap();
+        assert_eq!(empty.bytes, b"\n");
+        assert!(log_entry(OutputStream::Stdout, b"no time here\n").is_none());
+        assert!(log_entry(OutputStream::Stdout, b"").is_none());
     }
 
     /// Every user container loses CAP_MKNOD (no device nodes in the workspace the host

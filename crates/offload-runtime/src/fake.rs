@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use crate::{
     ByteStream, CONFINEMENT, Confinement, ContainerRuntime, ContainerSpec, ExecOutput, ExecSession,
-    ExecSpec, HostInfo, ImageInfo, Result, RuntimeContainer, RuntimeError, UsageReading,
+    ExecSpec, HostInfo, ImageInfo, LogEntry, LogStream, LogsSpec, OutputStream, Result,
+    RuntimeContainer, RuntimeError, UsageReading,
 };
 
 /// A call the fake received.
@@ -18,6 +21,7 @@ pub enum Call {
     Stop(String),
     Remove(String),
     Exec(String, Vec<String>),
+    Logs(String, LogsSpec),
 }
 
 /// An engine operation whose failure a test can inject.
@@ -59,6 +63,10 @@ struct Inner {
     /// Where a container's ports lead: (its `offload.id` label, port) to a loopback
     /// address.
     ports: BTreeMap<(String, u16), std::net::SocketAddr>,
+    /// What each engine container wrote, by engine id, in order.
+    logs: BTreeMap<String, Vec<LogEntry>>,
+    /// The time of the last entry written, so every entry has a later one.
+    last_log_ns: u64,
 }
 
 impl Inner {
@@ -140,6 +148,27 @@ impl FakeRuntime {
     /// if it listened inside the container.
     pub fn map_port(&self, id: &str, port: u16, address: std::net::SocketAddr) {
         self.lock().ports.insert((id.to_owned(), port), address);
+    }
+
+    /// Appends to the log of the engine container `runtime_id`, as if it wrote `bytes`
+    /// to `stream` now; returns the entry's time (later than any entry's before).
+    pub fn write_log(&self, runtime_id: &str, stream: OutputStream, bytes: &[u8]) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let mut inner = self.lock();
+        let timestamp_ns = now.max(inner.last_log_ns + 1);
+        inner.last_log_ns = timestamp_ns;
+        inner
+            .logs
+            .entry(runtime_id.to_owned())
+            .or_default()
+            .push(LogEntry {
+                stream,
+                timestamp_ns,
+                bytes: bytes.to_vec(),
+            });
+        timestamp_ns
     }
 
     /// Makes every later `run` fail.
@@ -426,6 +455,61 @@ impl ContainerRuntime for FakeRuntime {
                 }
             }),
         })
+    }
+
+    /// The entries written so far (after `since`, the last `tail` of them), then, when
+    /// following, each new one until the container stops or goes.
+    async fn logs(&self, runtime_id: &str, spec: &LogsSpec) -> Result<LogStream> {
+        let backlog = {
+            let mut inner = self.lock();
+            inner.calls.push(Call::Logs(runtime_id.to_owned(), *spec));
+            if !inner.containers.contains_key(runtime_id) {
+                return Err(RuntimeError::NotFound {
+                    id: runtime_id.to_owned(),
+                });
+            }
+            let written = inner.logs.get(runtime_id).map_or(&[][..], Vec::as_slice);
+            let mut kept: Vec<LogEntry> = written
+                .iter()
+                .filter(|e| e.timestamp_ns >= spec.since_ns)
+                .cloned()
+                .collect();
+            if let Some(tail) = spec.tail {
+                let tail = usize::try_from(tail).unwrap_or(usize::MAX);
+                kept.drain(..kept.len().saturating_sub(tail));
+            }
+            (kept, written.len())
+        };
+        let (kept, read) = backlog;
+        let backlog = futures::stream::iter(kept.into_iter().map(Ok));
+        if !spec.follow {
+            return Ok(Box::pin(backlog));
+        }
+        let since = spec.since_ns;
+        let state = (self.clone(), runtime_id.to_owned(), read);
+        let later = futures::stream::unfold(state, |(fake, id, read)| async move {
+            loop {
+                let (next, alive) = {
+                    let inner = fake.lock();
+                    let next = inner.logs.get(&id).and_then(|l| l.get(read)).cloned();
+                    let alive = inner
+                        .containers
+                        .get(&id)
+                        .is_some_and(|(_, running)| *running);
+                    (next, alive)
+                };
+                match next {
+                    Some(entry) => return Some((entry, (fake, id, read + 1))),
+                    None if !alive => return None,
+                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+        let later = later.filter_map(move |entry| {
+            let keep = entry.timestamp_ns >= since;
+            futures::future::ready(keep.then_some(Ok(entry)))
+        });
+        Ok(Box::pin(backlog.chain(later)))
     }
 
     async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream> {

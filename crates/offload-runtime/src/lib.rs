@@ -9,6 +9,7 @@
 pub mod channels;
 mod docker;
 pub mod fake;
+pub mod logs;
 mod netns;
 pub mod relay;
 pub mod sftp;
@@ -23,6 +24,7 @@ use futures::Stream;
 use tokio::io::AsyncWrite;
 
 pub use docker::DockerRuntime;
+pub use offload_core::logs::{LogEntry, OutputStream};
 pub use swarm::{SwarmNodeEngine, SwarmRuntime};
 
 /// Errors from a container engine.
@@ -222,6 +224,20 @@ pub struct ExecSession {
     pub input: Pin<Box<dyn AsyncWrite + Send>>,
 }
 
+/// What [`ContainerRuntime::logs`] reads of a container's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogsSpec {
+    /// After what was written so far, what the container writes until it stops.
+    pub follow: bool,
+    /// Only the last N entries written so far; `None` for all.
+    pub tail: Option<u64>,
+    /// Only entries written at or after this Unix time, nanoseconds (0: all).
+    pub since_ns: u64,
+}
+
+/// A container's log entries, in the order it wrote them.
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<LogEntry>> + Send>>;
+
 /// A container engine, as offload uses it.
 #[async_trait::async_trait]
 pub trait ContainerRuntime: Send + Sync {
@@ -292,6 +308,11 @@ pub trait ContainerRuntime: Send + Sync {
     /// and runs nothing in the container. A refused connection is
     /// [`RuntimeError::NothingListens`]; the attempt takes at most [`CONNECT_TIMEOUT`].
     async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream>;
+    /// The container's output as the engine logged it, stdout and stderr in the order
+    /// they were written, each entry with its time: what `docker logs` prints. A stopped
+    /// container's log is what it wrote while it ran, and following it ends after that;
+    /// a missing container is [`RuntimeError::NotFound`].
+    async fn logs(&self, runtime_id: &str, spec: &LogsSpec) -> Result<LogStream>;
 }
 
 /// How long [`ContainerRuntime::connect`] may take. A loopback connection is accepted or

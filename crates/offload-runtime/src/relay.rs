@@ -215,6 +215,7 @@ pub fn notice_frame(channel: Channel, text: &str) -> Frame {
         Channel::Port { .. } => PortControl::Notice { text }.to_text(),
         Channel::Sftp => serde_json::to_string(&offload_core::api::SftpControl::Notice { text })
             .unwrap_or_default(),
+        Channel::Logs { .. } => offload_core::api::LogsControl::Notice { text }.to_text(),
     })
 }
 

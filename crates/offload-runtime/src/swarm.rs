@@ -29,8 +29,8 @@ use futures::StreamExt;
 use crate::docker::{describe, engine_err, is_not_found};
 use crate::{
     ByteStream, CONFINEMENT, ContainerRuntime, ContainerSpec, DockerRuntime, ExecSession, ExecSpec,
-    HostInfo, ImageInfo, NetworkMode, NodeInfo, Result, RuntimeContainer, RuntimeError,
-    UsageReading,
+    HostInfo, ImageInfo, LogStream, LogsSpec, NetworkMode, NodeInfo, Result, RuntimeContainer,
+    RuntimeError, UsageReading,
 };
 
 /// The node label an operator may set to name a node (every node of a swarm on one host
@@ -184,6 +184,24 @@ impl SwarmRuntime {
             .and_then(|c| c.container_id.clone())
             .ok_or_else(not_running)?;
         Ok((self.engine_of(&node)?, node, container))
+    }
+
+    /// The node and container of the service's current task, running or not (a stopped
+    /// service's last task keeps its container, and its log).
+    async fn latest_container(&self, service_id: &str) -> Result<(NodeEngineRef, String)> {
+        let tasks = self.tasks_of(service_id).await?;
+        let missing = || RuntimeError::NotFound {
+            id: service_id.to_owned(),
+        };
+        let task = Self::current_task(&tasks).ok_or_else(missing)?;
+        let node = task.node_id.clone().ok_or_else(missing)?;
+        let container = task
+            .status
+            .as_ref()
+            .and_then(|s| s.container_status.as_ref())
+            .and_then(|c| c.container_id.clone())
+            .ok_or_else(missing)?;
+        Ok((self.engine_of(&node)?, container))
     }
 
     /// Waits until the service's current task runs; fails with the engine's reason when it
@@ -757,6 +775,13 @@ impl ContainerRuntime for SwarmRuntime {
     async fn filesystem(&self, runtime_id: &str) -> Result<crate::sftp::ContainerFs> {
         let (engine, _node, container) = self.running_container(runtime_id).await?;
         engine.0.runtime.filesystem(&container).await
+    }
+
+    /// The node's engine keeps the log of the service's task container. A stop and start
+    /// runs a new task, so the log is that of the current task.
+    async fn logs(&self, runtime_id: &str, spec: &LogsSpec) -> Result<LogStream> {
+        let (engine, container) = self.latest_container(runtime_id).await?;
+        engine.0.runtime.logs(&container, spec).await
     }
 
     async fn exec_resize(&self, exec_id: &str, cols: u16, rows: u16) -> Result<()> {

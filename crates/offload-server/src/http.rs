@@ -51,6 +51,7 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         crate::exec::exec_socket,
         crate::files::sftp_socket,
         crate::tunnel::port_socket,
+        crate::logs::logs_socket,
         crate::agent_ws::agent_socket,
         crate::agent_ws::agent_channel_socket
     ),
@@ -61,6 +62,7 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         offload_core::api::ExecControl,
         offload_core::api::SftpControl,
         offload_core::api::PortControl,
+        offload_core::api::LogsControl,
         offload_core::agent::AgentMessage,
         offload_core::agent::ServerMessage,
         offload_core::agent::Command,
@@ -119,6 +121,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/containers/{id}/ports/{port}",
             axum::routing::get(crate::tunnel::port_socket),
+        )
+        .route(
+            "/v1/containers/{id}/logs",
+            axum::routing::get(crate::logs::logs_socket),
         )
         .route(
             "/v1/agent",

@@ -15,6 +15,7 @@ mod files;
 pub mod http;
 pub mod hub;
 pub mod listener;
+mod logs;
 pub mod metrics;
 mod monitor;
 mod mover;

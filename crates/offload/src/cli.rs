@@ -121,6 +121,27 @@ pub enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         wait: u64,
     },
+    /// Print a container's output, wherever it runs: its stdout on stdout and its stderr
+    /// on stderr, in the order written, as `docker logs` does. With -f, keep printing until
+    /// it stops, following it across moves (after a move, the new copy's output from its
+    /// start).
+    Logs {
+        /// Container id or name.
+        id: String,
+        /// Keep printing what it writes, across moves, until it stops.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Start with the last N lines only (or `all`).
+        #[arg(long, value_name = "N", value_parser = crate::logs::parse_tail)]
+        tail: Option<crate::logs::Tail>,
+        /// Start each line with its time (RFC 3339, UTC).
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Only lines written since T: a duration back from now (10m, 1h30m), an RFC 3339
+        /// time (2024-05-01T12:00:00Z) or Unix seconds.
+        #[arg(long, value_name = "T", value_parser = crate::logs::parse_since)]
+        since: Option<u64>,
+    },
     /// Stop a container; its workspace stays.
     Stop {
         /// Container id or name.
@@ -375,6 +396,40 @@ mod tests {
         assert_eq!(none.err().map(|e| e.exit_code()), Some(2));
         let ok = Cli::try_parse_from(["offload", "port-forward", "box", "8080", "0:22"]);
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn logs_refuses_a_tail_or_since_it_cannot_read_as_bad_usage() {
+        for (flag, bad, says) in [
+            ("--tail", "two", "--tail takes a number of lines"),
+            ("--tail", "-1", "--tail takes a number of lines"),
+            ("--since", "yesterday", "--since takes a duration"),
+            ("--since", "10x", "--since takes a duration"),
+        ] {
+            let arg = format!("{flag}={bad}");
+            let err = Cli::try_parse_from(["offload", "logs", "box", arg.as_str()])
+                .err()
+                .unwrap_or_else(|| panic!("{flag} {bad} was accepted"));
+            assert_eq!(err.exit_code(), 2, "{flag} {bad}");
+            assert!(err.to_string().contains(says), "{flag} {bad}: {err}");
+        }
+        let ok = Cli::try_parse_from([
+            "offload", "logs", "box", "-f", "-t", "--tail", "2", "--since", "10m",
+        ])
+        .unwrap();
+        let Command::Logs {
+            follow,
+            tail,
+            timestamps,
+            since,
+            ..
+        } = ok.command
+        else {
+            panic!("not logs");
+        };
+        assert!(follow && timestamps);
+        assert_eq!(tail, Some(crate::logs::Tail(Some(2))));
+        assert!(since.is_some_and(|ns| ns > 0));
     }
 
     #[test]

@@ -121,6 +121,22 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let api = Api::new(ClientConfig::load(&path)?)?;
             crate::forward::run(api, path, &id, &ports, std::time::Duration::from_secs(wait)).await
         }
+        Command::Logs {
+            id,
+            follow,
+            tail,
+            timestamps,
+            since,
+        } => {
+            let api = connect(config.as_deref())?;
+            let query = offload_core::logs::LogsQuery {
+                follow,
+                tail: tail.and_then(|t| t.0),
+                since_ns: since.unwrap_or(0),
+                timestamps,
+            };
+            crate::logs::run(&api, &id, query).await
+        }
         Command::Stop { id } => {
             let api = connect(config.as_deref())?;
             let view: ContainerView = api

@@ -8,6 +8,7 @@ mod cp;
 mod demo;
 mod env;
 mod forward;
+mod logs;
 mod progress;
 mod shell;
 mod ssh;
