@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::agent::{AgentErrorCode, AgentMessage, EdgeCapacity, EdgeContainer};
+use offload_core::events::EventBody;
 use offload_core::api::ApiError;
 use offload_core::api::Progress;
 
@@ -114,6 +115,16 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
         },
     );
     tracing::info!(%user, edge = %link.capacity.hostname, "agent connected");
+    state
+        .ctl
+        .events
+        .publish(
+            Some(&user),
+            EventBody::AgentConnected {
+                hostname: link.capacity.hostname.clone(),
+            },
+        )
+        .await;
 
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -182,6 +193,11 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     writer.abort();
     if state.ctl.hub.unregister(&link) {
         tracing::info!(%user, "agent disconnected");
+        state
+            .ctl
+            .events
+            .publish(Some(&user), EventBody::AgentGone)
+            .await;
         state.ctl.on_agent_gone(&link).await;
     }
 }

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most open connections from one client address.
     pub max_connections_per_address: usize,
+    /// Hours the event stream (`GET /v1/events`) keeps events for watchers to resume.
+    pub events_retention_hours: u64,
     /// The resource monitor: watermarks, sustain, forecast, queries, returns, pool.
     pub monitor: offload_monitor::PolicyConfig,
 }
@@ -80,6 +82,7 @@ impl Default for ServerConfig {
             body_read_timeout_secs: 30,
             max_connections: 1024,
             max_connections_per_address: 64,
+            events_retention_hours: 7 * 24,
             monitor: offload_monitor::PolicyConfig::default(),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use offload_core::MoveRecord;
+use offload_core::events::EventBody;
 use offload_core::api::{
     ContainerView, MonitorView, MoveRequest, MoveStatus, QueryView, StartRequest,
 };
@@ -22,6 +23,7 @@ use offload_sync::protocol::{PushReport, PushRequest};
 pub use crate::clock::{Clock, now};
 use crate::config::{Limits, MIN_MEMORY, ServerConfig};
 use crate::error::ActionError;
+use crate::events::EventLog;
 use crate::hub::AgentHub;
 use crate::metrics::Metrics;
 use crate::monitor::{MonitorLoop, MonitorParts, MonitorStatus, MoveStarter};
@@ -45,6 +47,8 @@ pub struct Controller {
     pub(crate) channels: offload_runtime::channels::OpenChannels,
     pub(crate) sync: Arc<Workspaces>,
     pub(crate) queries: Arc<Queries>,
+    /// The event stream of `GET /v1/events`.
+    pub(crate) events: Arc<EventLog>,
     /// What the monitor last saw.
     pub(crate) monitor: Arc<MonitorStatus>,
     pub(crate) sizes: Arc<WorkspaceSizes>,
@@ -76,9 +80,11 @@ impl Controller {
         let clock = Clock::new();
         let hub = Arc::new(AgentHub::new());
         let metrics = Arc::new(Metrics::new());
+        let events = Arc::new(EventLog::new(store.clone(), clock));
         let queries = Arc::new(Queries::new(
             store.clone(),
             hub.clone(),
+            events.clone(),
             metrics.clone(),
             clock,
             Duration::from_secs_f64(config.monitor.query_deadline_secs),
@@ -96,6 +102,7 @@ impl Controller {
             channels: Default::default(),
             sync,
             queries,
+            events,
             monitor,
             sizes: Arc::new(WorkspaceSizes::new(Arc::new(DiskSizer::default()))),
             metrics,
@@ -111,6 +118,10 @@ impl Controller {
 
     pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
         &self.runtime
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
     }
 
     /// Runs a store operation on a blocking thread.
@@ -467,6 +478,16 @@ impl Controller {
                 record.updated_at = now();
                 self.save(&record, "started", "running in the cloud")
                     .await?;
+                self.publish(
+                    &record,
+                    EventBody::ContainerCreated {
+                        container_id: record.id.clone(),
+                        name: record.name.clone(),
+                        image: record.image.to_string(),
+                        node: record.node.clone(),
+                    },
+                )
+                .await;
                 Ok(record)
             }
             Err(e) => {
@@ -531,6 +552,15 @@ impl Controller {
         record.updated_at = now();
         self.save(&record, "stopped", "stopped by its owner")
             .await?;
+        self.publish(
+            &record,
+            EventBody::ContainerStopped {
+                container_id: record.id.clone(),
+                name: record.name.clone(),
+                detail: "stopped by its owner".to_owned(),
+            },
+        )
+        .await;
         Ok(record)
     }
 
@@ -574,6 +604,16 @@ impl Controller {
         record.updated_at = now();
         self.save(&record, "started", "started by its owner")
             .await?;
+        self.publish(
+            &record,
+            EventBody::ContainerStarted {
+                container_id: record.id.clone(),
+                name: record.name.clone(),
+                location: record.location,
+                detail: "started by its owner".to_owned(),
+            },
+        )
+        .await;
         Ok(record)
     }
 
@@ -607,7 +647,20 @@ impl Controller {
         {
             tracing::warn!(path = %workspace.display(), error = %e, "cannot remove workspace");
         }
+        self.publish(
+            &record,
+            EventBody::ContainerRemoved {
+                container_id: record.id.clone(),
+                name: record.name.clone(),
+            },
+        )
+        .await;
         Ok(())
+    }
+
+    /// Puts an event about `record` on its owner's stream.
+    pub(crate) async fn publish(&self, record: &ContainerRecord, body: EventBody) {
+        self.events.publish(Some(&record.owner), body).await;
     }
 
     pub(crate) async fn reload(&self, id: &ContainerId) -> Result<ContainerRecord, ActionError> {

@@ -66,7 +66,9 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         offload_core::agent::Command,
         offload_core::agent::Reply,
         offload_core::agent::AgentError,
-        offload_core::agent::AgentErrorCode
+        offload_core::agent::AgentErrorCode,
+        offload_core::events::Event,
+        offload_core::events::EventBody
     ))
 )]
 struct ApiDoc;
@@ -88,6 +90,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(join))
         .routes(routes!(ca_certificate))
         .routes(routes!(whoami))
+        .routes(routes!(crate::events::events_stream))
 }
 
 /// The OpenAPI document of the whole API, as `/v1/openapi.json` serves it and

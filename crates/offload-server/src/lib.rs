@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 mod db;
 pub mod error;
+pub mod events;
 mod exec;
 mod files;
 pub mod http;
@@ -105,6 +106,9 @@ pub async fn serve(
     tracing::info!(?report, "reconciled the store with the engine");
     // From here on, level-triggered: cloud containers, interrupted moves, edge states.
     tokio::spawn(ctl.clone().run_reconciler());
+    ctl.events.prune_every(std::time::Duration::from_secs(
+        ctl.config().events_retention_hours.saturating_mul(3600),
+    ));
     tokio::spawn(ctl.monitor_loop()?.run());
 
     let state = http::AppState {

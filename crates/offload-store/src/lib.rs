@@ -138,7 +138,33 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE containers ADD COLUMN env TEXT NOT NULL DEFAULT '[]';",
     // 6: the cluster node a cloud copy is placed on.
     "ALTER TABLE containers ADD COLUMN node TEXT;",
+    // 7: the event stream of `GET /v1/events`; `user` is null for the cloud's own events.
+    "CREATE TABLE stream (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        user TEXT,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX stream_by_user ON stream (user, id);",
 ];
+
+/// One stored entry of the event stream: its body is the JSON the server wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: u64,
+    pub at_ms: i64,
+    pub user: Option<UserName>,
+    pub body: String,
+}
+
+/// Whose events a reader sees.
+#[derive(Debug, Clone, Copy)]
+pub enum Audience<'a> {
+    /// An admin: every event.
+    All,
+    /// A user: their own and the cloud's.
+    User(&'a UserName),
+}
 
 /// A query as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -514,6 +540,111 @@ impl Store {
 }
 
 impl Store {
+    /// Appends to the event stream; the id it returns is larger than every earlier one.
+    pub fn append_stream(&self, at_ms: i64, user: Option<&UserName>, body: &str) -> Result<u64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO stream (at_ms, user, body) VALUES (?1, ?2, ?3)",
+            params![at_ms, user.map(UserName::as_str), body],
+        )?;
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    /// Up to `limit` entries after `after` that `audience` sees, oldest first.
+    pub fn stream_after(
+        &self,
+        audience: Audience<'_>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StreamEntry>> {
+        let conn = self.conn();
+        let (sql, user) = match audience {
+            Audience::All => (
+                "SELECT id, at_ms, user, body FROM stream WHERE id > ?1 ORDER BY id LIMIT ?3",
+                None,
+            ),
+            Audience::User(user) => (
+                "SELECT id, at_ms, user, body FROM stream
+                 WHERE id > ?1 AND (user = ?2 OR user IS NULL) ORDER BY id LIMIT ?3",
+                Some(user.as_str()),
+            ),
+        };
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![after as i64, user, limit as i64], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at_ms, user, body) = row?;
+            let user = match user {
+                Some(u) => Some(UserName::parse(&u).map_err(|_| corrupt("stream.user", u))?),
+                None => None,
+            };
+            out.push(StreamEntry {
+                id: id as u64,
+                at_ms,
+                user,
+                body,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether `audience` may resume after entry `id`: it is still kept and is theirs to
+    /// see. Another user's entry answers as an unknown one does.
+    pub fn stream_visible(&self, audience: Audience<'_>, id: u64) -> Result<bool> {
+        let user: Option<Option<String>> = self
+            .conn()
+            .query_row(
+                "SELECT user FROM stream WHERE id = ?1",
+                params![id as i64],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(match (user, audience) {
+            (None, _) => false,
+            (Some(_), Audience::All) | (Some(None), Audience::User(_)) => true,
+            (Some(Some(owner)), Audience::User(user)) => owner == user.as_str(),
+        })
+    }
+
+    /// The id after which the last `tail` entries `audience` sees begin (0: from the start).
+    pub fn stream_tail_start(&self, audience: Audience<'_>, tail: usize) -> Result<u64> {
+        let conn = self.conn();
+        let (sql, user) = match audience {
+            Audience::All => ("SELECT id FROM stream ORDER BY id DESC LIMIT 1 OFFSET ?2", None),
+            Audience::User(user) => (
+                "SELECT id FROM stream WHERE user = ?1 OR user IS NULL
+                 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                Some(user.as_str()),
+            ),
+        };
+        let id: Option<i64> = conn
+            .query_row(sql, params![user, tail as i64], |row| row.get(0))
+            .optional()?;
+        Ok(id.unwrap_or(0) as u64)
+    }
+
+    /// The newest entry's id, 0 when the stream is empty.
+    pub fn stream_head(&self) -> Result<u64> {
+        let id: Option<i64> = self
+            .conn()
+            .query_row("SELECT MAX(id) FROM stream", [], |row| row.get(0))?;
+        Ok(id.unwrap_or(0) as u64)
+    }
+
+    /// Forgets entries older than `before_ms`; returns how many went.
+    pub fn prune_stream(&self, before_ms: i64) -> Result<usize> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM stream WHERE at_ms < ?1", params![before_ms])?)
+    }
+
     pub fn insert_query(&self, q: &QueryRecord) -> Result<()> {
         self.conn().execute(
             "INSERT INTO queries (id, container_id, owner, reason, created_at, deadline_at, state,
@@ -766,6 +897,41 @@ mod tests {
             last_move: None,
             node: None,
         }
+    }
+
+    #[test]
+    fn each_user_reads_their_own_stream_and_the_clouds() {
+        let store = Store::open_in_memory().unwrap();
+        let (alice, bob) = (user("alice"), user("bob"));
+        let a = store.append_stream(10, Some(&alice), "a").unwrap();
+        let cloud = store.append_stream(11, None, "cloud").unwrap();
+        let b = store.append_stream(12, Some(&bob), "b").unwrap();
+        assert!(a < cloud && cloud < b);
+        let bodies = |audience, after| -> Vec<String> {
+            let entries = store.stream_after(audience, after, 10).unwrap();
+            entries.into_iter().map(|e| e.body).collect()
+        };
+        assert_eq!(bodies(Audience::User(&alice), 0), ["a", "cloud"]);
+        assert_eq!(bodies(Audience::User(&bob), a), ["cloud", "b"]);
+        assert_eq!(bodies(Audience::All, 0), ["a", "cloud", "b"]);
+        assert_eq!(bodies(Audience::All, b), Vec::<String>::new());
+        assert_eq!(store.stream_after(Audience::All, 0, 2).unwrap().len(), 2);
+
+        assert!(store.stream_visible(Audience::User(&alice), a).unwrap());
+        assert!(store.stream_visible(Audience::User(&alice), cloud).unwrap());
+        assert!(!store.stream_visible(Audience::User(&alice), b).unwrap());
+        assert!(!store.stream_visible(Audience::All, b + 1).unwrap());
+        assert_eq!(store.stream_head().unwrap(), b);
+        assert_eq!(store.stream_tail_start(Audience::User(&alice), 1).unwrap(), a);
+        assert_eq!(store.stream_tail_start(Audience::User(&alice), 5).unwrap(), 0);
+        assert_eq!(store.stream_tail_start(Audience::All, 0).unwrap(), b);
+
+        assert_eq!(store.prune_stream(12).unwrap(), 2);
+        assert!(!store.stream_visible(Audience::All, a).unwrap());
+        assert_eq!(bodies(Audience::All, 0), ["b"]);
+        // Ids are never reused, even after the newest entries went.
+        assert_eq!(store.prune_stream(100).unwrap(), 1);
+        assert!(store.append_stream(13, None, "c").unwrap() > b);
     }
 
     #[test]
