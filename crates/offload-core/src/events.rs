@@ -117,7 +117,9 @@ pub enum EventBody {
         usage: f64,
     },
     /// The user's agent connected, from the machine it names.
-    AgentConnected { hostname: String },
+    AgentConnected {
+        hostname: String,
+    },
     AgentGone,
 }
 

@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::agent::{AgentErrorCode, AgentMessage, EdgeCapacity, EdgeContainer};
-use offload_core::events::EventBody;
 use offload_core::api::ApiError;
 use offload_core::api::Progress;
+use offload_core::events::EventBody;
 
 use crate::error::{ActionError, error_response};
 use crate::http::{AppState, Caller};

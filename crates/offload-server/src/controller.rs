@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use offload_core::MoveRecord;
-use offload_core::events::EventBody;
 use offload_core::api::{
     ContainerView, MonitorView, MoveRequest, MoveStatus, QueryView, StartRequest,
 };
+use offload_core::events::EventBody;
 use offload_core::{
     ContainerId, ContainerRecord, ImageRef, Location, Name, State, UserName, WORKSPACE_MOUNT,
     labels, parse_memory,

@@ -119,7 +119,8 @@ impl EventLog {
         match last_id {
             Some(0) => Ok(0),
             Some(id) => {
-                let known = db::call(&self.store, move |s| s.stream_visible(v.audience(), id)).await?;
+                let known =
+                    db::call(&self.store, move |s| s.stream_visible(v.audience(), id)).await?;
                 if known {
                     Ok(id)
                 } else {
@@ -130,14 +131,22 @@ impl EventLog {
                 }
             }
             None => {
-                db::call(&self.store, move |s| s.stream_tail_start(v.audience(), tail)).await
+                db::call(&self.store, move |s| {
+                    s.stream_tail_start(v.audience(), tail)
+                })
+                .await
             }
         }
     }
 
     /// The events `viewer` sees after `after`: what the store has, then, with `follow`,
     /// the live ones as they happen. The stream ends when the receiver is dropped.
-    pub fn watch(self: &Arc<Self>, viewer: Viewer, after: u64, follow: bool) -> mpsc::Receiver<Event> {
+    pub fn watch(
+        self: &Arc<Self>,
+        viewer: Viewer,
+        after: u64,
+        follow: bool,
+    ) -> mpsc::Receiver<Event> {
         let (tx, rx) = mpsc::channel(64);
         let log = self.clone();
         tokio::spawn(async move {
@@ -161,9 +170,11 @@ impl EventLog {
         loop {
             loop {
                 let v = viewer.clone();
-                let page = db::call(&self.store, move |s| s.stream_after(v.audience(), last, PAGE))
-                    .await
-                    .map_err(|e| WatchEnded::Store(e.to_string()))?;
+                let page = db::call(&self.store, move |s| {
+                    s.stream_after(v.audience(), last, PAGE)
+                })
+                .await
+                .map_err(|e| WatchEnded::Store(e.to_string()))?;
                 let full = page.len() == PAGE;
                 for entry in page {
                     last = entry.id;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use offload_core::agent::ServerMessage;
-use offload_core::events::EventBody;
 use offload_core::api::QueryView;
+use offload_core::events::EventBody;
 use offload_core::{ContainerId, ContainerRecord};
 use offload_monitor::Answer;
 use offload_store::{Principal, QueryRecord, Store};

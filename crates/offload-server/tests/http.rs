@@ -253,3 +253,104 @@ async fn the_sftp_socket_is_refused_before_the_upgrade_for_missing_stopped_or_ot
     assert_error(&stopped, StatusCode::CONFLICT, "conflict");
     assert!(api.fake.running().is_empty());
 }
+
+impl Api {
+    /// The body of a `follow=false` event stream, as text.
+    async fn events_text(&self, query: &str, token: &str, last_id: Option<&str>) -> String {
+        let mut request = Request::get(format!("/v1/events?follow=false{query}"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(id) = last_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+}
+
+/// The `data:` lines of a server-sent event stream, parsed.
+fn sse_data(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_event_stream_carries_each_users_own_events_and_resumes_after_an_id() {
+    let api = api();
+    let start = json!({"image": "busybox", "name": "box", "command": ["sleep", "1000"]});
+    let (status, alices) = api
+        .call(api.post("/v1/containers", &api.alice, start.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{alices}");
+    let id = alices["id"].as_str().unwrap();
+    let stop = api.post(&format!("/v1/containers/{id}/stop"), &api.alice, "");
+    assert_eq!(api.call(stop).await.0, StatusCode::OK);
+    let (status, _) = api
+        .call(api.post("/v1/containers", &api.bob, start.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let text = api.events_text("", &api.alice, None).await;
+    assert!(text.contains("event: container_created"), "{text}");
+    let events = sse_data(&text);
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["container_created", "container_stopped"], "{text}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["user"] == "alice" && e["container_id"] == id)
+    );
+    let first = events[0]["id"].as_u64().unwrap();
+
+    // After the first: only the second, by header or by query.
+    let after = first.to_string();
+    let by_header = sse_data(&api.events_text("", &api.alice, Some(&after)).await);
+    let by_query = sse_data(
+        &api.events_text(&format!("&after={after}"), &api.alice, None)
+            .await,
+    );
+    for resumed in [by_header, by_query] {
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0]["kind"], "container_stopped");
+    }
+    let bobs = sse_data(&api.events_text("", &api.bob, None).await);
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0]["user"], "bob");
+}
+
+#[tokio::test]
+async fn the_event_stream_refuses_another_users_or_an_unknown_last_event_id() {
+    let api = api();
+    let start = json!({"image": "busybox", "name": "box", "command": ["sleep", "1000"]});
+    api.call(api.post("/v1/containers", &api.alice, start.to_string()))
+        .await;
+    let alices = sse_data(&api.events_text("", &api.alice, None).await);
+    let theirs = alices[0]["id"].as_u64().unwrap().to_string();
+    for last_id in [theirs.as_str(), "999999", "not-a-number"] {
+        let request = Request::get("/v1/events")
+            .header(header::AUTHORIZATION, format!("Bearer {}", api.bob))
+            .header("last-event-id", last_id)
+            .body(Body::empty())
+            .unwrap();
+        let got = api.call(request).await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let got = api.call(api.get("/v1/events", None)).await;
+    assert_error(&got, StatusCode::UNAUTHORIZED, "unauthenticated");
+    let got = api
+        .call(api.get("/v1/events?tail=many", Some(&api.alice)))
+        .await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "invalid_query");
+}

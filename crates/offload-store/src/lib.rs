@@ -617,7 +617,10 @@ impl Store {
     pub fn stream_tail_start(&self, audience: Audience<'_>, tail: usize) -> Result<u64> {
         let conn = self.conn();
         let (sql, user) = match audience {
-            Audience::All => ("SELECT id FROM stream ORDER BY id DESC LIMIT 1 OFFSET ?2", None),
+            Audience::All => (
+                "SELECT id FROM stream ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                None,
+            ),
             Audience::User(user) => (
                 "SELECT id FROM stream WHERE user = ?1 OR user IS NULL
                  ORDER BY id DESC LIMIT 1 OFFSET ?2",
@@ -922,8 +925,14 @@ mod tests {
         assert!(!store.stream_visible(Audience::User(&alice), b).unwrap());
         assert!(!store.stream_visible(Audience::All, b + 1).unwrap());
         assert_eq!(store.stream_head().unwrap(), b);
-        assert_eq!(store.stream_tail_start(Audience::User(&alice), 1).unwrap(), a);
-        assert_eq!(store.stream_tail_start(Audience::User(&alice), 5).unwrap(), 0);
+        assert_eq!(
+            store.stream_tail_start(Audience::User(&alice), 1).unwrap(),
+            a
+        );
+        assert_eq!(
+            store.stream_tail_start(Audience::User(&alice), 5).unwrap(),
+            0
+        );
         assert_eq!(store.stream_tail_start(Audience::All, 0).unwrap(), b);
 
         assert_eq!(store.prune_stream(12).unwrap(), 2);

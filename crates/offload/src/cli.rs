@@ -164,6 +164,23 @@ pub enum Command {
         /// Query id.
         qid: String,
     },
+    /// The server's events: your containers' starts, moves (each phase), stops and
+    /// removals, queries, your agent, and the cloud's pressure (admins: everyone's).
+    Events {
+        /// Keep printing events as they happen; a dropped connection resumes after the last
+        /// event printed.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many earlier events to print first.
+        #[arg(long, default_value_t = 50)]
+        tail: usize,
+        /// Start after this event id (as printed with `-o json`) instead of the latest.
+        #[arg(long)]
+        after: Option<u64>,
+        /// `json`: one JSON object per line.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// The resource monitor: usage, forecast, watermarks, pressure, containers.
     Top {
         #[arg(short, long, value_enum, default_value_t)]

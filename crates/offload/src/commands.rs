@@ -238,6 +238,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Events {
+            follow,
+            tail,
+            after,
+            output,
+        } => crate::events::run(connect(config.as_deref())?, follow, tail, after, output).await,
         Command::Demo(args) => crate::demo::run(args).await,
     }
 }

@@ -7,6 +7,7 @@ mod commands;
 mod cp;
 mod demo;
 mod env;
+mod events;
 mod forward;
 mod progress;
 mod shell;
