@@ -402,3 +402,27 @@ mod tests {
         assert_eq!(newer.code, ErrorCode::Unknown);
     }
 }
+
+/// One entry of the audit log (`GET /v1/admin/audit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    pub id: u64,
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+    /// Who; none when the request carried no valid credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// What: `start`, `stop`, `restart`, `remove`, `move`, `shell`, `sftp`, `port`, `logs`,
+    /// `accept`, `decline`, `join`, `agent`, `admin_*`, `token_create`, or `read` for a
+    /// refused read.
+    pub action: String,
+    /// On what, as the request named it: a container, a query or a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `ok`, `denied` (no or a bad token, not an admin, another user's container) or
+    /// `failed`.
+    pub outcome: String,
+    /// The HTTP status of the answer; 0 for actions taken on the server host.
+    pub status: u16,
+    pub detail: String,
+}

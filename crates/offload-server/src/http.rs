@@ -68,7 +68,8 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         offload_core::agent::AgentError,
         offload_core::agent::AgentErrorCode,
         offload_core::events::Event,
-        offload_core::events::EventBody
+        offload_core::events::EventBody,
+        offload_core::api::AuditView
     ))
 )]
 struct ApiDoc;
@@ -91,6 +92,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ca_certificate))
         .routes(routes!(whoami))
         .routes(routes!(crate::events::events_stream))
+        .routes(routes!(crate::audit::read_audit))
 }
 
 /// The OpenAPI document of the whole API, as `/v1/openapi.json` serves it and
@@ -149,6 +151,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record,
+        ))
         .with_state(state)
 }
 
@@ -261,12 +267,15 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(ActionError::InvalidToken)?;
         let hash = token_hash(token);
-        state
+        let who = state
             .ctl
             .db(move |s| s.api_principal(&hash, now()))
             .await?
-            .map(Caller)
-            .ok_or(ActionError::InvalidToken)
+            .ok_or(ActionError::InvalidToken)?;
+        if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
+            slot.set(&who);
+        }
+        Ok(Caller(who))
     }
 }
 
@@ -354,6 +363,7 @@ async fn restart_container(
     responses((status = 200, body = JoinResponse), (status = 401, body = ApiError)))]
 async fn join(
     State(state): State<AppState>,
+    audit: Option<axum::Extension<crate::audit::AuditSlot>>,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> Result<Json<JoinResponse>, ActionError> {
     let hash = token_hash(&req.secret);
@@ -370,6 +380,9 @@ async fn join(
         .db(move |s| s.insert_token(&stored, &user, TokenKind::Api, now(), None))
         .await?;
     tracing::info!(user = %principal.user, "client joined");
+    if let Some(axum::Extension(slot)) = audit {
+        slot.set(&principal);
+    }
     Ok(Json(JoinResponse {
         user: principal.user.to_string(),
         admin: principal.admin,

@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod agent_ws;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -171,5 +172,14 @@ pub fn create_join_token(
         at,
         Some(at.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX))),
     )?;
+    audit::record_local(
+        &store,
+        "token_create",
+        user.as_str(),
+        &format!(
+            "join token for {user}{} on the server host, valid {ttl_secs} s",
+            if admin { " (admin)" } else { "" }
+        ),
+    );
     Ok(token.to_string())
 }

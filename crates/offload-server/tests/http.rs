@@ -25,15 +25,17 @@ struct Api {
     fake: FakeRuntime,
     alice: String,
     bob: String,
+    /// An admin's token.
+    ops: String,
 }
 
 fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open_in_memory().unwrap());
     let mut tokens = Vec::new();
-    for name in ["alice", "bob"] {
+    for name in ["alice", "bob", "ops"] {
         let user = UserName::parse(name).unwrap();
-        store.upsert_user(&user, false, 0).unwrap();
+        store.upsert_user(&user, name == "ops", 0).unwrap();
         let token = random_secret();
         store
             .insert_token(&token_hash(&token), &user, TokenKind::Api, 0, None)
@@ -51,6 +53,7 @@ fn api() -> Api {
         ctl,
         ca_pem: Arc::from(""),
     });
+    let ops = tokens.pop().unwrap();
     let bob = tokens.pop().unwrap();
     let alice = tokens.pop().unwrap();
     Api {
@@ -59,6 +62,7 @@ fn api() -> Api {
         fake,
         alice,
         bob,
+        ops,
     }
 }
 
@@ -353,4 +357,86 @@ async fn the_event_stream_refuses_another_users_or_an_unknown_last_event_id() {
         .call(api.get("/v1/events?tail=many", Some(&api.alice)))
         .await;
     assert_error(&got, StatusCode::BAD_REQUEST, "invalid_query");
+}
+
+#[tokio::test]
+async fn the_audit_log_records_each_action_and_denial_with_the_right_user() {
+    let api = api();
+    let start = json!({"image": "busybox", "name": "box", "command": ["sleep", "1000"]});
+    let (_, view) = api
+        .call(api.post("/v1/containers", &api.alice, start.to_string()))
+        .await;
+    let id = view["id"].as_str().unwrap().to_owned();
+    api.call(api.post(&format!("/v1/containers/{id}/stop"), &api.alice, ""))
+        .await;
+    // Bob tries alice's container: to him it is missing; the log says what it was.
+    let got = api
+        .call(api.post(&format!("/v1/containers/{id}/stop"), &api.bob, ""))
+        .await;
+    assert_error(&got, StatusCode::NOT_FOUND, "not_found");
+    let got = api
+        .call(api.get(&format!("/v1/containers/{id}"), Some(&api.bob)))
+        .await;
+    assert_error(&got, StatusCode::NOT_FOUND, "not_found");
+    api.call(api.get("/v1/containers", Some("forged"))).await;
+    let got = api.call(api.get("/v1/admin/audit", Some(&api.bob))).await;
+    assert_error(&got, StatusCode::FORBIDDEN, "forbidden");
+    // Reads that succeed are not actions.
+    api.call(api.get("/v1/containers", Some(&api.alice))).await;
+
+    // The log is written after each answer: poll until the last denial is in.
+    let mut entries = Vec::new();
+    for _ in 0..100 {
+        let (status, body) = api.call(api.get("/v1/admin/audit", Some(&api.ops))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        entries = body.as_array().unwrap().clone();
+        if entries.len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let rows: Vec<(String, String, String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap_or("-").to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap_or("-").to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let row = |user: &str, action: &str, target: &str, outcome: &str| {
+        (user.into(), action.into(), target.into(), outcome.into())
+    };
+    let expected = [
+        row("alice", "start", "-", "ok"),
+        row("alice", "stop", &id, "ok"),
+        row("bob", "stop", &id, "denied"),
+        row("bob", "read", &id, "denied"),
+        row("-", "read", "-", "denied"),
+        row("bob", "read", "-", "denied"),
+    ];
+    for want in &expected {
+        assert!(rows.contains(want), "{want:?} not in {rows:?}");
+    }
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    let bobs = entries
+        .iter()
+        .find(|e| e["user"] == "bob" && e["action"] == "stop")
+        .unwrap();
+    assert!(
+        bobs["detail"].as_str().unwrap().contains("another user's container (of alice)"),
+        "{bobs}"
+    );
+
+    // Filtered by user; a bad user name is a clear error.
+    let (_, body) = api
+        .call(api.get("/v1/admin/audit?user=alice", Some(&api.ops)))
+        .await;
+    assert_eq!(body.as_array().unwrap().len(), 2, "{body}");
+    let got = api
+        .call(api.get("/v1/admin/audit?user=../x", Some(&api.ops)))
+        .await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "bad_request");
 }

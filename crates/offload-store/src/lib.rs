@@ -146,7 +146,39 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL
     );
     CREATE INDEX stream_by_user ON stream (user, id);",
+    // 8: the audit log, append-only; `user` is null when no valid credentials came.
+    "CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        user TEXT,
+        action TEXT NOT NULL,
+        target TEXT,
+        outcome TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_user ON audit (user, id);
+    CREATE INDEX audit_by_time ON audit (at_ms);",
 ];
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Set by the store; ignored when appending.
+    pub id: u64,
+    pub at_ms: i64,
+    /// Who: none when the request carried no valid credentials.
+    pub user: Option<UserName>,
+    /// What, e.g. `start`, `move`, `accept`, `token_create`.
+    pub action: String,
+    /// On what: a container, query or user, as the request named it.
+    pub target: Option<String>,
+    /// `ok`, `denied` or `failed`.
+    pub outcome: String,
+    /// The HTTP status answered (0 for actions on the server host).
+    pub status: u16,
+    pub detail: String,
+}
 
 /// One stored entry of the event stream: its body is the JSON the server wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -648,6 +680,76 @@ impl Store {
             .execute("DELETE FROM stream WHERE at_ms < ?1", params![before_ms])?)
     }
 
+    /// Appends to the audit log, which has no way to change or remove an entry.
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<u64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO audit (at_ms, user, action, target, outcome, status, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                entry.at_ms,
+                entry.user.as_ref().map(UserName::as_str),
+                entry.action,
+                entry.target,
+                entry.outcome,
+                entry.status,
+                entry.detail
+            ],
+        )?;
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    /// The newest `limit` audit entries at or after `since_ms`, of `user` if given,
+    /// oldest first.
+    pub fn audit(
+        &self,
+        user: Option<&UserName>,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at_ms, user, action, target, outcome, status, detail FROM (
+                 SELECT * FROM audit WHERE at_ms >= ?1 AND (?2 IS NULL OR user = ?2)
+                 ORDER BY id DESC LIMIT ?3)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(
+            params![since_ms, user.map(UserName::as_str), limit as i64],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, u16>(6)?,
+                    row.get::<_, String>(7)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at_ms, user, action, target, outcome, status, detail) = row?;
+            let user = match user {
+                Some(u) => Some(UserName::parse(&u).map_err(|_| corrupt("audit.user", u))?),
+                None => None,
+            };
+            out.push(AuditEntry {
+                id: id as u64,
+                at_ms,
+                user,
+                action,
+                target,
+                outcome,
+                status,
+                detail,
+            });
+        }
+        Ok(out)
+    }
+
     pub fn insert_query(&self, q: &QueryRecord) -> Result<()> {
         self.conn().execute(
             "INSERT INTO queries (id, container_id, owner, reason, created_at, deadline_at, state,
@@ -941,6 +1043,37 @@ mod tests {
         // Ids are never reused, even after the newest entries went.
         assert_eq!(store.prune_stream(100).unwrap(), 1);
         assert!(store.append_stream(13, None, "c").unwrap() > b);
+    }
+
+    #[test]
+    fn the_audit_log_reads_back_by_user_and_time_oldest_first() {
+        let store = Store::open_in_memory().unwrap();
+        let entry = |at_ms, user: Option<&str>, action: &str| AuditEntry {
+            id: 0,
+            at_ms,
+            user: user.map(|u| UserName::parse(u).unwrap()),
+            action: action.to_owned(),
+            target: Some("c1".to_owned()),
+            outcome: "ok".to_owned(),
+            status: 200,
+            detail: String::new(),
+        };
+        store.append_audit(&entry(10, Some("alice"), "start")).unwrap();
+        store.append_audit(&entry(20, None, "read")).unwrap();
+        store.append_audit(&entry(30, Some("bob"), "stop")).unwrap();
+        store.append_audit(&entry(40, Some("alice"), "move")).unwrap();
+        let actions = |user: Option<&str>, since, limit| -> Vec<String> {
+            let user = user.map(|u| UserName::parse(u).unwrap());
+            let got = store.audit(user.as_ref(), since, limit).unwrap();
+            got.into_iter().map(|e| e.action).collect()
+        };
+        assert_eq!(actions(None, 0, 10), ["start", "read", "stop", "move"]);
+        assert_eq!(actions(Some("alice"), 0, 10), ["start", "move"]);
+        assert_eq!(actions(Some("alice"), 11, 10), ["move"]);
+        assert_eq!(actions(None, 0, 2), ["stop", "move"]);
+        let all = store.audit(None, 0, 10).unwrap();
+        assert_eq!(all[1].user, None);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
     }
 
     #[test]
