@@ -152,7 +152,10 @@ async fn judge(
                 && record.owner != who.user
                 && !who.admin
             {
-                return ("denied", format!("another user's container (of {})", record.owner));
+                return (
+                    "denied",
+                    format!("another user's container (of {})", record.owner),
+                );
             }
         }
         return ("failed", "not found".to_owned());
@@ -244,12 +247,21 @@ mod tests {
 
     #[test]
     fn actions_and_targets_come_from_the_route() {
-        assert_eq!(action(&Method::POST, "/v1/containers/{id}/move"), Some("move"));
-        assert_eq!(action(&Method::GET, "/v1/containers/{id}/exec"), Some("shell"));
+        assert_eq!(
+            action(&Method::POST, "/v1/containers/{id}/move"),
+            Some("move")
+        );
+        assert_eq!(
+            action(&Method::GET, "/v1/containers/{id}/exec"),
+            Some("shell")
+        );
         assert_eq!(action(&Method::GET, "/v1/containers/{id}"), None);
         assert_eq!(action(&Method::POST, "/v1/admin/anything"), Some("admin"));
         assert_eq!(
-            target("/v1/containers/{id}/ports/{port}", "/v1/containers/box%201/ports/80"),
+            target(
+                "/v1/containers/{id}/ports/{port}",
+                "/v1/containers/box%201/ports/80"
+            ),
             Some("box 1".to_owned())
         );
         assert_eq!(target("/v1/containers", "/v1/containers"), None);

@@ -426,7 +426,10 @@ async fn the_audit_log_records_each_action_and_denial_with_the_right_user() {
         .find(|e| e["user"] == "bob" && e["action"] == "stop")
         .unwrap();
     assert!(
-        bobs["detail"].as_str().unwrap().contains("another user's container (of alice)"),
+        bobs["detail"]
+            .as_str()
+            .unwrap()
+            .contains("another user's container (of alice)"),
         "{bobs}"
     );
 

@@ -1058,10 +1058,14 @@ mod tests {
             status: 200,
             detail: String::new(),
         };
-        store.append_audit(&entry(10, Some("alice"), "start")).unwrap();
+        store
+            .append_audit(&entry(10, Some("alice"), "start"))
+            .unwrap();
         store.append_audit(&entry(20, None, "read")).unwrap();
         store.append_audit(&entry(30, Some("bob"), "stop")).unwrap();
-        store.append_audit(&entry(40, Some("alice"), "move")).unwrap();
+        store
+            .append_audit(&entry(40, Some("alice"), "move"))
+            .unwrap();
         let actions = |user: Option<&str>, since, limit| -> Vec<String> {
             let user = user.map(|u| UserName::parse(u).unwrap());
             let got = store.audit(user.as_ref(), since, limit).unwrap();

@@ -297,6 +297,21 @@ pub enum AdminCommand {
         #[arg(long)]
         user: Option<String>,
     },
+    /// The audit log: who started, moved, stopped or removed what, who answered which
+    /// query, admin actions, and every refused attempt (needs an admin token).
+    Audit {
+        /// Only this user's entries.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only entries since then: a time (2026-12-01T09:00:00Z) or an age (2h, 30m, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// The newest this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand, Debug)]

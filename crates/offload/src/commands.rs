@@ -201,6 +201,44 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Admin(AdminCommand::Audit {
+            user,
+            since,
+            limit,
+            output,
+        }) => {
+            let mut path = format!("/v1/admin/audit?limit={limit}");
+            if let Some(user) = user {
+                path.push_str(&format!("&user={}", urlencode(&user)));
+            }
+            if let Some(since) = since {
+                let at = crate::events::parse_since(&since, std::time::SystemTime::now())?;
+                path.push_str(&format!("&since_ms={at}"));
+            }
+            let entries: Vec<offload_core::api::AuditView> =
+                connect(config.as_deref())?.get(&path).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+                Output::Table => {
+                    println!(
+                        "{:<20}  {:<12}  {:<14}  {:<14}  {:<7}  DETAIL",
+                        "TIME", "USER", "ACTION", "TARGET", "OUTCOME"
+                    );
+                    for e in entries {
+                        println!(
+                            "{:<20}  {:<12}  {:<14}  {:<14}  {:<7}  {}",
+                            crate::events::timestamp(e.at_ms),
+                            e.user.as_deref().unwrap_or("-"),
+                            e.action,
+                            e.target.as_deref().unwrap_or("-"),
+                            e.outcome,
+                            e.detail
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
         Command::Queries { output } => {
             let api = connect(config.as_deref())?;
             let queries: Vec<QueryView> = api.get("/v1/queries").await?;

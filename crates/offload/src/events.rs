@@ -90,9 +90,27 @@ fn print(event: &Event, output: Output) -> anyhow::Result<bool> {
 }
 
 /// RFC 3339 in UTC, to the second.
-fn timestamp(at_ms: i64) -> String {
+pub fn timestamp(at_ms: i64) -> String {
     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(at_ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// `--since`: a time (RFC 3339, `2026-12-01T09:00:00Z` or `2026-12-01 09:00:00`, UTC) or
+/// an age (`90s`, `2h`, `7d`) before `now`; Unix milliseconds.
+pub fn parse_since(value: &str, now: SystemTime) -> anyhow::Result<i64> {
+    let at = match humantime::parse_duration(value) {
+        Ok(age) => now.checked_sub(age).unwrap_or(SystemTime::UNIX_EPOCH),
+        Err(_) => humantime::parse_rfc3339_weak(value).map_err(|_| {
+            anyhow::anyhow!(
+                "--since {value:?} is neither a time (2026-12-01T09:00:00Z) nor an age (2h, 30m, 7d)"
+            )
+        })?,
+    };
+    let ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    Ok(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
@@ -103,5 +121,18 @@ mod tests {
     fn times_print_in_utc_to_the_second() {
         assert_eq!(timestamp(1_796_205_601_999), "2026-12-02T10:00:01Z");
         assert_eq!(timestamp(-5), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn since_is_a_time_or_an_age() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_205_601);
+        assert_eq!(
+            parse_since("2026-12-02T10:00:00Z", now).expect("time"),
+            1_796_205_600_000
+        );
+        assert_eq!(parse_since("1h", now).expect("age"), 1_796_202_001_000);
+        assert_eq!(parse_since("100000d", now).expect("age"), 0);
+        let e = parse_since("yesterday", now).expect_err("refused");
+        assert!(e.to_string().contains("neither a time"), "{e}");
     }
 }
