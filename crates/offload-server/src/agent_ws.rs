@@ -151,7 +151,15 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     tokio::spawn(async move { ctl.on_agent_report(report_link, containers).await });
 
     // Any frame (pongs too) shows the agent is there.
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(SILENCE_LIMIT, stream.next()).await {
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => next,
+            () = link.cut.cancelled() => {
+                tracing::info!(%user, "the operator cut the agent off");
+                break;
+            }
+        };
+        let Ok(Some(Ok(message))) = next else { break };
         let Message::Text(text) = message else {
             continue;
         };

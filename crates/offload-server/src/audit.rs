@@ -57,15 +57,20 @@ fn action(method: &Method, route: &str) -> Option<&'static str> {
         ("GET", "/v1/agent") => "agent",
         ("POST", "/v1/admin/pressure") => "admin_pressure",
         ("POST", "/v1/admin/drain") => "admin_drain",
+        ("POST", "/v1/admin/users/{name}/disable") => "admin_disable",
+        ("POST", "/v1/admin/users/{name}/enable") => "admin_enable",
+        ("POST", "/v1/admin/tokens/revoke") => "admin_revoke",
         _ if route.starts_with("/v1/admin/") && method != Method::GET => "admin",
         _ => return None,
     };
     Some(action)
 }
 
-/// The segment of `path` that stands where `route` has `{id}`.
+/// The segment of `path` that stands where `route` has `{id}` or `{name}`.
 fn target(route: &str, path: &str) -> Option<String> {
-    let at = route.split('/').position(|s| s == "{id}")?;
+    let at = route
+        .split('/')
+        .position(|s| s == "{id}" || s == "{name}")?;
     let raw = path.split('/').nth(at)?;
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
     Some(decoded.chars().take(128).collect())

@@ -49,6 +49,8 @@ pub struct Controller {
     pub(crate) queries: Arc<Queries>,
     /// The event stream of `GET /v1/events`.
     pub(crate) events: Arc<EventLog>,
+    /// When each user was last noted as seen in the store.
+    seen: Mutex<HashMap<UserName, i64>>,
     /// What the monitor last saw.
     pub(crate) monitor: Arc<MonitorStatus>,
     pub(crate) sizes: Arc<WorkspaceSizes>,
@@ -103,6 +105,7 @@ impl Controller {
             sync,
             queries,
             events,
+            seen: Mutex::new(HashMap::new()),
             monitor,
             sizes: Arc::new(WorkspaceSizes::new(Arc::new(DiskSizer::default()))),
             metrics,
@@ -430,12 +433,8 @@ impl Controller {
     ) -> Result<ContainerRecord, ActionError> {
         let (image, name, cpus, memory_bytes) = self.validate_start(who, &req)?;
         let owner = who.user.clone();
-        let count = self.db(move |s| s.containers(Some(&owner))).await?.len();
-        if count >= self.config.max_containers_per_user {
-            return Err(ActionError::Conflict(format!(
-                "you have {count} containers, the most this server allows; remove one first"
-            )));
-        }
+        let theirs = self.db(move |s| s.containers(Some(&owner))).await?;
+        self.check_quota(&theirs, cpus, memory_bytes)?;
         self.ensure_image(&image).await?;
 
         let at = now();
@@ -656,6 +655,57 @@ impl Controller {
         )
         .await;
         Ok(())
+    }
+
+    /// Refuses a start that would take a user with containers `theirs` over a quota.
+    fn check_quota(
+        &self,
+        theirs: &[ContainerRecord],
+        cpus: f64,
+        memory: u64,
+    ) -> Result<(), ActionError> {
+        let count = theirs.len();
+        if count >= self.config.max_containers_per_user {
+            return Err(ActionError::Quota(format!(
+                "you have {count} containers, the most this server allows; remove one first"
+            )));
+        }
+        let used_cpus: f64 = theirs.iter().map(|r| r.cpus).sum();
+        if used_cpus + cpus > self.limits.user_cpus + 1e-9 {
+            return Err(ActionError::Quota(format!(
+                "your containers ask for {used_cpus} CPUs; {cpus} more would pass your quota of {} \
+                 (ask for fewer with --cpus, or remove a container)",
+                self.limits.user_cpus
+            )));
+        }
+        let used_memory: u64 = theirs.iter().map(|r| r.memory_bytes).sum();
+        if used_memory.saturating_add(memory) > self.limits.user_memory {
+            let fmt = offload_core::size::format_bytes;
+            return Err(ActionError::Quota(format!(
+                "your containers ask for {} of memory; {} more would pass your quota of {} \
+                 (ask for less with --memory, or remove a container)",
+                fmt(used_memory),
+                fmt(memory),
+                fmt(self.limits.user_memory)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes that `user` was seen, in the store at most once a minute.
+    pub(crate) async fn seen(&self, user: &UserName) {
+        let at = now();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get(user) {
+                Some(last) if at - *last < 60 => return,
+                _ => seen.insert(user.clone(), at),
+            };
+        }
+        let who = user.clone();
+        if let Err(e) = self.db(move |s| s.touch_user(&who, at)).await {
+            tracing::warn!(error = %e, "cannot note when a user was seen");
+        }
     }
 
     /// Puts an event about `record` on its owner's stream.

@@ -14,7 +14,7 @@ use offload_core::api::{
     ApiError, ContainerView, JoinRequest, JoinResponse, MonitorView, MoveRequest, PressureRequest,
     QueryView, StartRequest, WhoAmI,
 };
-use offload_store::{Principal, TokenKind};
+use offload_store::{Principal, TokenKind, TokenLookup};
 use offload_sync::protocol::{PushReport, PushRequest};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -93,6 +93,11 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(whoami))
         .routes(routes!(crate::events::events_stream))
         .routes(routes!(crate::audit::read_audit))
+        .routes(routes!(crate::users::list_users))
+        .routes(routes!(crate::users::disable_user))
+        .routes(routes!(crate::users::enable_user))
+        .routes(routes!(crate::users::revoke_tokens))
+        .routes(routes!(crate::users::all_containers))
 }
 
 /// The OpenAPI document of the whole API, as `/v1/openapi.json` serves it and
@@ -267,11 +272,12 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(ActionError::InvalidToken)?;
         let hash = token_hash(token);
-        let who = state
-            .ctl
-            .db(move |s| s.api_principal(&hash, now()))
-            .await?
-            .ok_or(ActionError::InvalidToken)?;
+        let who = match state.ctl.db(move |s| s.api_token(&hash, now())).await? {
+            TokenLookup::Valid(who) => who,
+            TokenLookup::Disabled(user) => return Err(ActionError::UserDisabled(user.to_string())),
+            TokenLookup::Invalid => return Err(ActionError::InvalidToken),
+        };
+        state.ctl.seen(&who.user).await;
         if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
             slot.set(&who);
         }

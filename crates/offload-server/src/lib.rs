@@ -26,6 +26,7 @@ mod sizes;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod users;
 mod tunnel;
 pub mod workspace;
 

@@ -159,7 +159,34 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_user ON audit (user, id);
     CREATE INDEX audit_by_time ON audit (at_ms);",
+    // 9: users an operator disabled, and when each user was last seen.
+    "ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+    ALTER TABLE users ADD COLUMN last_seen_at INTEGER;",
 ];
+
+/// A user as the operator sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: UserName,
+    pub admin: bool,
+    pub created_at: i64,
+    /// Set while the user is disabled: none of their tokens work.
+    pub disabled_at: Option<i64>,
+    /// The last authenticated request (to the minute).
+    pub last_seen_at: Option<i64>,
+    /// API tokens that still work (or would, once enabled).
+    pub tokens: usize,
+}
+
+/// What an API token's hash turns out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLookup {
+    Valid(Principal),
+    /// A real token of a user the operator disabled.
+    Disabled(UserName),
+    /// Unknown, expired or revoked.
+    Invalid,
+}
 
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +313,7 @@ impl Store {
             .query_row(
                 "SELECT t.user, u.admin FROM tokens t JOIN users u ON u.name = t.user
                  WHERE t.hash = ?1 AND t.kind = 'join' AND t.used_at IS NULL
+                   AND u.disabled_at IS NULL
                    AND (t.expires_at IS NULL OR t.expires_at > ?2)",
                 params![hash, now],
                 |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
@@ -305,26 +333,116 @@ impl Store {
         }))
     }
 
-    /// The principal an API token's hash belongs to.
-    pub fn api_principal(&self, hash: &str, now: i64) -> Result<Option<Principal>> {
+    /// Whose an API token's hash is, and whether it works now.
+    pub fn api_token(&self, hash: &str, now: i64) -> Result<TokenLookup> {
         let found = self
             .conn()
             .query_row(
-                "SELECT t.user, u.admin FROM tokens t JOIN users u ON u.name = t.user
+                "SELECT t.user, u.admin, u.disabled_at IS NOT NULL
+                 FROM tokens t JOIN users u ON u.name = t.user
                  WHERE t.hash = ?1 AND t.kind = 'api'
                    AND (t.expires_at IS NULL OR t.expires_at > ?2)",
                 params![hash, now],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, bool>(1)?,
+                        row.get::<_, bool>(2)?,
+                    ))
+                },
             )
             .optional()?;
-        found
-            .map(|(user, admin)| {
-                Ok(Principal {
-                    user: parse_user(user)?,
-                    admin,
-                })
-            })
-            .transpose()
+        Ok(match found {
+            None => TokenLookup::Invalid,
+            Some((user, _, true)) => TokenLookup::Disabled(parse_user(user)?),
+            Some((user, admin, false)) => TokenLookup::Valid(Principal {
+                user: parse_user(user)?,
+                admin,
+            }),
+        })
+    }
+
+    /// Disables (`Some(at)`) or enables (`None`) a user; `false` if there is no such user.
+    pub fn set_user_disabled(&self, user: &UserName, at: Option<i64>) -> Result<bool> {
+        Ok(self.conn().execute(
+            "UPDATE users SET disabled_at = ?2 WHERE name = ?1",
+            params![user.as_str(), at],
+        )? == 1)
+    }
+
+    /// Notes that `user` made an authenticated request at `at`.
+    pub fn touch_user(&self, user: &UserName, at: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE users SET last_seen_at = ?2 WHERE name = ?1",
+            params![user.as_str(), at],
+        )?;
+        Ok(())
+    }
+
+    /// Every user, by name.
+    pub fn users(&self, now: i64) -> Result<Vec<UserRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT u.name, u.admin, u.created_at, u.disabled_at, u.last_seen_at,
+                    (SELECT COUNT(*) FROM tokens t WHERE t.user = u.name AND t.kind = 'api'
+                       AND (t.expires_at IS NULL OR t.expires_at > ?1))
+             FROM users u ORDER BY u.name",
+        )?;
+        let rows = stmt.query_map(params![now], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, bool>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, admin, created_at, disabled_at, last_seen_at, tokens) = row?;
+            out.push(UserRecord {
+                name: parse_user(name)?,
+                admin,
+                created_at,
+                disabled_at,
+                last_seen_at,
+                tokens: usize::try_from(tokens).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Revokes every API token and every unused join token of `user`; how many went.
+    pub fn revoke_tokens_of(&self, user: &UserName) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM tokens WHERE user = ?1 AND (kind = 'api' OR used_at IS NULL)",
+            params![user.as_str()],
+        )?)
+    }
+
+    /// Revokes one token by its hash; whose it was, if it existed.
+    pub fn revoke_token(&self, hash: &str) -> Result<Option<UserName>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let user: Option<String> = tx
+            .query_row(
+                "SELECT user FROM tokens WHERE hash = ?1",
+                params![hash],
+                |row| row.get(0),
+            )
+            .optional()?;
+        tx.execute("DELETE FROM tokens WHERE hash = ?1", params![hash])?;
+        tx.commit()?;
+        user.map(parse_user).transpose()
+    }
+
+    /// The principal an API token's hash belongs to, if it works now.
+    pub fn api_principal(&self, hash: &str, now: i64) -> Result<Option<Principal>> {
+        Ok(match self.api_token(hash, now)? {
+            TokenLookup::Valid(principal) => Some(principal),
+            TokenLookup::Disabled(_) | TokenLookup::Invalid => None,
+        })
     }
 
     /// Records a new container. Fails with [`StoreError::NameTaken`] if the owner already
@@ -1078,6 +1196,45 @@ mod tests {
         let all = store.audit(None, 0, 10).unwrap();
         assert_eq!(all[1].user, None);
         assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    }
+
+    #[test]
+    fn a_disabled_users_tokens_stop_working_until_enabled_and_revoked_ones_never_again() {
+        let store = Store::open_in_memory().unwrap();
+        let alice = user("alice");
+        store.upsert_user(&alice, false, 0).unwrap();
+        store
+            .insert_token("api1", &alice, TokenKind::Api, 0, None)
+            .unwrap();
+        store
+            .insert_token("api2", &alice, TokenKind::Api, 0, None)
+            .unwrap();
+        store
+            .insert_token("join1", &alice, TokenKind::Join, 0, Some(100))
+            .unwrap();
+        assert!(matches!(store.api_token("api1", 1).unwrap(), TokenLookup::Valid(_)));
+        assert!(store.set_user_disabled(&alice, Some(5)).unwrap());
+        assert_eq!(
+            store.api_token("api1", 6).unwrap(),
+            TokenLookup::Disabled(alice.clone())
+        );
+        assert_eq!(store.api_principal("api1", 6).unwrap(), None);
+        assert_eq!(store.consume_join_token("join1", 6).unwrap(), None);
+        assert!(store.users(6).unwrap()[0].disabled_at.is_some());
+        assert!(store.set_user_disabled(&alice, None).unwrap());
+        assert!(!store.set_user_disabled(&user("nobody"), None).unwrap());
+        assert!(store.api_principal("api1", 7).unwrap().is_some());
+
+        assert_eq!(store.revoke_token("api1").unwrap(), Some(alice.clone()));
+        assert_eq!(store.revoke_token("api1").unwrap(), None);
+        assert_eq!(store.api_token("api1", 8).unwrap(), TokenLookup::Invalid);
+        assert_eq!(store.users(8).unwrap()[0].tokens, 1);
+        // The unused join token and the other API token.
+        assert_eq!(store.revoke_tokens_of(&alice).unwrap(), 2);
+        assert_eq!(store.api_token("api2", 8).unwrap(), TokenLookup::Invalid);
+        store.touch_user(&alice, 9).unwrap();
+        let users = store.users(9).unwrap();
+        assert_eq!((users[0].tokens, users[0].last_seen_at), (0, Some(9)));
     }
 
     #[test]

@@ -297,6 +297,19 @@ pub enum AdminCommand {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Every user: containers, tokens, agent, last seen, disabled (needs an admin token).
+    Users {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Disable or enable a user (needs an admin token).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Every container of every user (needs an admin token).
+    Ls {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// The audit log: who started, moved, stopped or removed what, who answered which
     /// query, admin actions, and every refused attempt (needs an admin token).
     Audit {
@@ -315,6 +328,15 @@ pub enum AdminCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Stop a user's tokens from working, at once, and cut off their agent; their
+    /// containers keep running until you stop them.
+    Disable { name: String },
+    /// Let a disabled user's tokens work again.
+    Enable { name: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TokenCommand {
     /// Create a single-use join token for a user; prints it on the last line.
     Create {
@@ -330,6 +352,15 @@ pub enum TokenCommand {
         /// Seconds the token stays valid [default: 86400].
         #[arg(long, value_name = "SECS")]
         ttl: Option<u64>,
+    },
+    /// Revoke every token of a user (they must join again) or one token (needs an admin
+    /// token).
+    Revoke {
+        /// Every API token and unused join token of this user.
+        #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+        user: Option<String>,
+        /// One token, in full.
+        token: Option<String>,
     },
 }
 

@@ -87,7 +87,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let views: Vec<ContainerView> = api.get("/v1/containers").await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
-                Output::Table => print_table(&views),
+                Output::Table => print_table(&views, false),
             }
             Ok(0)
         }
@@ -201,43 +201,23 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Admin(AdminCommand::Token(TokenCommand::Revoke { user, token })) => {
+            crate::admin::revoke(&connect(config.as_deref())?, user, token).await
+        }
         Command::Admin(AdminCommand::Audit {
             user,
             since,
             limit,
             output,
-        }) => {
-            let mut path = format!("/v1/admin/audit?limit={limit}");
-            if let Some(user) = user {
-                path.push_str(&format!("&user={}", urlencode(&user)));
-            }
-            if let Some(since) = since {
-                let at = crate::events::parse_since(&since, std::time::SystemTime::now())?;
-                path.push_str(&format!("&since_ms={at}"));
-            }
-            let entries: Vec<offload_core::api::AuditView> =
-                connect(config.as_deref())?.get(&path).await?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
-                Output::Table => {
-                    println!(
-                        "{:<20}  {:<12}  {:<14}  {:<14}  {:<7}  DETAIL",
-                        "TIME", "USER", "ACTION", "TARGET", "OUTCOME"
-                    );
-                    for e in entries {
-                        println!(
-                            "{:<20}  {:<12}  {:<14}  {:<14}  {:<7}  {}",
-                            crate::events::timestamp(e.at_ms),
-                            e.user.as_deref().unwrap_or("-"),
-                            e.action,
-                            e.target.as_deref().unwrap_or("-"),
-                            e.outcome,
-                            e.detail
-                        );
-                    }
-                }
-            }
-            Ok(0)
+        }) => crate::admin::audit(&connect(config.as_deref())?, user, since, limit, output).await,
+        Command::Admin(AdminCommand::Users { output }) => {
+            crate::admin::users(&connect(config.as_deref())?, output).await
+        }
+        Command::Admin(AdminCommand::User(command)) => {
+            crate::admin::user(&connect(config.as_deref())?, command).await
+        }
+        Command::Admin(AdminCommand::Ls { output }) => {
+            crate::admin::ls(&connect(config.as_deref())?, output).await
         }
         Command::Queries { output } => {
             let api = connect(config.as_deref())?;
@@ -398,12 +378,14 @@ fn short(id: Option<&str>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-fn print_table(views: &[ContainerView]) {
+/// The containers as a table; `owners` adds an OWNER column (`offload admin ls`).
+pub(crate) fn print_table(views: &[ContainerView], owners: bool) {
     // The NODE column appears only on a cluster, so single-engine output is unchanged.
     let nodes = views.iter().any(|v| v.node.is_some());
     let node_header = if nodes { "  NODE" } else { "" };
+    let owner_header = if owners { format!("{:<16}  ", "OWNER") } else { String::new() };
     println!(
-        "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node_header}",
+        "{owner_header}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node_header}",
         "ID", "NAME", "IMAGE", "LOCATION", "STATE", "GEN", "RUNTIME ID"
     );
     for v in views {
@@ -412,8 +394,9 @@ fn print_table(views: &[ContainerView]) {
             (true, None) => "  -".to_owned(),
             (false, _) => String::new(),
         };
+        let owner = if owners { format!("{:<16}  ", v.owner) } else { String::new() };
         println!(
-            "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node}",
+            "{owner}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node}",
             v.id,
             v.name,
             v.image,
