@@ -386,29 +386,6 @@ pub struct UsageView {
     pub node: Option<String>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_codes_are_spelled_as_on_the_wire_and_unknown_ones_still_parse() {
-        for code in [
-            ErrorCode::BadRequest,
-            ErrorCode::StaleGeneration,
-            ErrorCode::HttpsRequired,
-            ErrorCode::WebsocketRequired,
-            ErrorCode::BodyTooLarge,
-        ] {
-            let json = serde_json::to_string(&code).unwrap();
-            assert_eq!(json, format!("\"{}\"", code.as_str()));
-            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
-        }
-        let newer: ApiError =
-            serde_json::from_str(r#"{"error":"x","code":"quota_exceeded"}"#).unwrap();
-        assert_eq!(newer.code, ErrorCode::Unknown);
-    }
-}
-
 /// One entry of the audit log (`GET /v1/admin/audit`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditView {
@@ -467,4 +444,27 @@ pub struct RevokeRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RevokeResponse {
     pub revoked: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_spelled_as_on_the_wire_and_unknown_ones_still_parse() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::StaleGeneration,
+            ErrorCode::HttpsRequired,
+            ErrorCode::WebsocketRequired,
+            ErrorCode::BodyTooLarge,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        let newer: ApiError =
+            serde_json::from_str(r#"{"error":"x","code":"lease_expired"}"#).unwrap();
+        assert_eq!(newer.code, ErrorCode::Unknown);
+    }
 }

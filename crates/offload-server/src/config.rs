@@ -190,7 +190,10 @@ impl ServerConfig {
         if !(limits.user_cpus.is_finite() && limits.user_cpus >= limits.max_cpus) {
             return Err(value(
                 "max_cpus_per_user",
-                format!("must be a number of at least max_cpus ({})", limits.max_cpus),
+                format!(
+                    "must be a number of at least max_cpus ({})",
+                    limits.max_cpus
+                ),
             ));
         }
         if limits.user_memory < limits.max_memory {

@@ -26,8 +26,8 @@ mod sizes;
 #[cfg(test)]
 mod testing;
 pub mod tls;
-pub mod users;
 mod tunnel;
+pub mod users;
 pub mod workspace;
 
 use std::path::Path;

@@ -107,10 +107,7 @@ async fn set_disabled(
     }
     let key = user.clone();
     let at = disabled.then(now);
-    let found = state
-        .ctl
-        .db(move |s| s.set_user_disabled(&key, at))
-        .await?;
+    let found = state.ctl.db(move |s| s.set_user_disabled(&key, at)).await?;
     if !found {
         return Err(ActionError::NotFound(format!("user {user}")));
     }

@@ -1212,7 +1212,10 @@ mod tests {
         store
             .insert_token("join1", &alice, TokenKind::Join, 0, Some(100))
             .unwrap();
-        assert!(matches!(store.api_token("api1", 1).unwrap(), TokenLookup::Valid(_)));
+        assert!(matches!(
+            store.api_token("api1", 1).unwrap(),
+            TokenLookup::Valid(_)
+        ));
         assert!(store.set_user_disabled(&alice, Some(5)).unwrap());
         assert_eq!(
             store.api_token("api1", 6).unwrap(),

@@ -61,7 +61,11 @@ pub async fn users(api: &Api, output: Output) -> anyhow::Result<i32> {
                     "{:<16}  {:<5}  {:<8}  {:>10}  {:>4}  {:>6}  {:<20}  {:<20}",
                     u.name,
                     if u.admin { "yes" } else { "no" },
-                    if u.disabled_at.is_some() { "disabled" } else { "active" },
+                    if u.disabled_at.is_some() {
+                        "disabled"
+                    } else {
+                        "active"
+                    },
                     u.containers,
                     u.at_edge,
                     u.tokens,

@@ -383,7 +383,11 @@ pub(crate) fn print_table(views: &[ContainerView], owners: bool) {
     // The NODE column appears only on a cluster, so single-engine output is unchanged.
     let nodes = views.iter().any(|v| v.node.is_some());
     let node_header = if nodes { "  NODE" } else { "" };
-    let owner_header = if owners { format!("{:<16}  ", "OWNER") } else { String::new() };
+    let owner_header = if owners {
+        format!("{:<16}  ", "OWNER")
+    } else {
+        String::new()
+    };
     println!(
         "{owner_header}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node_header}",
         "ID", "NAME", "IMAGE", "LOCATION", "STATE", "GEN", "RUNTIME ID"
@@ -394,7 +398,11 @@ pub(crate) fn print_table(views: &[ContainerView], owners: bool) {
             (true, None) => "  -".to_owned(),
             (false, _) => String::new(),
         };
-        let owner = if owners { format!("{:<16}  ", v.owner) } else { String::new() };
+        let owner = if owners {
+            format!("{:<16}  ", v.owner)
+        } else {
+            String::new()
+        };
         println!(
             "{owner}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node}",
             v.id,
