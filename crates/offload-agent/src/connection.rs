@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use offload_core::ContainerId;
 use offload_core::agent::{AgentError, AgentErrorCode, AgentMessage, Channel, ServerMessage};
+use offload_core::api::ErrorCode;
 use offload_runtime::relay::{Frame, relay_exec};
 use rand::RngExt;
 use tokio::sync::mpsc;
@@ -77,11 +78,30 @@ pub async fn run(edge: Arc<Edge>, preferences: Preferences) {
 pub async fn run_with(edge: Arc<Edge>, preferences: Preferences, timings: LinkTimings) {
     let prompter = Prompter::new(edge.api.clone(), preferences.auto_accept);
     let mut backoff = Duration::from_millis(500);
+    let mut told = None;
     loop {
         let started = std::time::Instant::now();
         match session(&edge, preferences, &prompter, timings).await {
             Ok(()) => tracing::info!("the server closed the connection"),
-            Err(e) => tracing::warn!(error = %e, "connection to the server failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "connection to the server failed");
+                // A refusal of the credentials will not pass by retrying soon: say so
+                // once, and keep trying slowly (an operator may enable the user again).
+                let refused = e
+                    .downcast_ref::<crate::client::CallError>()
+                    .and_then(|c| c.code());
+                if let Some(code @ (ErrorCode::UserDisabled | ErrorCode::InvalidToken)) = refused {
+                    if told != Some(code) {
+                        eprintln!(
+                            "offload agent: the server refuses this machine's credentials: {e}"
+                        );
+                    }
+                    told = Some(code);
+                    backoff = Duration::from_secs(10);
+                } else {
+                    told = None;
+                }
+            }
         }
         edge.set_progress_sink(None);
         if started.elapsed() > Duration::from_secs(30) {

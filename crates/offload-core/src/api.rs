@@ -52,6 +52,10 @@ pub enum ErrorCode {
     ExecFailed,
     /// Nothing listens on the port inside the container (the connection was refused).
     NothingListens,
+    /// The token is real but its user is disabled by the operator.
+    UserDisabled,
+    /// The request would take the user over a quota (containers, CPUs, memory).
+    QuotaExceeded,
     /// A code this build does not know: a newer server's.
     #[serde(other)]
     Unknown,
@@ -79,6 +83,8 @@ impl ErrorCode {
             ErrorCode::WebsocketRequired => "websocket_required",
             ErrorCode::ExecFailed => "exec_failed",
             ErrorCode::NothingListens => "nothing_listens",
+            ErrorCode::UserDisabled => "user_disabled",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -404,6 +410,66 @@ pub struct UsageView {
     pub node: Option<String>,
 }
 
+/// One entry of the audit log (`GET /v1/admin/audit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    pub id: u64,
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+    /// Who; none when the request carried no valid credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// What: `start`, `stop`, `restart`, `remove`, `move`, `shell`, `sftp`, `port`, `logs`,
+    /// `accept`, `decline`, `join`, `agent`, `admin_*`, `token_create`, or `read` for a
+    /// refused read.
+    pub action: String,
+    /// On what, as the request named it: a container, a query or a user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// `ok`, `denied` (no or a bad token, not an admin, another user's container) or
+    /// `failed`.
+    pub outcome: String,
+    /// The HTTP status of the answer; 0 for actions taken on the server host.
+    pub status: u16,
+    pub detail: String,
+}
+
+/// A user as an admin sees them (`GET /v1/admin/users`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub name: String,
+    pub admin: bool,
+    /// Unix seconds; set while the operator has the user disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<i64>,
+    /// Unix seconds of the last authenticated request, to the minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<i64>,
+    /// API tokens that work (or would, once enabled).
+    pub tokens: usize,
+    pub containers: usize,
+    /// Of those, how many run at the edge.
+    pub at_edge: usize,
+    /// The machine the user's agent is connected from, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// `POST /v1/admin/tokens/revoke`: every token of a user, or one token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RevokeResponse {
+    pub revoked: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,7 +488,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
         let newer: ApiError =
-            serde_json::from_str(r#"{"error":"x","code":"quota_exceeded"}"#).unwrap();
+            serde_json::from_str(r#"{"error":"x","code":"lease_expired"}"#).unwrap();
         assert_eq!(newer.code, ErrorCode::Unknown);
     }
 }

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod container;
 pub mod env;
+pub mod events;
 pub mod id;
 pub mod logs;
 pub mod moves;

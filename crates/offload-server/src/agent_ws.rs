@@ -11,6 +11,7 @@ use futures::{SinkExt, StreamExt};
 use offload_core::agent::{AgentErrorCode, AgentMessage, EdgeCapacity, EdgeContainer};
 use offload_core::api::ApiError;
 use offload_core::api::Progress;
+use offload_core::events::EventBody;
 
 use crate::error::{ActionError, error_response};
 use crate::http::{AppState, Caller};
@@ -114,6 +115,16 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
         },
     );
     tracing::info!(%user, edge = %link.capacity.hostname, "agent connected");
+    state
+        .ctl
+        .events
+        .publish(
+            Some(&user),
+            EventBody::AgentConnected {
+                hostname: link.capacity.hostname.clone(),
+            },
+        )
+        .await;
 
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -140,7 +151,15 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     tokio::spawn(async move { ctl.on_agent_report(report_link, containers).await });
 
     // Any frame (pongs too) shows the agent is there.
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(SILENCE_LIMIT, stream.next()).await {
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(SILENCE_LIMIT, stream.next()) => next,
+            () = link.cut.cancelled() => {
+                tracing::info!(%user, "the operator cut the agent off");
+                break;
+            }
+        };
+        let Ok(Some(Ok(message))) = next else { break };
         let Message::Text(text) = message else {
             continue;
         };
@@ -182,6 +201,11 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     writer.abort();
     if state.ctl.hub.unregister(&link) {
         tracing::info!(%user, "agent disconnected");
+        state
+            .ctl
+            .events
+            .publish(Some(&user), EventBody::AgentGone)
+            .await;
         state.ctl.on_agent_gone(&link).await;
     }
 }

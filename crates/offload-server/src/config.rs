@@ -36,6 +36,11 @@ pub struct ServerConfig {
     pub max_memory: String,
     /// Most containers one user may have.
     pub max_containers_per_user: usize,
+    /// Most CPUs one user's containers may ask for together (their limits, running or
+    /// stopped).
+    pub max_cpus_per_user: f64,
+    /// Most memory one user's containers may ask for together (`16g`).
+    pub max_memory_per_user: String,
     /// Seconds a container gets between SIGTERM and SIGKILL when stopped.
     pub stop_grace_secs: u32,
     /// Extra DNS names or IP addresses for the server certificate.
@@ -53,6 +58,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most open connections from one client address.
     pub max_connections_per_address: usize,
+    /// Hours the event stream (`GET /v1/events`) keeps events for watchers to resume.
+    pub events_retention_hours: u64,
     /// The resource monitor: watermarks, sustain, forecast, queries, returns, pool.
     pub monitor: offload_monitor::PolicyConfig,
 }
@@ -72,6 +79,8 @@ impl Default for ServerConfig {
             max_cpus: 4.0,
             max_memory: "8g".to_owned(),
             max_containers_per_user: 20,
+            max_cpus_per_user: 8.0,
+            max_memory_per_user: "16g".to_owned(),
             stop_grace_secs: 10,
             tls_sans: Vec::new(),
             join_token_ttl_secs: 24 * 3600,
@@ -80,6 +89,7 @@ impl Default for ServerConfig {
             body_read_timeout_secs: 30,
             max_connections: 1024,
             max_connections_per_address: 64,
+            events_retention_hours: 7 * 24,
             monitor: offload_monitor::PolicyConfig::default(),
         }
     }
@@ -148,6 +158,8 @@ pub struct Limits {
     pub default_memory: u64,
     pub max_cpus: f64,
     pub max_memory: u64,
+    pub user_cpus: f64,
+    pub user_memory: u64,
 }
 
 impl ServerConfig {
@@ -172,7 +184,24 @@ impl ServerConfig {
             default_memory: memory("default_memory", &self.default_memory)?,
             max_cpus: self.max_cpus,
             max_memory: memory("max_memory", &self.max_memory)?,
+            user_cpus: self.max_cpus_per_user,
+            user_memory: memory("max_memory_per_user", &self.max_memory_per_user)?,
         };
+        if !(limits.user_cpus.is_finite() && limits.user_cpus >= limits.max_cpus) {
+            return Err(value(
+                "max_cpus_per_user",
+                format!(
+                    "must be a number of at least max_cpus ({})",
+                    limits.max_cpus
+                ),
+            ));
+        }
+        if limits.user_memory < limits.max_memory {
+            return Err(value(
+                "max_memory_per_user",
+                format!("must be at least max_memory ({})", self.max_memory),
+            ));
+        }
         if !(limits.max_cpus.is_finite() && limits.max_cpus > 0.0) {
             return Err(value("max_cpus", "must be a positive number".into()));
         }

@@ -10,6 +10,7 @@ use offload_core::MoveRecord;
 use offload_core::api::{
     ContainerView, MonitorView, MoveRequest, MoveStatus, QueryView, StartRequest,
 };
+use offload_core::events::EventBody;
 use offload_core::{
     ContainerId, ContainerRecord, ImageRef, Location, Name, State, UserName, WORKSPACE_MOUNT,
     labels, parse_memory,
@@ -22,6 +23,7 @@ use offload_sync::protocol::{PushReport, PushRequest};
 pub use crate::clock::{Clock, now};
 use crate::config::{Limits, MIN_MEMORY, ServerConfig};
 use crate::error::ActionError;
+use crate::events::EventLog;
 use crate::hub::AgentHub;
 use crate::metrics::Metrics;
 use crate::monitor::{MonitorLoop, MonitorParts, MonitorStatus, MoveStarter};
@@ -45,6 +47,10 @@ pub struct Controller {
     pub(crate) channels: offload_runtime::channels::OpenChannels,
     pub(crate) sync: Arc<Workspaces>,
     pub(crate) queries: Arc<Queries>,
+    /// The event stream of `GET /v1/events`.
+    pub(crate) events: Arc<EventLog>,
+    /// When each user was last noted as seen in the store.
+    seen: Mutex<HashMap<UserName, i64>>,
     /// What the monitor last saw.
     pub(crate) monitor: Arc<MonitorStatus>,
     pub(crate) sizes: Arc<WorkspaceSizes>,
@@ -76,9 +82,11 @@ impl Controller {
         let clock = Clock::new();
         let hub = Arc::new(AgentHub::new());
         let metrics = Arc::new(Metrics::new());
+        let events = Arc::new(EventLog::new(store.clone(), clock));
         let queries = Arc::new(Queries::new(
             store.clone(),
             hub.clone(),
+            events.clone(),
             metrics.clone(),
             clock,
             Duration::from_secs_f64(config.monitor.query_deadline_secs),
@@ -96,6 +104,8 @@ impl Controller {
             channels: Default::default(),
             sync,
             queries,
+            events,
+            seen: Mutex::new(HashMap::new()),
             monitor,
             sizes: Arc::new(WorkspaceSizes::new(Arc::new(DiskSizer::default()))),
             metrics,
@@ -111,6 +121,10 @@ impl Controller {
 
     pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
         &self.runtime
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
     }
 
     /// Runs a store operation on a blocking thread.
@@ -419,12 +433,8 @@ impl Controller {
     ) -> Result<ContainerRecord, ActionError> {
         let (image, name, cpus, memory_bytes) = self.validate_start(who, &req)?;
         let owner = who.user.clone();
-        let count = self.db(move |s| s.containers(Some(&owner))).await?.len();
-        if count >= self.config.max_containers_per_user {
-            return Err(ActionError::Conflict(format!(
-                "you have {count} containers, the most this server allows; remove one first"
-            )));
-        }
+        let theirs = self.db(move |s| s.containers(Some(&owner))).await?;
+        self.check_quota(&theirs, cpus, memory_bytes)?;
         self.ensure_image(&image).await?;
 
         let at = now();
@@ -467,6 +477,16 @@ impl Controller {
                 record.updated_at = now();
                 self.save(&record, "started", "running in the cloud")
                     .await?;
+                self.publish(
+                    &record,
+                    EventBody::ContainerCreated {
+                        container_id: record.id.clone(),
+                        name: record.name.clone(),
+                        image: record.image.to_string(),
+                        node: record.node.clone(),
+                    },
+                )
+                .await;
                 Ok(record)
             }
             Err(e) => {
@@ -531,6 +551,15 @@ impl Controller {
         record.updated_at = now();
         self.save(&record, "stopped", "stopped by its owner")
             .await?;
+        self.publish(
+            &record,
+            EventBody::ContainerStopped {
+                container_id: record.id.clone(),
+                name: record.name.clone(),
+                detail: "stopped by its owner".to_owned(),
+            },
+        )
+        .await;
         Ok(record)
     }
 
@@ -574,6 +603,16 @@ impl Controller {
         record.updated_at = now();
         self.save(&record, "started", "started by its owner")
             .await?;
+        self.publish(
+            &record,
+            EventBody::ContainerStarted {
+                container_id: record.id.clone(),
+                name: record.name.clone(),
+                location: record.location,
+                detail: "started by its owner".to_owned(),
+            },
+        )
+        .await;
         Ok(record)
     }
 
@@ -607,7 +646,71 @@ impl Controller {
         {
             tracing::warn!(path = %workspace.display(), error = %e, "cannot remove workspace");
         }
+        self.publish(
+            &record,
+            EventBody::ContainerRemoved {
+                container_id: record.id.clone(),
+                name: record.name.clone(),
+            },
+        )
+        .await;
         Ok(())
+    }
+
+    /// Refuses a start that would take a user with containers `theirs` over a quota.
+    fn check_quota(
+        &self,
+        theirs: &[ContainerRecord],
+        cpus: f64,
+        memory: u64,
+    ) -> Result<(), ActionError> {
+        let count = theirs.len();
+        if count >= self.config.max_containers_per_user {
+            return Err(ActionError::Quota(format!(
+                "you have {count} containers, the most this server allows; remove one first"
+            )));
+        }
+        let used_cpus: f64 = theirs.iter().map(|r| r.cpus).sum();
+        if used_cpus + cpus > self.limits.user_cpus + 1e-9 {
+            return Err(ActionError::Quota(format!(
+                "your containers ask for {used_cpus} CPUs; {cpus} more would pass your quota of {} \
+                 (ask for fewer with --cpus, or remove a container)",
+                self.limits.user_cpus
+            )));
+        }
+        let used_memory: u64 = theirs.iter().map(|r| r.memory_bytes).sum();
+        if used_memory.saturating_add(memory) > self.limits.user_memory {
+            let fmt = offload_core::size::format_bytes;
+            return Err(ActionError::Quota(format!(
+                "your containers ask for {} of memory; {} more would pass your quota of {} \
+                 (ask for less with --memory, or remove a container)",
+                fmt(used_memory),
+                fmt(memory),
+                fmt(self.limits.user_memory)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes that `user` was seen, in the store at most once a minute.
+    pub(crate) async fn seen(&self, user: &UserName) {
+        let at = now();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            match seen.get(user) {
+                Some(last) if at - *last < 60 => return,
+                _ => seen.insert(user.clone(), at),
+            };
+        }
+        let who = user.clone();
+        if let Err(e) = self.db(move |s| s.touch_user(&who, at)).await {
+            tracing::warn!(error = %e, "cannot note when a user was seen");
+        }
+    }
+
+    /// Puts an event about `record` on its owner's stream.
+    pub(crate) async fn publish(&self, record: &ContainerRecord, body: EventBody) {
+        self.events.publish(Some(&record.owner), body).await;
     }
 
     pub(crate) async fn reload(&self, id: &ContainerId) -> Result<ContainerRecord, ActionError> {

@@ -16,6 +16,10 @@ pub enum ActionError {
     InvalidToken,
     #[error("this needs an admin token")]
     Forbidden,
+    #[error("user {0} is disabled by the operator of this server")]
+    UserDisabled(String),
+    #[error("{0}")]
+    Quota(String),
     #[error("no such container: {0}")]
     NotFound(String),
     #[error("{0}")]
@@ -33,7 +37,8 @@ impl ActionError {
         match self {
             ActionError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ActionError::Unauthenticated | ActionError::InvalidToken => StatusCode::UNAUTHORIZED,
-            ActionError::Forbidden => StatusCode::FORBIDDEN,
+            ActionError::Forbidden | ActionError::UserDisabled(_) => StatusCode::FORBIDDEN,
+            ActionError::Quota(_) => StatusCode::CONFLICT,
             ActionError::NotFound(_) => StatusCode::NOT_FOUND,
             ActionError::Conflict(_) | ActionError::StaleGeneration { .. } => StatusCode::CONFLICT,
             ActionError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -47,6 +52,8 @@ impl ActionError {
             ActionError::Unauthenticated => ErrorCode::Unauthenticated,
             ActionError::InvalidToken => ErrorCode::InvalidToken,
             ActionError::Forbidden => ErrorCode::Forbidden,
+            ActionError::UserDisabled(_) => ErrorCode::UserDisabled,
+            ActionError::Quota(_) => ErrorCode::QuotaExceeded,
             ActionError::NotFound(_) => ErrorCode::NotFound,
             ActionError::Conflict(_) => ErrorCode::Conflict,
             ActionError::StaleGeneration { .. } => ErrorCode::StaleGeneration,

@@ -14,7 +14,7 @@ use offload_core::api::{
     ApiError, ContainerView, JoinRequest, JoinResponse, MonitorView, MoveRequest, PressureRequest,
     QueryView, StartRequest, WhoAmI,
 };
-use offload_store::{Principal, TokenKind};
+use offload_store::{Principal, TokenKind, TokenLookup};
 use offload_sync::protocol::{PushReport, PushRequest};
 use serde::Deserialize;
 use utoipa::OpenApi;
@@ -68,7 +68,10 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         offload_core::agent::Command,
         offload_core::agent::Reply,
         offload_core::agent::AgentError,
-        offload_core::agent::AgentErrorCode
+        offload_core::agent::AgentErrorCode,
+        offload_core::events::Event,
+        offload_core::events::EventBody,
+        offload_core::api::AuditView
     ))
 )]
 struct ApiDoc;
@@ -90,6 +93,13 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(join))
         .routes(routes!(ca_certificate))
         .routes(routes!(whoami))
+        .routes(routes!(crate::events::events_stream))
+        .routes(routes!(crate::audit::read_audit))
+        .routes(routes!(crate::users::list_users))
+        .routes(routes!(crate::users::disable_user))
+        .routes(routes!(crate::users::enable_user))
+        .routes(routes!(crate::users::revoke_tokens))
+        .routes(routes!(crate::users::all_containers))
 }
 
 /// The OpenAPI document of the whole API, as `/v1/openapi.json` serves it and
@@ -152,6 +162,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record,
+        ))
         .with_state(state)
 }
 
@@ -264,12 +278,16 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(ActionError::InvalidToken)?;
         let hash = token_hash(token);
-        state
-            .ctl
-            .db(move |s| s.api_principal(&hash, now()))
-            .await?
-            .map(Caller)
-            .ok_or(ActionError::InvalidToken)
+        let who = match state.ctl.db(move |s| s.api_token(&hash, now())).await? {
+            TokenLookup::Valid(who) => who,
+            TokenLookup::Disabled(user) => return Err(ActionError::UserDisabled(user.to_string())),
+            TokenLookup::Invalid => return Err(ActionError::InvalidToken),
+        };
+        state.ctl.seen(&who.user).await;
+        if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
+            slot.set(&who);
+        }
+        Ok(Caller(who))
     }
 }
 
@@ -357,6 +375,7 @@ async fn restart_container(
     responses((status = 200, body = JoinResponse), (status = 401, body = ApiError)))]
 async fn join(
     State(state): State<AppState>,
+    audit: Option<axum::Extension<crate::audit::AuditSlot>>,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> Result<Json<JoinResponse>, ActionError> {
     let hash = token_hash(&req.secret);
@@ -373,6 +392,9 @@ async fn join(
         .db(move |s| s.insert_token(&stored, &user, TokenKind::Api, now(), None))
         .await?;
     tracing::info!(user = %principal.user, "client joined");
+    if let Some(axum::Extension(slot)) = audit {
+        slot.set(&principal);
+    }
     Ok(Json(JoinResponse {
         user: principal.user.to_string(),
         admin: principal.admin,

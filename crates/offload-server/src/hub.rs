@@ -44,6 +44,8 @@ pub struct AgentLink {
     containers: Mutex<Vec<EdgeContainer>>,
     tx: mpsc::UnboundedSender<ServerMessage>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>,
+    /// Cancelled when the operator cuts the user off: the connection ends.
+    pub(crate) cut: tokio_util::sync::CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,6 +140,7 @@ impl AgentHub {
             containers: Mutex::new(hello.containers),
             tx,
             pending: Mutex::new(HashMap::new()),
+            cut: tokio_util::sync::CancellationToken::new(),
         });
         lock(&self.agents).insert(user, link.clone());
         (link, rx)
@@ -154,6 +157,17 @@ impl AgentHub {
         }
         lock(&link.pending).clear();
         current
+    }
+
+    /// Ends `user`'s agent connection (a disabled user, revoked tokens); `false` if none.
+    pub fn cut_off(&self, user: &UserName) -> bool {
+        match self.agent(user) {
+            Some(link) => {
+                link.cut.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn agent(&self, user: &UserName) -> Option<Arc<AgentLink>> {

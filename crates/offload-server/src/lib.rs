@@ -4,12 +4,14 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod agent_ws;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod controller;
 mod db;
 pub mod error;
+pub mod events;
 mod exec;
 mod files;
 pub mod http;
@@ -26,6 +28,7 @@ mod sizes;
 mod testing;
 pub mod tls;
 mod tunnel;
+pub mod users;
 pub mod workspace;
 
 use std::path::Path;
@@ -106,6 +109,9 @@ pub async fn serve(
     tracing::info!(?report, "reconciled the store with the engine");
     // From here on, level-triggered: cloud containers, interrupted moves, edge states.
     tokio::spawn(ctl.clone().run_reconciler());
+    ctl.events.prune_every(std::time::Duration::from_secs(
+        ctl.config().events_retention_hours.saturating_mul(3600),
+    ));
     tokio::spawn(ctl.monitor_loop()?.run());
 
     let state = http::AppState {
@@ -168,5 +174,14 @@ pub fn create_join_token(
         at,
         Some(at.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX))),
     )?;
+    audit::record_local(
+        &store,
+        "token_create",
+        user.as_str(),
+        &format!(
+            "join token for {user}{} on the server host, valid {ttl_secs} s",
+            if admin { " (admin)" } else { "" }
+        ),
+    );
     Ok(token.to_string())
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use offload_core::agent::{Command, EdgeSpec, Reply};
 use offload_core::api::MoveRequest;
+use offload_core::events::EventBody;
 use offload_core::moves::{
     Decision, EdgeView, PhaseEvent, Rollback, ToCloud, ToEdge, World, advance, settle,
 };
@@ -203,6 +204,7 @@ impl Controller {
             let event = match self.enter(&run.mv).await {
                 Ok(()) => {
                     self.announce_move(&run.record, phase);
+                    self.publish_phase(&run).await;
                     self.take_phase(&mut run).await
                 }
                 Err(e) => PhaseEvent::Failed(format!("cannot record the move: {e}")),
@@ -224,6 +226,22 @@ impl Controller {
             Decision::RollBack(rollback) => self.roll_back(run, rollback).await,
             Decision::AwaitEdge(reason) => self.await_edge(run, reason).await,
         }
+    }
+
+    async fn publish_phase(&self, run: &Run) {
+        let started_ms = run.mv.started_at.saturating_mul(1000);
+        let now_ms = i64::try_from(self.clock.since_epoch().as_millis()).unwrap_or(i64::MAX);
+        self.publish(
+            &run.record,
+            EventBody::MovePhase {
+                container_id: run.record.id.clone(),
+                name: run.record.name.clone(),
+                direction: run.mv.direction(),
+                phase: run.mv.phase.step(),
+                elapsed_ms: u64::try_from(now_ms - started_ms).unwrap_or(0),
+            },
+        )
+        .await;
     }
 
     async fn enter(&self, mv: &MoveRecord) -> Result<(), ActionError> {
@@ -529,6 +547,18 @@ impl Controller {
         if let Err(e) = result {
             tracing::error!(id = %record.id, error = %e, "cannot record the end of a move");
         }
+        self.publish(
+            record,
+            EventBody::MoveEnded {
+                container_id: record.id.clone(),
+                name: record.name.clone(),
+                direction: mv.direction(),
+                outcome: label.to_owned(),
+                reason: record.reason.clone(),
+                timings: mv.timings.clone(),
+            },
+        )
+        .await;
         tracing::info!(id = %record.id, direction = mv.direction().as_str(), outcome = label, reason = ?record.reason, "move ended");
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use offload_core::agent::ServerMessage;
 use offload_core::api::QueryView;
+use offload_core::events::EventBody;
 use offload_core::{ContainerId, ContainerRecord};
 use offload_monitor::Answer;
 use offload_store::{Principal, QueryRecord, Store};
@@ -20,6 +21,7 @@ use offload_store::{Principal, QueryRecord, Store};
 use crate::clock::Clock;
 use crate::db;
 use crate::error::ActionError;
+use crate::events::EventLog;
 use crate::hub::AgentHub;
 use crate::metrics::Metrics;
 
@@ -56,6 +58,7 @@ impl Closing {
 pub struct Queries {
     store: Arc<Store>,
     hub: Arc<AgentHub>,
+    events: Arc<EventLog>,
     metrics: Arc<Metrics>,
     clock: Clock,
     /// How long an owner has to answer.
@@ -81,12 +84,14 @@ impl Queries {
     pub fn new(
         store: Arc<Store>,
         hub: Arc<AgentHub>,
+        events: Arc<EventLog>,
         metrics: Arc<Metrics>,
         clock: Clock,
         deadline: Duration,
     ) -> Self {
         Queries {
             store,
+            events,
             hub,
             metrics,
             clock,
@@ -126,6 +131,18 @@ impl Queries {
         })
         .await?;
         self.metrics.query("asked");
+        self.events
+            .publish(
+                Some(&query.owner),
+                EventBody::QueryAsked {
+                    query_id: query.id.clone(),
+                    container_id: query.container_id.clone(),
+                    name: record.name.clone(),
+                    reason: query.reason.clone(),
+                    deadline_at: query.deadline_at,
+                },
+            )
+            .await;
         tracing::info!(id = %record.id, query = %query.id, %reason, "asking the owner to move");
         if let Some(agent) = self.hub.agent(&record.owner) {
             agent.send(ServerMessage::Query {
@@ -156,6 +173,16 @@ impl Queries {
             .unwrap_or(false);
         if closed {
             self.metrics.query(how.as_str());
+            self.events
+                .publish(
+                    Some(&query.owner),
+                    EventBody::QueryClosed {
+                        query_id: query.id.clone(),
+                        container_id: query.container_id.clone(),
+                        state: how.as_str().to_owned(),
+                    },
+                )
+                .await;
             if let Some(agent) = self.hub.agent(&query.owner) {
                 agent.send(ServerMessage::QueryClosed {
                     id: query.id.clone(),

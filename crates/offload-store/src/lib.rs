@@ -138,7 +138,92 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE containers ADD COLUMN env TEXT NOT NULL DEFAULT '[]';",
     // 6: the cluster node a cloud copy is placed on.
     "ALTER TABLE containers ADD COLUMN node TEXT;",
+    // 7: the event stream of `GET /v1/events`; `user` is null for the cloud's own events.
+    "CREATE TABLE stream (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        user TEXT,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX stream_by_user ON stream (user, id);",
+    // 8: the audit log, append-only; `user` is null when no valid credentials came.
+    "CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        user TEXT,
+        action TEXT NOT NULL,
+        target TEXT,
+        outcome TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_user ON audit (user, id);
+    CREATE INDEX audit_by_time ON audit (at_ms);",
+    // 9: users an operator disabled, and when each user was last seen.
+    "ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+    ALTER TABLE users ADD COLUMN last_seen_at INTEGER;",
 ];
+
+/// A user as the operator sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: UserName,
+    pub admin: bool,
+    pub created_at: i64,
+    /// Set while the user is disabled: none of their tokens work.
+    pub disabled_at: Option<i64>,
+    /// The last authenticated request (to the minute).
+    pub last_seen_at: Option<i64>,
+    /// API tokens that still work (or would, once enabled).
+    pub tokens: usize,
+}
+
+/// What an API token's hash turns out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLookup {
+    Valid(Principal),
+    /// A real token of a user the operator disabled.
+    Disabled(UserName),
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Set by the store; ignored when appending.
+    pub id: u64,
+    pub at_ms: i64,
+    /// Who: none when the request carried no valid credentials.
+    pub user: Option<UserName>,
+    /// What, e.g. `start`, `move`, `accept`, `token_create`.
+    pub action: String,
+    /// On what: a container, query or user, as the request named it.
+    pub target: Option<String>,
+    /// `ok`, `denied` or `failed`.
+    pub outcome: String,
+    /// The HTTP status answered (0 for actions on the server host).
+    pub status: u16,
+    pub detail: String,
+}
+
+/// One stored entry of the event stream: its body is the JSON the server wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: u64,
+    pub at_ms: i64,
+    pub user: Option<UserName>,
+    pub body: String,
+}
+
+/// Whose events a reader sees.
+#[derive(Debug, Clone, Copy)]
+pub enum Audience<'a> {
+    /// An admin: every event.
+    All,
+    /// A user: their own and the cloud's.
+    User(&'a UserName),
+}
 
 /// A query as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +313,7 @@ impl Store {
             .query_row(
                 "SELECT t.user, u.admin FROM tokens t JOIN users u ON u.name = t.user
                  WHERE t.hash = ?1 AND t.kind = 'join' AND t.used_at IS NULL
+                   AND u.disabled_at IS NULL
                    AND (t.expires_at IS NULL OR t.expires_at > ?2)",
                 params![hash, now],
                 |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
@@ -247,26 +333,116 @@ impl Store {
         }))
     }
 
-    /// The principal an API token's hash belongs to.
-    pub fn api_principal(&self, hash: &str, now: i64) -> Result<Option<Principal>> {
+    /// Whose an API token's hash is, and whether it works now.
+    pub fn api_token(&self, hash: &str, now: i64) -> Result<TokenLookup> {
         let found = self
             .conn()
             .query_row(
-                "SELECT t.user, u.admin FROM tokens t JOIN users u ON u.name = t.user
+                "SELECT t.user, u.admin, u.disabled_at IS NOT NULL
+                 FROM tokens t JOIN users u ON u.name = t.user
                  WHERE t.hash = ?1 AND t.kind = 'api'
                    AND (t.expires_at IS NULL OR t.expires_at > ?2)",
                 params![hash, now],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, bool>(1)?,
+                        row.get::<_, bool>(2)?,
+                    ))
+                },
             )
             .optional()?;
-        found
-            .map(|(user, admin)| {
-                Ok(Principal {
-                    user: parse_user(user)?,
-                    admin,
-                })
-            })
-            .transpose()
+        Ok(match found {
+            None => TokenLookup::Invalid,
+            Some((user, _, true)) => TokenLookup::Disabled(parse_user(user)?),
+            Some((user, admin, false)) => TokenLookup::Valid(Principal {
+                user: parse_user(user)?,
+                admin,
+            }),
+        })
+    }
+
+    /// Disables (`Some(at)`) or enables (`None`) a user; `false` if there is no such user.
+    pub fn set_user_disabled(&self, user: &UserName, at: Option<i64>) -> Result<bool> {
+        Ok(self.conn().execute(
+            "UPDATE users SET disabled_at = ?2 WHERE name = ?1",
+            params![user.as_str(), at],
+        )? == 1)
+    }
+
+    /// Notes that `user` made an authenticated request at `at`.
+    pub fn touch_user(&self, user: &UserName, at: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE users SET last_seen_at = ?2 WHERE name = ?1",
+            params![user.as_str(), at],
+        )?;
+        Ok(())
+    }
+
+    /// Every user, by name.
+    pub fn users(&self, now: i64) -> Result<Vec<UserRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT u.name, u.admin, u.created_at, u.disabled_at, u.last_seen_at,
+                    (SELECT COUNT(*) FROM tokens t WHERE t.user = u.name AND t.kind = 'api'
+                       AND (t.expires_at IS NULL OR t.expires_at > ?1))
+             FROM users u ORDER BY u.name",
+        )?;
+        let rows = stmt.query_map(params![now], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, bool>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, admin, created_at, disabled_at, last_seen_at, tokens) = row?;
+            out.push(UserRecord {
+                name: parse_user(name)?,
+                admin,
+                created_at,
+                disabled_at,
+                last_seen_at,
+                tokens: usize::try_from(tokens).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Revokes every API token and every unused join token of `user`; how many went.
+    pub fn revoke_tokens_of(&self, user: &UserName) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM tokens WHERE user = ?1 AND (kind = 'api' OR used_at IS NULL)",
+            params![user.as_str()],
+        )?)
+    }
+
+    /// Revokes one token by its hash; whose it was, if it existed.
+    pub fn revoke_token(&self, hash: &str) -> Result<Option<UserName>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let user: Option<String> = tx
+            .query_row(
+                "SELECT user FROM tokens WHERE hash = ?1",
+                params![hash],
+                |row| row.get(0),
+            )
+            .optional()?;
+        tx.execute("DELETE FROM tokens WHERE hash = ?1", params![hash])?;
+        tx.commit()?;
+        user.map(parse_user).transpose()
+    }
+
+    /// The principal an API token's hash belongs to, if it works now.
+    pub fn api_principal(&self, hash: &str, now: i64) -> Result<Option<Principal>> {
+        Ok(match self.api_token(hash, now)? {
+            TokenLookup::Valid(principal) => Some(principal),
+            TokenLookup::Disabled(_) | TokenLookup::Invalid => None,
+        })
     }
 
     /// Records a new container. Fails with [`StoreError::NameTaken`] if the owner already
@@ -514,6 +690,184 @@ impl Store {
 }
 
 impl Store {
+    /// Appends to the event stream; the id it returns is larger than every earlier one.
+    pub fn append_stream(&self, at_ms: i64, user: Option<&UserName>, body: &str) -> Result<u64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO stream (at_ms, user, body) VALUES (?1, ?2, ?3)",
+            params![at_ms, user.map(UserName::as_str), body],
+        )?;
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    /// Up to `limit` entries after `after` that `audience` sees, oldest first.
+    pub fn stream_after(
+        &self,
+        audience: Audience<'_>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StreamEntry>> {
+        let conn = self.conn();
+        let (sql, user) = match audience {
+            Audience::All => (
+                "SELECT id, at_ms, user, body FROM stream WHERE id > ?1 ORDER BY id LIMIT ?3",
+                None,
+            ),
+            Audience::User(user) => (
+                "SELECT id, at_ms, user, body FROM stream
+                 WHERE id > ?1 AND (user = ?2 OR user IS NULL) ORDER BY id LIMIT ?3",
+                Some(user.as_str()),
+            ),
+        };
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![after as i64, user, limit as i64], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at_ms, user, body) = row?;
+            let user = match user {
+                Some(u) => Some(UserName::parse(&u).map_err(|_| corrupt("stream.user", u))?),
+                None => None,
+            };
+            out.push(StreamEntry {
+                id: id as u64,
+                at_ms,
+                user,
+                body,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether `audience` may resume after entry `id`: it is still kept and is theirs to
+    /// see. Another user's entry answers as an unknown one does.
+    pub fn stream_visible(&self, audience: Audience<'_>, id: u64) -> Result<bool> {
+        let user: Option<Option<String>> = self
+            .conn()
+            .query_row(
+                "SELECT user FROM stream WHERE id = ?1",
+                params![id as i64],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(match (user, audience) {
+            (None, _) => false,
+            (Some(_), Audience::All) | (Some(None), Audience::User(_)) => true,
+            (Some(Some(owner)), Audience::User(user)) => owner == user.as_str(),
+        })
+    }
+
+    /// The id after which the last `tail` entries `audience` sees begin (0: from the start).
+    pub fn stream_tail_start(&self, audience: Audience<'_>, tail: usize) -> Result<u64> {
+        let conn = self.conn();
+        let (sql, user) = match audience {
+            Audience::All => (
+                "SELECT id FROM stream ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                None,
+            ),
+            Audience::User(user) => (
+                "SELECT id FROM stream WHERE user = ?1 OR user IS NULL
+                 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                Some(user.as_str()),
+            ),
+        };
+        let id: Option<i64> = conn
+            .query_row(sql, params![user, tail as i64], |row| row.get(0))
+            .optional()?;
+        Ok(id.unwrap_or(0) as u64)
+    }
+
+    /// The newest entry's id, 0 when the stream is empty.
+    pub fn stream_head(&self) -> Result<u64> {
+        let id: Option<i64> = self
+            .conn()
+            .query_row("SELECT MAX(id) FROM stream", [], |row| row.get(0))?;
+        Ok(id.unwrap_or(0) as u64)
+    }
+
+    /// Forgets entries older than `before_ms`; returns how many went.
+    pub fn prune_stream(&self, before_ms: i64) -> Result<usize> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM stream WHERE at_ms < ?1", params![before_ms])?)
+    }
+
+    /// Appends to the audit log, which has no way to change or remove an entry.
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<u64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO audit (at_ms, user, action, target, outcome, status, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                entry.at_ms,
+                entry.user.as_ref().map(UserName::as_str),
+                entry.action,
+                entry.target,
+                entry.outcome,
+                entry.status,
+                entry.detail
+            ],
+        )?;
+        Ok(conn.last_insert_rowid() as u64)
+    }
+
+    /// The newest `limit` audit entries at or after `since_ms`, of `user` if given,
+    /// oldest first.
+    pub fn audit(
+        &self,
+        user: Option<&UserName>,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at_ms, user, action, target, outcome, status, detail FROM (
+                 SELECT * FROM audit WHERE at_ms >= ?1 AND (?2 IS NULL OR user = ?2)
+                 ORDER BY id DESC LIMIT ?3)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(
+            params![since_ms, user.map(UserName::as_str), limit as i64],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, u16>(6)?,
+                    row.get::<_, String>(7)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at_ms, user, action, target, outcome, status, detail) = row?;
+            let user = match user {
+                Some(u) => Some(UserName::parse(&u).map_err(|_| corrupt("audit.user", u))?),
+                None => None,
+            };
+            out.push(AuditEntry {
+                id: id as u64,
+                at_ms,
+                user,
+                action,
+                target,
+                outcome,
+                status,
+                detail,
+            });
+        }
+        Ok(out)
+    }
+
     pub fn insert_query(&self, q: &QueryRecord) -> Result<()> {
         self.conn().execute(
             "INSERT INTO queries (id, container_id, owner, reason, created_at, deadline_at, state,
@@ -766,6 +1120,124 @@ mod tests {
             last_move: None,
             node: None,
         }
+    }
+
+    #[test]
+    fn each_user_reads_their_own_stream_and_the_clouds() {
+        let store = Store::open_in_memory().unwrap();
+        let (alice, bob) = (user("alice"), user("bob"));
+        let a = store.append_stream(10, Some(&alice), "a").unwrap();
+        let cloud = store.append_stream(11, None, "cloud").unwrap();
+        let b = store.append_stream(12, Some(&bob), "b").unwrap();
+        assert!(a < cloud && cloud < b);
+        let bodies = |audience, after| -> Vec<String> {
+            let entries = store.stream_after(audience, after, 10).unwrap();
+            entries.into_iter().map(|e| e.body).collect()
+        };
+        assert_eq!(bodies(Audience::User(&alice), 0), ["a", "cloud"]);
+        assert_eq!(bodies(Audience::User(&bob), a), ["cloud", "b"]);
+        assert_eq!(bodies(Audience::All, 0), ["a", "cloud", "b"]);
+        assert_eq!(bodies(Audience::All, b), Vec::<String>::new());
+        assert_eq!(store.stream_after(Audience::All, 0, 2).unwrap().len(), 2);
+
+        assert!(store.stream_visible(Audience::User(&alice), a).unwrap());
+        assert!(store.stream_visible(Audience::User(&alice), cloud).unwrap());
+        assert!(!store.stream_visible(Audience::User(&alice), b).unwrap());
+        assert!(!store.stream_visible(Audience::All, b + 1).unwrap());
+        assert_eq!(store.stream_head().unwrap(), b);
+        assert_eq!(
+            store.stream_tail_start(Audience::User(&alice), 1).unwrap(),
+            a
+        );
+        assert_eq!(
+            store.stream_tail_start(Audience::User(&alice), 5).unwrap(),
+            0
+        );
+        assert_eq!(store.stream_tail_start(Audience::All, 0).unwrap(), b);
+
+        assert_eq!(store.prune_stream(12).unwrap(), 2);
+        assert!(!store.stream_visible(Audience::All, a).unwrap());
+        assert_eq!(bodies(Audience::All, 0), ["b"]);
+        // Ids are never reused, even after the newest entries went.
+        assert_eq!(store.prune_stream(100).unwrap(), 1);
+        assert!(store.append_stream(13, None, "c").unwrap() > b);
+    }
+
+    #[test]
+    fn the_audit_log_reads_back_by_user_and_time_oldest_first() {
+        let store = Store::open_in_memory().unwrap();
+        let entry = |at_ms, user: Option<&str>, action: &str| AuditEntry {
+            id: 0,
+            at_ms,
+            user: user.map(|u| UserName::parse(u).unwrap()),
+            action: action.to_owned(),
+            target: Some("c1".to_owned()),
+            outcome: "ok".to_owned(),
+            status: 200,
+            detail: String::new(),
+        };
+        store
+            .append_audit(&entry(10, Some("alice"), "start"))
+            .unwrap();
+        store.append_audit(&entry(20, None, "read")).unwrap();
+        store.append_audit(&entry(30, Some("bob"), "stop")).unwrap();
+        store
+            .append_audit(&entry(40, Some("alice"), "move"))
+            .unwrap();
+        let actions = |user: Option<&str>, since, limit| -> Vec<String> {
+            let user = user.map(|u| UserName::parse(u).unwrap());
+            let got = store.audit(user.as_ref(), since, limit).unwrap();
+            got.into_iter().map(|e| e.action).collect()
+        };
+        assert_eq!(actions(None, 0, 10), ["start", "read", "stop", "move"]);
+        assert_eq!(actions(Some("alice"), 0, 10), ["start", "move"]);
+        assert_eq!(actions(Some("alice"), 11, 10), ["move"]);
+        assert_eq!(actions(None, 0, 2), ["stop", "move"]);
+        let all = store.audit(None, 0, 10).unwrap();
+        assert_eq!(all[1].user, None);
+        assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    }
+
+    #[test]
+    fn a_disabled_users_tokens_stop_working_until_enabled_and_revoked_ones_never_again() {
+        let store = Store::open_in_memory().unwrap();
+        let alice = user("alice");
+        store.upsert_user(&alice, false, 0).unwrap();
+        store
+            .insert_token("api1", &alice, TokenKind::Api, 0, None)
+            .unwrap();
+        store
+            .insert_token("api2", &alice, TokenKind::Api, 0, None)
+            .unwrap();
+        store
+            .insert_token("join1", &alice, TokenKind::Join, 0, Some(100))
+            .unwrap();
+        assert!(matches!(
+            store.api_token("api1", 1).unwrap(),
+            TokenLookup::Valid(_)
+        ));
+        assert!(store.set_user_disabled(&alice, Some(5)).unwrap());
+        assert_eq!(
+            store.api_token("api1", 6).unwrap(),
+            TokenLookup::Disabled(alice.clone())
+        );
+        assert_eq!(store.api_principal("api1", 6).unwrap(), None);
+        assert_eq!(store.consume_join_token("join1", 6).unwrap(), None);
+        assert!(store.users(6).unwrap()[0].disabled_at.is_some());
+        assert!(store.set_user_disabled(&alice, None).unwrap());
+        assert!(!store.set_user_disabled(&user("nobody"), None).unwrap());
+        assert!(store.api_principal("api1", 7).unwrap().is_some());
+
+        assert_eq!(store.revoke_token("api1").unwrap(), Some(alice.clone()));
+        assert_eq!(store.revoke_token("api1").unwrap(), None);
+        assert_eq!(store.api_token("api1", 8).unwrap(), TokenLookup::Invalid);
+        assert_eq!(store.users(8).unwrap()[0].tokens, 1);
+        // The unused join token and the other API token.
+        assert_eq!(store.revoke_tokens_of(&alice).unwrap(), 2);
+        assert_eq!(store.api_token("api2", 8).unwrap(), TokenLookup::Invalid);
+        store.touch_user(&alice, 9).unwrap();
+        let users = store.users(9).unwrap();
+        assert_eq!((users[0].tokens, users[0].last_seen_at), (0, Some(9)));
     }
 
     #[test]

@@ -185,6 +185,23 @@ pub enum Command {
         /// Query id.
         qid: String,
     },
+    /// The server's events: your containers' starts, moves (each phase), stops and
+    /// removals, queries, your agent, and the cloud's pressure (admins: everyone's).
+    Events {
+        /// Keep printing events as they happen; a dropped connection resumes after the last
+        /// event printed.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many earlier events to print first.
+        #[arg(long, default_value_t = 50)]
+        tail: usize,
+        /// Start after this event id (as printed with `-o json`) instead of the latest.
+        #[arg(long)]
+        after: Option<u64>,
+        /// `json`: one JSON object per line.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// The resource monitor: usage, forecast, watermarks, pressure, containers.
     Top {
         #[arg(short, long, value_enum, default_value_t)]
@@ -301,6 +318,43 @@ pub enum AdminCommand {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Every user: containers, tokens, agent, last seen, disabled (needs an admin token).
+    Users {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Disable or enable a user (needs an admin token).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Every container of every user (needs an admin token).
+    Ls {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The audit log: who started, moved, stopped or removed what, who answered which
+    /// query, admin actions, and every refused attempt (needs an admin token).
+    Audit {
+        /// Only this user's entries.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only entries since then: a time (2026-12-01T09:00:00Z) or an age (2h, 30m, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// The newest this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Stop a user's tokens from working, at once, and cut off their agent; their
+    /// containers keep running until you stop them.
+    Disable { name: String },
+    /// Let a disabled user's tokens work again.
+    Enable { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -319,6 +373,15 @@ pub enum TokenCommand {
         /// Seconds the token stays valid [default: 86400].
         #[arg(long, value_name = "SECS")]
         ttl: Option<u64>,
+    },
+    /// Revoke every token of a user (they must join again) or one token (needs an admin
+    /// token).
+    Revoke {
+        /// Every API token and unused join token of this user.
+        #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+        user: Option<String>,
+        /// One token, in full.
+        token: Option<String>,
     },
 }
 

@@ -87,7 +87,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let views: Vec<ContainerView> = api.get("/v1/containers").await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&views)?),
-                Output::Table => print_table(&views),
+                Output::Table => print_table(&views, false),
             }
             Ok(0)
         }
@@ -217,6 +217,24 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Admin(AdminCommand::Token(TokenCommand::Revoke { user, token })) => {
+            crate::admin::revoke(&connect(config.as_deref())?, user, token).await
+        }
+        Command::Admin(AdminCommand::Audit {
+            user,
+            since,
+            limit,
+            output,
+        }) => crate::admin::audit(&connect(config.as_deref())?, user, since, limit, output).await,
+        Command::Admin(AdminCommand::Users { output }) => {
+            crate::admin::users(&connect(config.as_deref())?, output).await
+        }
+        Command::Admin(AdminCommand::User(command)) => {
+            crate::admin::user(&connect(config.as_deref())?, command).await
+        }
+        Command::Admin(AdminCommand::Ls { output }) => {
+            crate::admin::ls(&connect(config.as_deref())?, output).await
+        }
         Command::Queries { output } => {
             let api = connect(config.as_deref())?;
             let queries: Vec<QueryView> = api.get("/v1/queries").await?;
@@ -254,6 +272,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Events {
+            follow,
+            tail,
+            after,
+            output,
+        } => crate::events::run(connect(config.as_deref())?, follow, tail, after, output).await,
         Command::Demo(args) => crate::demo::run(args).await,
     }
 }
@@ -370,12 +394,18 @@ fn short(id: Option<&str>) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
-fn print_table(views: &[ContainerView]) {
+/// The containers as a table; `owners` adds an OWNER column (`offload admin ls`).
+pub(crate) fn print_table(views: &[ContainerView], owners: bool) {
     // The NODE column appears only on a cluster, so single-engine output is unchanged.
     let nodes = views.iter().any(|v| v.node.is_some());
     let node_header = if nodes { "  NODE" } else { "" };
+    let owner_header = if owners {
+        format!("{:<16}  ", "OWNER")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node_header}",
+        "{owner_header}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node_header}",
         "ID", "NAME", "IMAGE", "LOCATION", "STATE", "GEN", "RUNTIME ID"
     );
     for v in views {
@@ -384,8 +414,13 @@ fn print_table(views: &[ContainerView]) {
             (true, None) => "  -".to_owned(),
             (false, _) => String::new(),
         };
+        let owner = if owners {
+            format!("{:<16}  ", v.owner)
+        } else {
+            String::new()
+        };
         println!(
-            "{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node}",
+            "{owner}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node}",
             v.id,
             v.name,
             v.image,

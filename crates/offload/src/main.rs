@@ -2,11 +2,13 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod admin;
 mod cli;
 mod commands;
 mod cp;
 mod demo;
 mod env;
+mod events;
 mod forward;
 mod logs;
 mod progress;
