@@ -27,8 +27,8 @@ pub use config::{DefaultAction, PolicyConfig, SamplerSource};
 pub use error::{ConfigError, MonitorError};
 pub use host::ProcHostSampler;
 pub use policy::{
-    AgentReport, Answer, Ask, Decision, Expiry, MoveNeeds, Observation, Policy, PressureEvent,
-    ResourceStatus, Return, Status,
+    AgentReport, Answer, Ask, Decision, Expiry, MoveNeeds, NodeReport, NodeStatus, Observation,
+    Policy, PressureEvent, Relocation, ResourceStatus, Return, Status,
 };
 pub use pressure::Trigger;
 pub use resource::{Resource, Watermark};
