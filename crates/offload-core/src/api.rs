@@ -338,9 +338,6 @@ pub struct QueryView {
     /// a move to the owner's machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_node: Option<String>,
-    /// The name of that node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to_node_name: Option<String>,
 }
 
 /// Body of `POST /v1/admin/drain`.

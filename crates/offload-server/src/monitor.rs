@@ -14,17 +14,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use offload_core::api::{MonitorView, ResourceView, UsageView};
+use offload_core::api::{MonitorView, NodeView, ResourceView, UsageView};
 use offload_core::{ContainerId, ContainerRecord, Location, State, UserName};
 use offload_monitor::{
-    AgentReport, ContainerUsage, CpuReading, Decision, DefaultAction, HostSample, HostSampler,
-    MoveNeeds, Observation, Policy, PolicyConfig, PoolCapacity, ProcHostSampler, SamplerSource,
-    Status, container_cpu_cores,
+    AgentReport, Answer, ContainerUsage, CpuReading, Decision, DefaultAction, HostSample,
+    HostSampler, MoveNeeds, NodeReport, Observation, Policy, PolicyConfig, PoolCapacity,
+    ProcHostSampler, SamplerSource, Status, container_cpu_cores,
 };
 use offload_runtime::{ContainerRuntime, UsageReading};
 use offload_store::{QueryRecord, Store};
 
 use crate::clock::Clock;
+use crate::config::CloudMoves;
 use crate::db;
 use crate::error::ActionError;
 use crate::hub::AgentHub;
@@ -63,7 +64,27 @@ impl MonitorStatus {
         };
         match lock(&self.last).clone() {
             Some((status, containers)) => MonitorView {
-                source: source.to_owned(),
+                // On a cluster each node is measured as a pool of offload's containers.
+                source: if status.nodes.is_empty() {
+                    source.to_owned()
+                } else {
+                    "nodes".to_owned()
+                },
+                nodes: status
+                    .nodes
+                    .iter()
+                    .map(|n| NodeView {
+                        id: n.id.clone(),
+                        name: n.name.clone(),
+                        schedulable: n.schedulable,
+                        cpus: n.cpus,
+                        memory_bytes: n.mem_bytes,
+                        cpu: n.resources.first().map_or(0.0, |r| r.usage),
+                        mem: n.resources.get(1).map_or(0.0, |r| r.usage),
+                        under_pressure: n.under_pressure,
+                        stuck: n.stuck,
+                    })
+                    .collect(),
                 under_pressure: status.under_pressure,
                 reason: status.reason.clone(),
                 resources: status
@@ -88,6 +109,7 @@ impl MonitorStatus {
                 resources: Vec::new(),
                 pending_queries: pending,
                 containers: Vec::new(),
+                nodes: Vec::new(),
             },
         }
     }
@@ -103,6 +125,14 @@ pub trait MoveStarter: Send + Sync {
         id: &ContainerId,
         to: Location,
     ) -> Result<(), ActionError>;
+
+    /// Moves a cloud container to another cluster node, telling its owner `reason`.
+    async fn relocate(
+        &self,
+        id: &ContainerId,
+        to_node: &str,
+        reason: &str,
+    ) -> Result<(), ActionError>;
 }
 
 /// What the loop reads and acts through.
@@ -117,6 +147,8 @@ pub struct MonitorParts {
     pub status: Arc<MonitorStatus>,
     pub moves: Arc<dyn MoveStarter>,
     pub clock: Clock,
+    /// On a cluster: whether moves between nodes are announced or asked.
+    pub cloud_moves: CloudMoves,
 }
 
 /// Engine readings between rounds: CPU use is the difference of two.
@@ -133,8 +165,9 @@ pub struct MonitorLoop {
     policy: Policy,
     parts: MonitorParts,
     tracker: Tracker,
-    /// The pending queries the policy has been told of: id and container.
-    known: HashMap<String, ContainerId>,
+    /// The pending queries the policy has been told of: id, container, and whether it
+    /// asks about a move to another node.
+    known: HashMap<String, (ContainerId, bool)>,
 }
 
 impl MonitorLoop {
@@ -283,9 +316,38 @@ impl MonitorLoop {
                 cpu: tracker.cores.get(&record.id).copied().unwrap_or(0.0),
                 mem_bytes: tracker.memory.get(&record.id).copied().unwrap_or(0),
                 running_in_cloud: in_cloud,
+                node: record.node.clone().filter(|_| record.location == Location::Cloud),
+                moving: record.state == State::Moving,
             });
         }
+        // On a cluster every node is a pool of offload's containers against its capacity
+        // (the operator's, else what the node reports): nodes that share a machine, as
+        // in the tests, would all read the same host figures.
+        let nodes: Vec<NodeReport> = match parts.runtime.nodes().await {
+            Ok(nodes) => nodes
+                .iter()
+                .map(|n| NodeReport {
+                    id: n.id.clone(),
+                    name: n.name.clone(),
+                    cpus: n.cpus,
+                    mem_bytes: n.memory_bytes,
+                    schedulable: n.schedulable(),
+                    movable_from: n.state == "ready" && n.reachable && n.availability != "drain",
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the cluster's nodes");
+                Vec::new()
+            }
+        };
         let sample = match pool {
+            _ if !nodes.is_empty() => {
+                let cpus: f64 = nodes.iter().map(|n| n.cpus).sum();
+                let mem: u64 = nodes.iter().map(|n| n.mem_bytes).sum();
+                PoolCapacity::new(cpus, mem)
+                    .map(|p| p.sample(&usage))
+                    .unwrap_or_default()
+            }
             Some(pool) => pool.sample(&usage),
             None => host
                 .sample()
@@ -319,6 +381,7 @@ impl MonitorLoop {
             containers: usage,
             needs,
             agents,
+            nodes,
         })
     }
 
@@ -334,7 +397,7 @@ impl MonitorLoop {
             .cloned()
             .collect();
         for id in closed {
-            let Some(container) = self.known.remove(&id) else {
+            let Some((container, to_node)) = self.known.remove(&id) else {
                 continue;
             };
             // Expired and withdrawn are the policy's own doing; an answer is news.
@@ -342,9 +405,15 @@ impl MonitorLoop {
                 continue;
             };
             if let Some(answer) = Closing::answer_of(&query.state) {
-                let at = u64::try_from(query.answered_at.unwrap_or(0)).unwrap_or(0);
-                self.policy
-                    .record_answer(container.as_str(), answer, Duration::from_secs(at));
+                let at = Duration::from_secs(
+                    u64::try_from(query.answered_at.unwrap_or(0)).unwrap_or(0),
+                );
+                if to_node {
+                    self.policy
+                        .record_relocation_answer(container.as_str(), answer, at);
+                } else {
+                    self.policy.record_answer(container.as_str(), answer, at);
+                }
             }
         }
         for query in &pending {
@@ -359,15 +428,26 @@ impl MonitorLoop {
     /// deadline the store shows: one rule for both.
     fn remember(&mut self, query: &QueryRecord, standing: bool) {
         let deadline = u64::try_from(query.deadline_at).unwrap_or(0) as f64;
-        let asked_at = (deadline - self.config.query_deadline_secs).max(0.0);
-        self.policy.record_ask(
-            query.container_id.as_str(),
-            query.owner.as_str(),
-            Duration::from_secs_f64(asked_at),
-            standing,
+        let asked_at = Duration::from_secs_f64((deadline - self.config.query_deadline_secs).max(0.0));
+        match &query.to_node {
+            Some(to_node) => self.policy.record_relocation_ask(
+                query.container_id.as_str(),
+                query.owner.as_str(),
+                to_node,
+                asked_at,
+                standing,
+            ),
+            None => self.policy.record_ask(
+                query.container_id.as_str(),
+                query.owner.as_str(),
+                asked_at,
+                standing,
+            ),
+        }
+        self.known.insert(
+            query.id.clone(),
+            (query.container_id.clone(), query.to_node.is_some()),
         );
-        self.known
-            .insert(query.id.clone(), query.container_id.clone());
     }
 
     /// Carries out the policy's decision, all of it.
@@ -403,9 +483,54 @@ impl MonitorLoop {
             if queries.declined_recently(record, cooldown).await? {
                 continue;
             }
-            match queries.ask(record, &ask.reason, ask.move_bytes).await {
+            match queries.ask(record, &ask.reason, ask.move_bytes, None).await {
                 Ok(query) => self.remember(&query, false),
                 Err(e) => tracing::warn!(id = %record.id, error = %e, "cannot send a query"),
+            }
+        }
+        for relocation in &decision.relocations {
+            let now = self.now();
+            let Some(record) = record_of(&relocation.container_id) else {
+                self.policy
+                    .record_relocation_answer(&relocation.container_id, Answer::Decline, now);
+                continue;
+            };
+            let started = match self.parts.cloud_moves {
+                // The owner is told (by the move itself), then it moves.
+                CloudMoves::Notify => moves
+                    .relocate(&record.id, &relocation.to_node, &relocation.reason)
+                    .await
+                    .map(|()| true),
+                CloudMoves::Ask if pending.iter().any(|q| q.container_id == record.id) => {
+                    Err(ActionError::Conflict("a query about it is pending".into()))
+                }
+                CloudMoves::Ask => {
+                    let reason = format!(
+                        "{}; move it to node {} (its processes restart there, its files stay)?",
+                        relocation.reason, relocation.to_node_name
+                    );
+                    match queries
+                        .ask(record, &reason, 0, Some(&relocation.to_node))
+                        .await
+                    {
+                        Ok(query) => {
+                            self.remember(&query, false);
+                            Ok(false)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match started {
+                Ok(true) => self
+                    .policy
+                    .record_relocation_answer(&relocation.container_id, Answer::Accept, now),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(id = %record.id, error = %e, "cannot move a container to another node");
+                    self.policy
+                        .record_relocation_answer(&relocation.container_id, Answer::Decline, now);
+                }
             }
         }
         for id in &decision.withdrawn {
