@@ -381,7 +381,9 @@ pub struct PressureRequest {
 /// The monitor as `offload top` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MonitorView {
-    /// `host` or `pool`.
+    /// `host` or `pool`; `nodes` on a cluster, where each node is measured on its own and
+    /// `resources` are the cloud's as a whole (the least busy node's use, or a node's that
+    /// no move between nodes can relieve).
     pub source: String,
     pub under_pressure: bool,
     pub reason: String,

@@ -43,7 +43,9 @@ const TASK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a task may stay pending because no node satisfies its constraints.
 const UNSCHEDULABLE_GRACE: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(200);
+/// How often a start or stop looks at the service's tasks: a move's downtime includes the
+/// time to notice that the old task stopped and that the new one runs.
+const POLL: Duration = Duration::from_millis(50);
 
 /// A node's own engine, as the operator configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -151,12 +151,18 @@ pub struct MonitorParts {
     pub cloud_moves: CloudMoves,
 }
 
+/// How many containers' readings a tick takes at once.
+const USAGE_READS_IN_FLIGHT: usize = 16;
+
 /// Engine readings between rounds: CPU use is the difference of two.
 #[derive(Default)]
 struct Tracker {
     readings: HashMap<String, UsageReading>,
     cores: HashMap<ContainerId, f64>,
     memory: HashMap<ContainerId, u64>,
+    /// The cluster's nodes as last listed, kept when a listing fails so that a manager
+    /// that does not answer for a moment does not turn the cluster into one host.
+    nodes: Vec<NodeReport>,
 }
 
 /// The monitor loop and its state.
@@ -225,8 +231,10 @@ impl MonitorLoop {
         host: &mut (dyn HostSampler + Send),
         pool: Option<&PoolCapacity>,
     ) -> Result<(), ActionError> {
+        let started = tokio::time::Instant::now();
         let records = db::call(&self.parts.store, |s| s.containers(None)).await?;
         let observation = self.observe(&records, host, pool).await?;
+        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, containers = observation.containers.len(), "monitor observed");
         self.learn_queries().await?;
         let decision = self.policy.evaluate(self.now(), &observation);
         let views = observation
@@ -261,15 +269,38 @@ impl MonitorLoop {
         host: &mut (dyn HostSampler + Send),
         pool: Option<&PoolCapacity>,
     ) -> Result<Observation, ActionError> {
+        use futures::StreamExt;
         let parts = &self.parts;
         let tracker = &mut self.tracker;
         parts.sizes.retain(&records.iter().map(|r| &r.id).collect());
+        let running_in_cloud =
+            |r: &ContainerRecord| r.location == Location::Cloud && r.state == State::Running;
+        // One reading per container, several at a time: on a cluster each is a call to the
+        // manager and one to the node's engine, and a tick must not grow with their sum.
+        let to_read: Vec<String> = records
+            .iter()
+            .filter(|r| running_in_cloud(r))
+            .filter_map(|r| r.runtime_id.clone())
+            .collect();
+        let runtime = parts.runtime.clone();
+        let mut readings: HashMap<String, UsageReading> = futures::stream::iter(to_read)
+        .map(move |runtime_id| {
+            let runtime = runtime.clone();
+            async move {
+                let reading = runtime.usage(&runtime_id).await;
+                (runtime_id, reading)
+            }
+        })
+        .buffer_unordered(USAGE_READS_IN_FLIGHT)
+        .filter_map(|(runtime_id, reading)| async move { Some((runtime_id, reading.ok()?)) })
+        .collect()
+        .await;
         let mut sizes = HashMap::new();
         let mut usage = Vec::new();
         for record in records {
-            let in_cloud = record.location == Location::Cloud && record.state == State::Running;
+            let in_cloud = running_in_cloud(record);
             if in_cloud && let Some(runtime_id) = &record.runtime_id {
-                if let Ok(reading) = parts.runtime.usage(runtime_id).await {
+                if let Some(reading) = readings.remove(runtime_id) {
                     if let Some(previous) = tracker.readings.get(runtime_id) {
                         let cores = container_cpu_cores(
                             &CpuReading {
@@ -336,10 +367,11 @@ impl MonitorLoop {
                 })
                 .collect(),
             Err(e) => {
-                tracing::debug!(error = %e, "cannot list the cluster's nodes");
-                Vec::new()
+                tracing::warn!(error = %e, "cannot list the cluster's nodes; using the last list");
+                tracker.nodes.clone()
             }
         };
+        tracker.nodes.clone_from(&nodes);
         let sample = match pool {
             _ if !nodes.is_empty() => {
                 let cpus: f64 = nodes.iter().map(|n| n.cpus).sum();
