@@ -41,7 +41,11 @@ fn main() -> ExitCode {
         ));
     }
     lines.push_str("ready\n");
-    if out.write_all(lines.as_bytes()).and_then(|()| out.flush()).is_err() {
+    if out
+        .write_all(lines.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
         return ExitCode::FAILURE;
     }
     drop(out);

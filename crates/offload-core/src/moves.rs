@@ -424,7 +424,9 @@ pub fn advance(phase: MovePhase, event: PhaseEvent) -> Decision {
                 reason,
             })
         }
-        (N(ToNode::StoppingNode), PhaseEvent::Succeeded) => Decision::Enter(N(ToNode::StartingNode)),
+        (N(ToNode::StoppingNode), PhaseEvent::Succeeded) => {
+            Decision::Enter(N(ToNode::StartingNode))
+        }
         (N(ToNode::StartingNode), PhaseEvent::Succeeded) => Decision::Complete,
         // Both sides are the cloud's engine, which answers or refuses: the copy on its
         // node may have stopped, and nothing runs on the target (a start that fails

@@ -434,7 +434,8 @@ impl Policy {
         } else {
             (Vec::new(), None)
         };
-        let (return_moves, return_notices) = self.offer_returns(at, &host, &world, cluster.as_ref());
+        let (return_moves, return_notices) =
+            self.offer_returns(at, &host, &world, cluster.as_ref());
 
         Decision {
             pressure_started,

@@ -369,10 +369,7 @@ impl ContainerRuntime for FakeRuntime {
             .get(runtime_id)
             .and_then(|(spec, _)| spec.node.clone());
         if let Some(node) = node
-            && !inner
-                .nodes
-                .iter()
-                .any(|n| n.id == node && n.schedulable())
+            && !inner.nodes.iter().any(|n| n.id == node && n.schedulable())
         {
             return Err(RuntimeError::Engine {
                 action: "service placement",

@@ -488,7 +488,10 @@ mod tests {
         for bad in ["cpus = 0\n", "cpus = -2\n", "memory = \"lots\"\n"] {
             let cfg: ServerConfig = toml::from_str(&format!("{base}{bad}")).unwrap();
             let err = cfg.validate().unwrap_err().to_string();
-            assert!(err.contains("swarm.nodes") && err.contains("node a"), "{err}");
+            assert!(
+                err.contains("swarm.nodes") && err.contains("node a"),
+                "{err}"
+            );
         }
         assert!(toml::from_str::<ServerConfig>("cloud_moves = \"sometimes\"\n").is_err());
     }

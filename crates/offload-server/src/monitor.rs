@@ -234,7 +234,11 @@ impl MonitorLoop {
         let started = tokio::time::Instant::now();
         let records = db::call(&self.parts.store, |s| s.containers(None)).await?;
         let observation = self.observe(&records, host, pool).await?;
-        tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, containers = observation.containers.len(), "monitor observed");
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            containers = observation.containers.len(),
+            "monitor observed"
+        );
         self.learn_queries().await?;
         let decision = self.policy.evaluate(self.now(), &observation);
         let views = observation
@@ -284,17 +288,17 @@ impl MonitorLoop {
             .collect();
         let runtime = parts.runtime.clone();
         let mut readings: HashMap<String, UsageReading> = futures::stream::iter(to_read)
-        .map(move |runtime_id| {
-            let runtime = runtime.clone();
-            async move {
-                let reading = runtime.usage(&runtime_id).await;
-                (runtime_id, reading)
-            }
-        })
-        .buffer_unordered(USAGE_READS_IN_FLIGHT)
-        .filter_map(|(runtime_id, reading)| async move { Some((runtime_id, reading.ok()?)) })
-        .collect()
-        .await;
+            .map(move |runtime_id| {
+                let runtime = runtime.clone();
+                async move {
+                    let reading = runtime.usage(&runtime_id).await;
+                    (runtime_id, reading)
+                }
+            })
+            .buffer_unordered(USAGE_READS_IN_FLIGHT)
+            .filter_map(|(runtime_id, reading)| async move { Some((runtime_id, reading.ok()?)) })
+            .collect()
+            .await;
         let mut sizes = HashMap::new();
         let mut usage = Vec::new();
         for record in records {
@@ -347,7 +351,10 @@ impl MonitorLoop {
                 cpu: tracker.cores.get(&record.id).copied().unwrap_or(0.0),
                 mem_bytes: tracker.memory.get(&record.id).copied().unwrap_or(0),
                 running_in_cloud: in_cloud,
-                node: record.node.clone().filter(|_| record.location == Location::Cloud),
+                node: record
+                    .node
+                    .clone()
+                    .filter(|_| record.location == Location::Cloud),
                 moving: record.state == State::Moving,
             });
         }
@@ -437,9 +444,8 @@ impl MonitorLoop {
                 continue;
             };
             if let Some(answer) = Closing::answer_of(&query.state) {
-                let at = Duration::from_secs(
-                    u64::try_from(query.answered_at.unwrap_or(0)).unwrap_or(0),
-                );
+                let at =
+                    Duration::from_secs(u64::try_from(query.answered_at.unwrap_or(0)).unwrap_or(0));
                 if to_node {
                     self.policy
                         .record_relocation_answer(container.as_str(), answer, at);
@@ -460,7 +466,8 @@ impl MonitorLoop {
     /// deadline the store shows: one rule for both.
     fn remember(&mut self, query: &QueryRecord, standing: bool) {
         let deadline = u64::try_from(query.deadline_at).unwrap_or(0) as f64;
-        let asked_at = Duration::from_secs_f64((deadline - self.config.query_deadline_secs).max(0.0));
+        let asked_at =
+            Duration::from_secs_f64((deadline - self.config.query_deadline_secs).max(0.0));
         match &query.to_node {
             Some(to_node) => self.policy.record_relocation_ask(
                 query.container_id.as_str(),
@@ -523,8 +530,11 @@ impl MonitorLoop {
         for relocation in &decision.relocations {
             let now = self.now();
             let Some(record) = record_of(&relocation.container_id) else {
-                self.policy
-                    .record_relocation_answer(&relocation.container_id, Answer::Decline, now);
+                self.policy.record_relocation_answer(
+                    &relocation.container_id,
+                    Answer::Decline,
+                    now,
+                );
                 continue;
             };
             let started = match self.parts.cloud_moves {
@@ -554,14 +564,19 @@ impl MonitorLoop {
                 }
             };
             match started {
-                Ok(true) => self
-                    .policy
-                    .record_relocation_answer(&relocation.container_id, Answer::Accept, now),
+                Ok(true) => self.policy.record_relocation_answer(
+                    &relocation.container_id,
+                    Answer::Accept,
+                    now,
+                ),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(id = %record.id, error = %e, "cannot move a container to another node");
-                    self.policy
-                        .record_relocation_answer(&relocation.container_id, Answer::Decline, now);
+                    self.policy.record_relocation_answer(
+                        &relocation.container_id,
+                        Answer::Decline,
+                        now,
+                    );
                 }
             }
         }

@@ -54,7 +54,6 @@ struct Run {
     target_node: Option<String>,
 }
 
-
 /// How an agent's answer bears on the phase that asked.
 fn event_of(result: Result<Reply, HubError>, accept: impl FnOnce(Reply) -> bool) -> PhaseEvent {
     match result {

@@ -114,7 +114,9 @@ impl Controller {
         self.db(move |s| s.record_event(&key, at, "move", &detail))
             .await?;
         self.hub.notice(&record.owner, notice);
-        let mv = self.begin(&mut record, MoveDirection::ToNode, false).await?;
+        let mv = self
+            .begin(&mut record, MoveDirection::ToNode, false)
+            .await?;
         self.drive_to_node(guard, record.clone(), mv, target);
         Ok(record)
     }
@@ -355,7 +357,11 @@ mod tests {
         tick(&rig, &mut monitor).await;
 
         let moved = rig.record(&box_.id).await;
-        assert_eq!(moved.node.as_deref(), Some("b"), "the node with the most room");
+        assert_eq!(
+            moved.node.as_deref(),
+            Some("b"),
+            "the node with the most room"
+        );
         assert_eq!(moved.state, State::Running);
         assert_eq!(moved.generation, Generation::new(2));
         let report = moved.last_move.clone().unwrap();
@@ -368,7 +374,10 @@ mod tests {
         assert_eq!(rig.fake.node_of(&copies[0].0).as_deref(), Some("b"));
         for other in [&b1, &b2] {
             let r = rig.record(&other.id).await;
-            assert_eq!((r.node.as_deref(), r.generation), (Some("a"), Generation::FIRST));
+            assert_eq!(
+                (r.node.as_deref(), r.generation),
+                (Some("a"), Generation::FIRST)
+            );
         }
         // Alice was told why before it moved; nobody got a query.
         let told: Vec<String> = messages(&mut alice_agent)
@@ -380,9 +389,11 @@ mod tests {
             })
             .collect();
         assert!(
-            told.iter().any(|t| t.contains("moves from node a to node b inside the cloud")
-                && t.contains("node a is under pressure")
-                && t.contains("memory")),
+            told.iter().any(
+                |t| t.contains("moves from node a to node b inside the cloud")
+                    && t.contains("node a is under pressure")
+                    && t.contains("memory")
+            ),
             "{told:?}"
         );
         assert!(
@@ -394,9 +405,9 @@ mod tests {
         let id = box_.id.clone();
         let history = rig.ctl.db(move |s| s.events(&id, 100)).await.unwrap();
         assert!(
-            history
-                .iter()
-                .any(|e| e.detail.starts_with("moving from node a to node b: node a is under pressure")),
+            history.iter().any(|e| e
+                .detail
+                .starts_with("moving from node a to node b: node a is under pressure")),
             "{history:?}"
         );
 
@@ -427,11 +438,17 @@ mod tests {
         assert_eq!(pending.len(), 1, "{pending:?}");
         assert_eq!(pending[0].container_id, box_.id);
         assert_eq!(pending[0].to_node.as_deref(), Some("b"));
-        assert!(pending[0].reason.contains("move it to node b"), "{}", pending[0].reason);
-        let asked = messages(&mut alice_agent).into_iter().find_map(|m| match m {
-            ServerMessage::Query { query, .. } => Some(query),
-            _ => None,
-        });
+        assert!(
+            pending[0].reason.contains("move it to node b"),
+            "{}",
+            pending[0].reason
+        );
+        let asked = messages(&mut alice_agent)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMessage::Query { query, .. } => Some(query),
+                _ => None,
+            });
         assert_eq!(asked.unwrap().to_node.as_deref(), Some("b"));
         // Asked again next round? No: it is pending.
         tick(&rig, &mut monitor).await;
@@ -445,7 +462,10 @@ mod tests {
         assert_eq!(rig.record(&box_.id).await.node.as_deref(), Some("a"));
         let pending = rig.ctl.queries.pending().await.unwrap();
         assert_eq!(pending.len(), 1, "{pending:?}");
-        assert_ne!(pending[0].container_id, box_.id, "declined: not asked again");
+        assert_ne!(
+            pending[0].container_id, box_.id,
+            "declined: not asked again"
+        );
         assert!([&b1.id, &b2.id].contains(&&pending[0].container_id));
 
         // Bob accepts: his container moves.
@@ -479,12 +499,18 @@ mod tests {
         assert_eq!(asked, ids);
         assert!(pending.iter().all(|q| q.to_node.is_none()));
         assert!(
-            pending.iter().all(|q| q.reason.contains("no other node has room")),
+            pending
+                .iter()
+                .all(|q| q.reason.contains("no other node has room")),
             "{pending:?}"
         );
         for id in &ids {
             let r = rig.record(id).await;
-            assert_eq!(r.generation, Generation::FIRST, "nothing moved inside the cloud");
+            assert_eq!(
+                r.generation,
+                Generation::FIRST,
+                "nothing moved inside the cloud"
+            );
         }
         assert!(messages(&mut alice_agent).iter().any(
             |m| matches!(m, ServerMessage::Notice { text } if text.starts_with("the cloud is under pressure"))
@@ -541,7 +567,10 @@ mod tests {
         ));
         match rig.ctl.drain(&admin, "nowhere").await {
             Err(ActionError::BadRequest(m)) => {
-                assert!(m.contains("no node nowhere") && m.contains("a, b, c"), "{m}")
+                assert!(
+                    m.contains("no node nowhere") && m.contains("a, b, c"),
+                    "{m}"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -560,7 +589,9 @@ mod tests {
         assert!(report.moving.is_empty());
         assert_eq!(report.staying.len(), 1);
         assert!(
-            report.staying[0].reason.contains("no other node of the swarm can take"),
+            report.staying[0]
+                .reason
+                .contains("no other node of the swarm can take"),
             "{:?}",
             report.staying
         );
@@ -587,7 +618,10 @@ mod tests {
         let rig = cluster(CloudMoves::Notify);
         let record = start_on(&rig, &rig.who.clone(), "a", GIB).await;
         rig.fake.fail(Op::Run, 1);
-        rig.ctl.relocate(&record.id, Some("b"), "a test").await.unwrap();
+        rig.ctl
+            .relocate(&record.id, Some("b"), "a test")
+            .await
+            .unwrap();
         let after = rig.settled(&record.id).await;
         assert_eq!(after.node.as_deref(), Some("a"));
         assert_eq!(after.state, State::Running);
@@ -601,7 +635,10 @@ mod tests {
         assert_eq!(copies.len(), 1);
         assert_eq!(rig.fake.node_of(&copies[0].0).as_deref(), Some("a"));
         // Bad requests change nothing.
-        for (to, wanted) in [("a", "already runs on node a"), ("zz", "no longer in the swarm")] {
+        for (to, wanted) in [
+            ("a", "already runs on node a"),
+            ("zz", "no longer in the swarm"),
+        ] {
             match rig.ctl.relocate(&record.id, Some(to), "a test").await {
                 Err(e) => assert!(e.to_string().contains(wanted), "{e}"),
                 Ok(r) => panic!("{r:?}"),

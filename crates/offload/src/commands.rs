@@ -464,7 +464,11 @@ fn print_details(v: &ContainerView) {
         println!("reason:      {reason}");
     }
     if let Some(m) = &v.moving {
-        println!("moving:      {} ({})", whither(m.direction), m.step.as_str());
+        println!(
+            "moving:      {} ({})",
+            whither(m.direction),
+            m.step.as_str()
+        );
     }
     if let Some(m) = &v.last_move {
         println!(

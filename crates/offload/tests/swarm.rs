@@ -285,18 +285,17 @@ fn set_availability(swarm: &Swarm, node_id: &str, availability: &str) {
 fn a_busy_node_is_relieved_inside_the_cloud_and_drains_move_containers_with_their_files() {
     let swarm = Swarm::start("relief", 3, IMAGE).expect("the swarm starts");
     let cloud = SwarmCloud::start_with(&swarm, |config| {
-        let config = config.replace(
-            "\ndocker_host = ",
-            "\nmemory = \"40m\"\ndocker_host = ",
-        );
-        format!(
-            "{config}[monitor]\ninterval_secs = 1\nsustain_secs = 2\nhorizon_secs = 0\n"
-        )
+        let config = config.replace("\ndocker_host = ", "\nmemory = \"40m\"\ndocker_host = ");
+        format!("{config}[monitor]\ninterval_secs = 1\nsustain_secs = 2\nhorizon_secs = 0\n")
     });
     let alice = cloud.user("alice");
     let bob = cloud.user("bob");
     let admin = cloud.joined("root", true);
-    let ids: Vec<String> = swarm.nodes().iter().map(|n| n.node_id().to_owned()).collect();
+    let ids: Vec<String> = swarm
+        .nodes()
+        .iter()
+        .map(|n| n.node_id().to_owned())
+        .collect();
     let node_a = ids[0].clone();
 
     // Everything lands on A: the other nodes take nothing while the containers start.
@@ -313,7 +312,11 @@ fn a_busy_node_is_relieved_inside_the_cloud_and_drains_move_containers_with_thei
         assert_eq!(user.show(id)["node"], node_a.as_str());
     }
     let out = alice.run(&[
-        "shell", &a, "--", "sh", "-c",
+        "shell",
+        &a,
+        "--",
+        "sh",
+        "-c",
         "echo kept > /workspace/notes && mkdir -p /workspace/src && \
          head -c 300000 /dev/urandom > /workspace/src/data",
     ]);
@@ -363,10 +366,9 @@ fn a_busy_node_is_relieved_inside_the_cloud_and_drains_move_containers_with_thei
     let name_1 = swarm.node_by_id(&node_1).unwrap().name().to_owned();
     let out = alice.run(&["admin", "drain", "--node", &name_1]);
     assert!(!out.status.success(), "a user is no admin");
-    let report: serde_json::Value = serde_json::from_str(&admin.ok(&[
-        "admin", "drain", "--node", &name_1, "-o", "json",
-    ]))
-    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["admin", "drain", "--node", &name_1, "-o", "json"]))
+            .unwrap();
     assert_eq!(report["node"], node_1.as_str(), "{report}");
     assert_eq!(report["moving"], serde_json::json!([a]), "{report}");
     eventually(90, "a's move off the drained node", || {
@@ -376,7 +378,13 @@ fn a_busy_node_is_relieved_inside_the_cloud_and_drains_move_containers_with_thei
     let node_2 = alice.show(&a)["node"].as_str().unwrap().to_owned();
     assert_eq!(alice.show(&a)["generation"], 3);
     let drained = swarm
-        .docker_output(["node", "inspect", "--format", "{{.Spec.Availability}}", &node_1])
+        .docker_output([
+            "node",
+            "inspect",
+            "--format",
+            "{{.Spec.Availability}}",
+            &node_1,
+        ])
         .unwrap();
     assert_eq!(drained.trim(), "drain");
     assert_eq!(common::tree(&cloud.workspace(&a)), files);
@@ -385,9 +393,7 @@ fn a_busy_node_is_relieved_inside_the_cloud_and_drains_move_containers_with_thei
     set_availability(&swarm, &node_2, "drain");
     eventually(90, "a's move off the node the operator drained", || {
         let shown = alice.show(&a);
-        shown["node"] != node_2.as_str()
-            && shown["state"] == "running"
-            && shown["generation"] == 4
+        shown["node"] != node_2.as_str() && shown["state"] == "running" && shown["generation"] == 4
     });
     let node_3 = alice.show(&a)["node"].as_str().unwrap().to_owned();
     assert!(node_3 != node_1 && node_3 != node_2);

@@ -152,9 +152,7 @@ impl Policy {
         for c in world.containers.values().filter(|c| c.running_in_cloud) {
             if let Some(load) = loads.iter_mut().find(|l| Some(&l.id) == c.node.as_ref()) {
                 let share = load.share(c);
-                for r in 0..2 {
-                    load.usage[r] += share[r];
-                }
+                add(&mut load.usage, share);
             }
         }
         for load in &mut loads {
@@ -162,8 +160,7 @@ impl Policy {
         }
 
         // Each node's own pressure.
-        self.nodes
-            .retain(|id, _| loads.iter().any(|l| l.id == *id));
+        self.nodes.retain(|id, _| loads.iter().any(|l| l.id == *id));
         let node_config = PolicyConfig {
             horizon_secs: 0.0,
             ..self.config.clone()
@@ -207,9 +204,7 @@ impl Policy {
             ) && !c.running_in_cloud
             {
                 let share = load.share(c);
-                for r in 0..2 {
-                    load.planned[r] += share[r];
-                }
+                add(&mut load.planned, share);
             }
         }
 
@@ -220,7 +215,8 @@ impl Policy {
         let proposals = std::mem::take(&mut self.relocation_pending);
         for (id, proposal) in proposals {
             if at >= proposal.asked_at + deadline {
-                self.relocated.insert(id.clone(), proposal.asked_at + deadline);
+                self.relocated
+                    .insert(id.clone(), proposal.asked_at + deadline);
                 expired.push(Expiry {
                     container_id: id,
                     owner: proposal.owner,
@@ -251,9 +247,7 @@ impl Policy {
                 loads.iter_mut().find(|l| l.id == proposal.to),
             ) {
                 let share = load.share(c);
-                for r in 0..2 {
-                    load.planned[r] += share[r];
-                }
+                add(&mut load.planned, share);
             }
         }
 
@@ -379,8 +373,7 @@ impl Policy {
             };
             let mut required = [0.0; 2];
             for p in track.pressure.iter().filter(|p| p.is_active()) {
-                required[p.resource().index()] =
-                    p.projected() - p.watermark().low + RELIEF_EPSILON;
+                required[p.resource().index()] = p.projected() - p.watermark().low + RELIEF_EPSILON;
             }
             let pressure_text = track
                 .pressure
@@ -411,11 +404,9 @@ impl Policy {
                     && c.node.as_ref() == Some(&source.id)
                 {
                     let share = source.share(c);
-                    for r in 0..2 {
-                        after_edge[r] -= share[r];
-                        if !to_edge {
-                            required[r] -= share[r];
-                        }
+                    sub(&mut after_edge, share);
+                    if !to_edge {
+                        sub(&mut required, share);
                     }
                 }
             }
@@ -479,9 +470,7 @@ impl Policy {
             match best {
                 Some((_, t, c)) => {
                     let share = loads[t].share(c);
-                    for r in 0..2 {
-                        loads[t].planned[r] += share[r];
-                    }
+                    add(&mut loads[t].planned, share);
                     let relief = source.share(c);
                     let shares: Vec<String> = active
                         .iter()
@@ -537,8 +526,7 @@ impl Policy {
             let mut required = [0.0; 2];
             let mut resources = Vec::new();
             for p in track.pressure.iter().filter(|p| p.is_active()) {
-                required[p.resource().index()] =
-                    p.projected() - p.watermark().low + RELIEF_EPSILON;
+                required[p.resource().index()] = p.projected() - p.watermark().low + RELIEF_EPSILON;
                 resources.push(p.resource());
             }
             let text = track
@@ -565,18 +553,13 @@ impl Policy {
             let mut required = [0.0; 2];
             let mut resources = Vec::new();
             for p in self.pressure.iter().filter(|p| p.is_active()) {
-                required[p.resource().index()] =
-                    p.projected() - p.watermark().low + RELIEF_EPSILON;
+                required[p.resource().index()] = p.projected() - p.watermark().low + RELIEF_EPSILON;
                 resources.push(p.resource());
             }
-            let least = round
-                .loads
-                .iter()
-                .filter(|l| l.schedulable)
-                .min_by(|a, b| {
-                    let busy = |l: &NodeLoad| l.usage[0].max(l.usage[1]);
-                    busy(a).total_cmp(&busy(b))
-                });
+            let least = round.loads.iter().filter(|l| l.schedulable).min_by(|a, b| {
+                let busy = |l: &NodeLoad| l.usage[0].max(l.usage[1]);
+                busy(a).total_cmp(&busy(b))
+            });
             if let Some(load) = least {
                 groups.push(Group {
                     node: Some(load.id.clone()),
@@ -641,9 +624,7 @@ impl Policy {
                 })
                 .max_by(|a, b| a.3.total_cmp(&b.3));
             if let Some((l, load, share, _)) = best {
-                for r in 0..2 {
-                    load[r] += share[r];
-                }
+                add(load, share);
                 let name = &round.loads[l].name;
                 chosen.push((
                     i,
@@ -656,6 +637,18 @@ impl Policy {
             }
         }
         chosen
+    }
+}
+
+fn add(into: &mut [f64; 2], share: [f64; 2]) {
+    for (value, part) in into.iter_mut().zip(share) {
+        *value += part;
+    }
+}
+
+fn sub(from: &mut [f64; 2], share: [f64; 2]) {
+    for (value, part) in from.iter_mut().zip(share) {
+        *value -= part;
     }
 }
 
@@ -876,7 +869,9 @@ mod tests {
         assert_eq!(started.len(), 1, "{started:?}");
         assert!(
             started[0].reason.contains("cpu 95%")
-                && started[0].reason.contains("on node node-a, which no other node"),
+                && started[0]
+                    .reason
+                    .contains("on node node-a, which no other node"),
             "{}",
             started[0].reason
         );
