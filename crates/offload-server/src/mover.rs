@@ -497,8 +497,16 @@ impl Controller {
                         }
                         _ => None,
                     };
+                    // A stop that was not confirmed may leave the copy running on a node
+                    // offload cannot reach now: no copy starts anywhere else (I1); the
+                    // reconciler tries again.
+                    let unconfirmed_stop = run.mv.phase == MovePhase::ToNode(ToNode::StoppingNode);
                     let restarted = match home {
                         Some(node) => self.start_cloud_copy_on(record, &node).await,
+                        None if unconfirmed_stop => Err(ActionError::Unavailable(format!(
+                            "its copy on node {} was not seen to stop and that node takes no containers, so no copy starts elsewhere",
+                            self.node_name(record.node.as_deref().unwrap_or("?")).await
+                        ))),
                         None => self.restart_cloud_copy(record).await,
                     };
                     match restarted {

@@ -646,4 +646,39 @@ mod tests {
         }
         assert_eq!(rig.record(&record.id).await.generation, after.generation);
     }
+
+    /// A stop on a node that does not confirm it (the engine errs) starts no copy on any
+    /// other node while the old one may run (I1): the container waits, says why, and the
+    /// next round moves it once the stop succeeds.
+    #[tokio::test]
+    async fn a_stop_not_confirmed_starts_no_copy_elsewhere() {
+        let rig = cluster(CloudMoves::Notify);
+        let record = start_on(&rig, &rig.who.clone(), "a", GIB).await;
+        rig.fake.set_availability("a", "drain");
+        rig.fake.fail(Op::Stop, usize::MAX);
+        rig.ctl.reconcile_round().await;
+        let waiting = rig.settled(&record.id).await;
+        assert_eq!(waiting.state, State::Starting, "{waiting:?}");
+        assert_eq!(waiting.generation, Generation::FIRST);
+        assert!(
+            waiting
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("was not seen to stop")),
+            "{waiting:?}"
+        );
+        assert!(
+            rig.fake
+                .running()
+                .iter()
+                .all(|id| rig.fake.node_of(id).as_deref() == Some("a")),
+            "nothing runs on another node"
+        );
+        rig.fake.heal();
+        rig.ctl.reconcile_round().await;
+        let moved = rig.settled(&record.id).await;
+        assert_eq!(moved.state, State::Running, "{moved:?}");
+        assert_ne!(moved.node.as_deref(), Some("a"));
+        assert_eq!(rig.cloud_copies(&record.id).len(), 1);
+    }
 }
