@@ -79,8 +79,13 @@ impl Prompter {
         } else {
             format!("{} ({})", query.container_name, query.container_id)
         };
+        // A move inside the cloud (to another node of its cluster) or to this machine.
+        let (whither, here) = match query.to_node {
+            Some(_) => ("to another node of the cloud", "there"),
+            None => ("to this machine", "here"),
+        };
         eprintln!(
-            "\noffload: the cloud asks to move {name} to this machine: {}",
+            "\noffload: the cloud asks to move {name} {whither}: {}",
             query.reason
         );
         if self.auto_accept {
@@ -109,7 +114,7 @@ impl Prompter {
                 return;
             }
             eprint!(
-                "\r\x1b[Kmove {name} here? [y/N] ({}s left) ",
+                "\r\x1b[Kmove {name} {here}? [y/N] ({}s left) ",
                 left.as_secs()
             );
             let _ = std::io::stderr().flush();

@@ -344,7 +344,8 @@ pub mod exec_stream {
     pub const STDERR: u8 = 2;
 }
 
-/// A request to move a container to its owner's machine, and its answer.
+/// A request to move a container to its owner's machine (or, on a cluster whose
+/// operator asks before moves inside the cloud, to another node), and its answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct QueryView {
     pub id: String,
@@ -363,6 +364,39 @@ pub struct QueryView {
     pub answered_at: Option<i64>,
     /// Workspace bytes the move would copy.
     pub move_bytes: u64,
+    /// A move inside the cloud: the node (its ID) the container would move to. Absent for
+    /// a move to the owner's machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_node: Option<String>,
+}
+
+/// Body of `POST /v1/admin/drain`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// The node to empty: its name or its ID.
+    pub node: String,
+}
+
+/// What `POST /v1/admin/drain` did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DrainReport {
+    /// The drained node's ID.
+    pub node: String,
+    /// Its name.
+    pub name: String,
+    /// Containers whose move to another node started.
+    pub moving: Vec<String>,
+    /// Containers still on the node, each with why (no other node has room, a move
+    /// already in flight); the reconciler tries them again every round.
+    pub staying: Vec<DrainStay>,
+}
+
+/// A container a drain could not move yet.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DrainStay {
+    pub id: String,
+    pub reason: String,
 }
 
 /// Body of `POST /v1/admin/pressure`.
@@ -377,13 +411,41 @@ pub struct PressureRequest {
 /// The monitor as `offload top` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MonitorView {
-    /// `host` or `pool`.
+    /// `host` or `pool`; `nodes` on a cluster, where each node is measured on its own and
+    /// `resources` are the cloud's as a whole (the least busy node's use, or a node's that
+    /// no move between nodes can relieve).
     pub source: String,
     pub under_pressure: bool,
     pub reason: String,
     pub resources: Vec<ResourceView>,
     pub pending_queries: usize,
     pub containers: Vec<UsageView>,
+    /// On a cluster: each node's load, from offload's containers on it against its
+    /// capacity, and its own pressure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeView>,
+}
+
+/// One node of a cluster, as the monitor last saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    /// The engine's node ID.
+    pub id: String,
+    pub name: String,
+    /// Whether containers may be placed there (ready, active, its engine reachable).
+    pub schedulable: bool,
+    /// Cores the fractions are relative to (the operator's setting, else the node's).
+    pub cpus: f64,
+    /// Bytes the memory fraction is relative to.
+    pub memory_bytes: u64,
+    /// CPU in use by offload's containers there, as a fraction of `cpus`.
+    pub cpu: f64,
+    /// Memory in use by offload's containers there, as a fraction of `memory_bytes`.
+    pub mem: f64,
+    /// Whether the node itself is under pressure.
+    pub under_pressure: bool,
+    /// Under pressure and no move inside the cloud can relieve it.
+    pub stuck: bool,
 }
 
 /// One resource of the monitor.

@@ -68,6 +68,9 @@ impl utoipa::ToSchema for Generation {}
 pub enum MoveDirection {
     ToEdge,
     ToCloud,
+    /// Inside the cloud, from one cluster node to another (relief of a busy node, a
+    /// drain). The workspace root is shared by every node, so no file crosses.
+    ToNode,
 }
 
 impl MoveDirection {
@@ -75,6 +78,7 @@ impl MoveDirection {
         match self {
             MoveDirection::ToEdge => "to_edge",
             MoveDirection::ToCloud => "to_cloud",
+            MoveDirection::ToNode => "to_node",
         }
     }
 
@@ -82,6 +86,7 @@ impl MoveDirection {
         match value {
             "to_edge" => Some(MoveDirection::ToEdge),
             "to_cloud" => Some(MoveDirection::ToCloud),
+            "to_node" => Some(MoveDirection::ToNode),
             _ => None,
         }
     }
@@ -89,14 +94,14 @@ impl MoveDirection {
     pub fn target(self) -> Location {
         match self {
             MoveDirection::ToEdge => Location::Edge,
-            MoveDirection::ToCloud => Location::Cloud,
+            MoveDirection::ToCloud | MoveDirection::ToNode => Location::Cloud,
         }
     }
 
     /// Where the container runs while the move has not yet succeeded.
     pub fn source(self) -> Location {
         match self {
-            MoveDirection::ToEdge => Location::Cloud,
+            MoveDirection::ToEdge | MoveDirection::ToNode => Location::Cloud,
             MoveDirection::ToCloud => Location::Edge,
         }
     }
@@ -106,6 +111,7 @@ impl MoveDirection {
         match self {
             MoveDirection::ToEdge => MovePhase::ToEdge(ToEdge::Preparing),
             MoveDirection::ToCloud => MovePhase::ToCloud(ToCloud::StoppingEdge),
+            MoveDirection::ToNode => MovePhase::ToNode(ToNode::StoppingNode),
         }
     }
 }
@@ -131,28 +137,43 @@ pub enum ToCloud {
     StartingCloud,
 }
 
+/// The phases of a move from one cluster node to another, in order. With the workspace
+/// root shared by every node there is nothing to pre-copy and no final delta: the copy
+/// stops on its node and a fresh one starts on the target at the next generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ToNode {
+    /// The copy on its current node is being stopped.
+    StoppingNode,
+    /// It stopped; the copy on the target node is being started.
+    StartingNode,
+}
+
 /// Where a move in flight is. A move to the cloud cannot be `Preparing`: the type has no
 /// such value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MovePhase {
     ToEdge(ToEdge),
     ToCloud(ToCloud),
+    ToNode(ToNode),
 }
 
 impl MovePhase {
-    /// Every phase, in the order of the two directions.
-    pub const ALL: [MovePhase; 5] = [
+    /// Every phase, in the order of the three directions.
+    pub const ALL: [MovePhase; 7] = [
         MovePhase::ToEdge(ToEdge::Preparing),
         MovePhase::ToEdge(ToEdge::StoppingCloud),
         MovePhase::ToEdge(ToEdge::Finalizing),
         MovePhase::ToCloud(ToCloud::StoppingEdge),
         MovePhase::ToCloud(ToCloud::StartingCloud),
+        MovePhase::ToNode(ToNode::StoppingNode),
+        MovePhase::ToNode(ToNode::StartingNode),
     ];
 
     pub fn direction(self) -> MoveDirection {
         match self {
             MovePhase::ToEdge(_) => MoveDirection::ToEdge,
             MovePhase::ToCloud(_) => MoveDirection::ToCloud,
+            MovePhase::ToNode(_) => MoveDirection::ToNode,
         }
     }
 
@@ -164,6 +185,8 @@ impl MovePhase {
             MovePhase::ToEdge(ToEdge::Finalizing) => MoveStep::Finalizing,
             MovePhase::ToCloud(ToCloud::StoppingEdge) => MoveStep::StoppingEdge,
             MovePhase::ToCloud(ToCloud::StartingCloud) => MoveStep::StartingCloud,
+            MovePhase::ToNode(ToNode::StoppingNode) => MoveStep::StoppingNode,
+            MovePhase::ToNode(ToNode::StartingNode) => MoveStep::StartingNode,
         }
     }
 
@@ -175,6 +198,8 @@ impl MovePhase {
             MoveStep::Finalizing => MovePhase::ToEdge(ToEdge::Finalizing),
             MoveStep::StoppingEdge => MovePhase::ToCloud(ToCloud::StoppingEdge),
             MoveStep::StartingCloud => MovePhase::ToCloud(ToCloud::StartingCloud),
+            MoveStep::StoppingNode => MovePhase::ToNode(ToNode::StoppingNode),
+            MoveStep::StartingNode => MovePhase::ToNode(ToNode::StartingNode),
         };
         (phase.direction() == direction).then_some(phase)
     }
@@ -194,6 +219,10 @@ pub enum MoveStep {
     StoppingEdge,
     /// To cloud: the edge confirmed stopped and synced; the cloud copy is being started.
     StartingCloud,
+    /// To another node: the copy on its node is being stopped.
+    StoppingNode,
+    /// To another node: the copy on the target node is being started.
+    StartingNode,
 }
 
 impl MoveStep {
@@ -204,6 +233,8 @@ impl MoveStep {
             MoveStep::Finalizing => "finalizing",
             MoveStep::StoppingEdge => "stopping_edge",
             MoveStep::StartingCloud => "starting_cloud",
+            MoveStep::StoppingNode => "stopping_node",
+            MoveStep::StartingNode => "starting_node",
         }
     }
 
@@ -214,6 +245,8 @@ impl MoveStep {
             "finalizing" => MoveStep::Finalizing,
             "stopping_edge" => MoveStep::StoppingEdge,
             "starting_cloud" => MoveStep::StartingCloud,
+            "stopping_node" => MoveStep::StoppingNode,
+            "starting_node" => MoveStep::StartingNode,
             _ => return None,
         })
     }
@@ -339,7 +372,7 @@ pub enum Decision {
 
 /// What follows `phase`, given what its action did.
 pub fn advance(phase: MovePhase, event: PhaseEvent) -> Decision {
-    use MovePhase::{ToCloud as C, ToEdge as E};
+    use MovePhase::{ToCloud as C, ToEdge as E, ToNode as N};
     match (phase, event) {
         (E(ToEdge::Preparing), PhaseEvent::Succeeded) => Decision::Enter(E(ToEdge::StoppingCloud)),
         (E(ToEdge::StoppingCloud), PhaseEvent::Succeeded) => Decision::Enter(E(ToEdge::Finalizing)),
@@ -391,6 +424,21 @@ pub fn advance(phase: MovePhase, event: PhaseEvent) -> Decision {
                 reason,
             })
         }
+        (N(ToNode::StoppingNode), PhaseEvent::Succeeded) => {
+            Decision::Enter(N(ToNode::StartingNode))
+        }
+        (N(ToNode::StartingNode), PhaseEvent::Succeeded) => Decision::Complete,
+        // Both sides are the cloud's engine, which answers or refuses: the copy on its
+        // node may have stopped, and nothing runs on the target (a start that fails
+        // removes what it created). The container starts again where it was.
+        (N(_), PhaseEvent::Failed(reason) | PhaseEvent::Lost(reason)) => {
+            Decision::RollBack(Rollback {
+                to: Location::Cloud,
+                restart: true,
+                fence: false,
+                reason,
+            })
+        }
     }
 }
 
@@ -420,7 +468,7 @@ pub struct World {
 /// The recovery decision for a move nobody runs: finish it, roll it back, run it on from
 /// a phase, or wait for the edge. Never starts a copy while another may run (I1).
 pub fn settle(world: World) -> Decision {
-    use MovePhase::{ToCloud as C, ToEdge as E};
+    use MovePhase::{ToCloud as C, ToEdge as E, ToNode as N};
     match world.phase {
         // Nothing was started at the edge: undo.
         E(ToEdge::Preparing) => Decision::RollBack(Rollback {
@@ -467,6 +515,17 @@ pub fn settle(world: World) -> Decision {
         },
         // The edge confirmed it stopped and pushed everything.
         C(ToCloud::StartingCloud) => Decision::Enter(C(ToCloud::StartingCloud)),
+        // The copy may still run on its node: start it again there (a fresh copy
+        // replaces whatever is left of it).
+        N(ToNode::StoppingNode) => Decision::RollBack(Rollback {
+            to: Location::Cloud,
+            restart: true,
+            fence: false,
+            reason: "interrupted while stopping the copy on its node".into(),
+        }),
+        // The copy on the old node stopped before this phase was written; starting on
+        // the target replaces any copy a start before the interruption left.
+        N(ToNode::StartingNode) => Decision::Enter(N(ToNode::StartingNode)),
     }
 }
 
@@ -511,19 +570,25 @@ mod tests {
 
     #[test]
     fn a_successful_phase_leads_to_the_next_and_the_last_completes() {
-        use MovePhase::{ToCloud as C, ToEdge as E};
+        use MovePhase::{ToCloud as C, ToEdge as E, ToNode as N};
         let expected = [
             Decision::Enter(E(ToEdge::StoppingCloud)),
             Decision::Enter(E(ToEdge::Finalizing)),
             Decision::Complete,
             Decision::Enter(C(ToCloud::StartingCloud)),
             Decision::Complete,
+            Decision::Enter(N(ToNode::StartingNode)),
+            Decision::Complete,
         ];
         for (phase, want) in MovePhase::ALL.into_iter().zip(expected) {
             assert_eq!(advance(phase, PhaseEvent::Succeeded), want, "{phase:?}");
         }
         // Following the decisions from the first phase walks each direction in order.
-        for direction in [MoveDirection::ToEdge, MoveDirection::ToCloud] {
+        for direction in [
+            MoveDirection::ToEdge,
+            MoveDirection::ToCloud,
+            MoveDirection::ToNode,
+        ] {
             let mut phase = direction.first_phase();
             let mut seen = vec![phase];
             while let Decision::Enter(next) = advance(phase, PhaseEvent::Succeeded) {
@@ -551,6 +616,7 @@ mod tests {
                             phase,
                             MovePhase::ToEdge(ToEdge::StoppingCloud | ToEdge::Finalizing)
                                 | MovePhase::ToCloud(ToCloud::StartingCloud)
+                                | MovePhase::ToNode(_)
                         );
                         assert_eq!(r.restart, stopped, "{phase:?} {event:?}");
                         // A rollback never fences: it is only taken when the target
@@ -627,6 +693,8 @@ mod tests {
                     ),
                     // The edge confirmed its copy stopped before this phase was written.
                     MovePhase::ToCloud(ToCloud::StartingCloud) => false,
+                    // A move between nodes never involves the edge.
+                    MovePhase::ToNode(_) => false,
                     MovePhase::ToCloud(ToCloud::StoppingEdge) => {
                         matches!(
                             edge,
@@ -673,6 +741,21 @@ mod tests {
             assert_eq!(
                 settle(world(C(ToCloud::StartingCloud), edge)),
                 Decision::Enter(C(ToCloud::StartingCloud))
+            );
+            // Between nodes: a stop in doubt starts the copy again where it was; a start
+            // in doubt is made again on the target.
+            assert!(matches!(
+                settle(world(MovePhase::ToNode(ToNode::StoppingNode), edge)),
+                Decision::RollBack(Rollback {
+                    to: Location::Cloud,
+                    restart: true,
+                    fence: false,
+                    ..
+                })
+            ));
+            assert_eq!(
+                settle(world(MovePhase::ToNode(ToNode::StartingNode), edge)),
+                Decision::Enter(MovePhase::ToNode(ToNode::StartingNode))
             );
             let finalizing = settle(world(E(ToEdge::Finalizing), edge));
             match edge {

@@ -65,6 +65,9 @@ pub struct PolicyConfig {
     pub return_after_secs: f64,
     /// Seconds an accepted container counts as leaving while it still runs in the cloud.
     pub move_timeout_secs: f64,
+    /// On a cluster: seconds a container that moved between nodes (or whose owner
+    /// declined such a move) is not moved between nodes again.
+    pub node_move_cooldown_secs: f64,
     /// Where host usage comes from.
     pub source: SamplerSource,
     /// CPUs of the pool (used when `source = "pool"`).
@@ -91,6 +94,7 @@ impl Default for PolicyConfig {
             ask_cooldown_secs: 120.0,
             return_after_secs: 30.0,
             move_timeout_secs: 600.0,
+            node_move_cooldown_secs: 300.0,
             source: SamplerSource::Host,
             pool_cpus: 0.0,
             pool_mem_bytes: 0,
@@ -138,6 +142,10 @@ impl PolicyConfig {
         not_negative("monitor.ask_cooldown_secs", self.ask_cooldown_secs)?;
         not_negative("monitor.return_after_secs", self.return_after_secs)?;
         positive("monitor.move_timeout_secs", self.move_timeout_secs)?;
+        not_negative(
+            "monitor.node_move_cooldown_secs",
+            self.node_move_cooldown_secs,
+        )?;
         if self.source == SamplerSource::Pool {
             positive("monitor.pool_cpus", self.pool_cpus)?;
             if self.pool_mem_bytes == 0 {
@@ -317,6 +325,13 @@ mod tests {
                 ..d()
             }),
             "monitor.return_after_secs"
+        );
+        assert_eq!(
+            key_of(PolicyConfig {
+                node_move_cooldown_secs: -1.0,
+                ..d()
+            }),
+            "monitor.node_move_cooldown_secs"
         );
         assert_eq!(
             key_of(PolicyConfig {

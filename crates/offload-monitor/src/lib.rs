@@ -6,8 +6,9 @@
 //! [`HostSampler`] ([`ProcHostSampler`] for the whole host, [`PoolSampler`] for managed
 //! containers only), gathers per-container usage from the engine and the agents' reports
 //! into an [`Observation`], and calls [`Policy::evaluate`] with the time since start. The
-//! returned [`Decision`] lists the queries to send, the returns to make or announce, and a
-//! [`Status`] for display. Answers go back through [`Policy::record_answer`]. Nothing here
+//! returned [`Decision`] lists the queries to send, the returns to make or announce, on a
+//! cluster (an observation with [`NodeReport`]s) the moves between nodes that relieve a
+//! busy one, and a [`Status`] for display. Answers go back through [`Policy::record_answer`]. Nothing here
 //! does I/O except the host sampler, and nothing reads a clock.
 
 // Tests unwrap: a panic there is the failure report. Library code never does.
@@ -27,8 +28,8 @@ pub use config::{DefaultAction, PolicyConfig, SamplerSource};
 pub use error::{ConfigError, MonitorError};
 pub use host::ProcHostSampler;
 pub use policy::{
-    AgentReport, Answer, Ask, Decision, Expiry, MoveNeeds, Observation, Policy, PressureEvent,
-    ResourceStatus, Return, Status,
+    AgentReport, Answer, Ask, Decision, Expiry, MoveNeeds, NodeReport, NodeStatus, Observation,
+    Policy, PressureEvent, Relocation, ResourceStatus, Return, Status,
 };
 pub use pressure::Trigger;
 pub use resource::{Resource, Watermark};

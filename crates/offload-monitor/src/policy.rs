@@ -62,6 +62,45 @@ pub struct Observation {
     /// Connected agents, one per owner. A container whose owner has none is never asked
     /// and never offered a return.
     pub agents: Vec<AgentReport>,
+    /// On a cluster, its nodes: the policy then watches each node and relieves a busy
+    /// one by moves to others before it asks anybody to offload. Empty on one host.
+    #[serde(default)]
+    pub nodes: Vec<NodeReport>,
+}
+
+/// One node of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The engine's node ID (what [`ContainerUsage::node`] names).
+    pub id: String,
+    /// The operator's name for it, for people.
+    pub name: String,
+    /// Cores its load is measured against.
+    pub cpus: f64,
+    /// Memory bytes its load is measured against.
+    pub mem_bytes: u64,
+    /// Containers may be placed here now (ready, active, its engine reachable).
+    pub schedulable: bool,
+    /// Its containers may be moved away by the monitor (ready and reachable, and not
+    /// being drained, which moves them by itself).
+    pub movable_from: bool,
+}
+
+/// A move inside the cloud, from a node under pressure to the node with the most room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Relocation {
+    /// The container to move.
+    pub container_id: String,
+    /// Its owner, who is told (or asked) first.
+    pub owner: String,
+    /// The node it runs on.
+    pub from_node: String,
+    /// The node it moves to.
+    pub to_node: String,
+    /// The target's name, for people.
+    pub to_node_name: String,
+    /// Why, for the owner: the node's pressure and this container's share of it.
+    pub reason: String,
 }
 
 /// A user's answer to a query.
@@ -142,6 +181,27 @@ pub struct ResourceStatus {
     pub above_high_for: Option<Duration>,
 }
 
+/// One node of a cluster, for display.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's ID.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Whether containers may be placed there.
+    pub schedulable: bool,
+    /// Cores its load is measured against.
+    pub cpus: f64,
+    /// Memory bytes its load is measured against.
+    pub mem_bytes: u64,
+    /// Per resource, in [`Resource::ALL`] order: the node's own pressure.
+    pub resources: Vec<ResourceStatus>,
+    /// Whether any resource of the node is under pressure.
+    pub under_pressure: bool,
+    /// Under pressure, and no move inside the cloud can relieve it.
+    pub stuck: bool,
+}
+
 /// A snapshot of the monitor for the dashboard, `/metrics` and logs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -159,6 +219,8 @@ pub struct Status {
     pub moves_in_flight: usize,
     /// How long every resource has been below its low watermark.
     pub calm_for: Option<Duration>,
+    /// On a cluster, each node.
+    pub nodes: Vec<NodeStatus>,
 }
 
 /// What to do after one evaluation. Everything but `status` is empty on most ticks.
@@ -179,6 +241,10 @@ pub struct Decision {
     pub return_moves: Vec<Return>,
     /// Edge containers whose owners should be told the cloud has room.
     pub return_notices: Vec<Return>,
+    /// On a cluster: moves from a node under pressure to another one. Each is pending
+    /// (as a query is) until [`Policy::record_relocation_answer`] says whether it
+    /// started (the operator's `cloud_moves = "notify"`) or the owner accepted it.
+    pub relocations: Vec<Relocation>,
     /// The monitor's state after this evaluation.
     pub status: Status,
 }
@@ -210,6 +276,16 @@ pub struct Policy {
     offered_return: BTreeMap<String, f64>,
     last_round_at: Option<f64>,
     calm_since: Option<f64>,
+    /// On a cluster, each node's own pressure.
+    nodes: BTreeMap<String, cluster::NodeTrack>,
+    /// Moves between nodes proposed and not yet started or answered.
+    relocation_pending: BTreeMap<String, cluster::ProposedRelocation>,
+    /// Moves between nodes under way: container id -> (target node, since when).
+    relocating: BTreeMap<String, (String, f64)>,
+    /// Container id -> when it last moved between nodes, or its owner declined to.
+    relocated: BTreeMap<String, f64>,
+    /// On a cluster, per resource: what drives the cluster's pressure, for its text.
+    cluster_note: [Option<String>; 2],
 }
 
 impl Policy {
@@ -226,6 +302,11 @@ impl Policy {
             offered_return: BTreeMap::new(),
             last_round_at: None,
             calm_since: None,
+            nodes: BTreeMap::new(),
+            relocation_pending: BTreeMap::new(),
+            relocating: BTreeMap::new(),
+            relocated: BTreeMap::new(),
+            cluster_note: [None, None],
         })
     }
 
@@ -292,25 +373,47 @@ impl Policy {
             self.last_at = Some(at);
         }
         let host = observation.host;
-        let usage = [finite_or_zero(host.cpu), finite_or_zero(host.mem)];
         let world = World::new(observation);
+        // On a cluster the cloud as a whole is under pressure only when no move inside
+        // it can help: its usage is that of the least busy node, or of a busy node no
+        // other node has room to relieve, whichever is higher.
+        let cluster = (!observation.nodes.is_empty())
+            .then(|| self.cluster_round(at, new_sample, &observation.nodes, &world));
+        let usage = match &cluster {
+            Some(round) => round.signal,
+            None => [finite_or_zero(host.cpu), finite_or_zero(host.mem)],
+        };
+        if cluster.is_none() {
+            self.cluster_note = [None, None];
+        }
 
         let mut pressure_started = Vec::new();
         let mut pressure_ended = Vec::new();
-        for p in &mut self.pressure {
+        for i in 0..self.pressure.len() {
+            let p = &mut self.pressure[i];
             match p.update(at, usage[p.resource().index()], new_sample) {
-                Change::Started => pressure_started.push(PressureEvent {
-                    resource: p.resource(),
-                    trigger: p.trigger().unwrap_or(Trigger::Sustained),
-                    reason: p.describe(at),
-                }),
+                Change::Started => {
+                    let (resource, trigger) =
+                        (p.resource(), p.trigger().unwrap_or(Trigger::Sustained));
+                    pressure_started.push(PressureEvent {
+                        resource,
+                        trigger,
+                        reason: self.describe(i, at),
+                    });
+                }
                 Change::Ended => pressure_ended.push(p.resource()),
                 Change::Unchanged => {}
             }
         }
 
-        let expired = self.expire_queries(at, &world);
+        let mut expired = self.expire_queries(at, &world);
         let mut withdrawn = self.forget_finished(at, &world);
+        let mut relocations = Vec::new();
+        if let Some(round) = &cluster {
+            expired.extend(round.expired.iter().cloned());
+            withdrawn.extend(round.withdrawn.iter().cloned());
+            relocations = round.relocations.clone();
+        }
         let under_pressure = self.pressure.iter().any(Pressure::is_active);
         if !under_pressure {
             // The cloud has room again; nobody should move for nothing.
@@ -323,11 +426,16 @@ impl Policy {
         }
 
         let (ask, ask_note) = if under_pressure {
-            self.ask_round(at, &host, &world)
+            let groups = match &cluster {
+                Some(round) => self.cluster_groups(at, round),
+                None => vec![self.host_group(at, &host)],
+            };
+            self.ask_round(at, &world, groups)
         } else {
             (Vec::new(), None)
         };
-        let (return_moves, return_notices) = self.offer_returns(at, &host, &world);
+        let (return_moves, return_notices) =
+            self.offer_returns(at, &host, &world, cluster.as_ref());
 
         Decision {
             pressure_started,
@@ -337,7 +445,12 @@ impl Policy {
             withdrawn,
             return_moves,
             return_notices,
-            status: self.status(at, ask_note),
+            relocations,
+            status: self.status(
+                at,
+                ask_note,
+                cluster.map(|round| round.status).unwrap_or_default(),
+            ),
         }
     }
 
@@ -399,34 +512,55 @@ impl Policy {
         moot
     }
 
-    /// Asks as many containers as it takes to bring the pressured resources below their
-    /// low watermark, counting containers already asked or leaving as relief. Returns the
-    /// asks and, when nobody is asked, why.
+    /// The one group a single host asks in: every cloud container, against the host.
+    fn host_group(&self, at: f64, host: &HostSample) -> Group {
+        let mut required = [0.0; 2];
+        let mut resources = Vec::new();
+        for p in self.pressure.iter().filter(|p| p.is_active()) {
+            required[p.resource().index()] = p.projected() - p.watermark().low + RELIEF_EPSILON;
+            resources.push(p.resource());
+        }
+        Group {
+            node: None,
+            cpus: host.cpus,
+            mem_bytes: host.mem_total_bytes,
+            required,
+            text: self.pressure_text(at),
+            of: "of the host".to_owned(),
+            resources,
+        }
+    }
+
+    /// Asks as many containers as it takes to bring each group's pressured resources
+    /// below their low watermark, counting containers already asked or leaving as relief.
+    /// Returns the asks and, when nobody is asked, why.
     fn ask_round(
         &mut self,
         at: f64,
-        host: &HostSample,
         world: &World<'_>,
+        mut groups: Vec<Group>,
     ) -> (Vec<Ask>, Option<String>) {
-        let mut required = [0.0; 2];
-        for p in self.pressure.iter().filter(|p| p.is_active()) {
-            required[p.resource().index()] = p.projected() - p.watermark().low + RELIEF_EPSILON;
-        }
         let leaving: Vec<&str> = self
             .pending
             .keys()
             .chain(self.accepted.keys())
+            .chain(self.relocation_pending.keys())
             .map(String::as_str)
             .collect();
-        for id in &leaving {
-            if let Some(c) = world.containers.get(id) {
-                let share = host.share_of(c.cpu, c.mem_bytes);
-                for (r, need) in required.iter_mut().enumerate() {
-                    *need -= share[r];
+        for group in &mut groups {
+            for id in &leaving {
+                if let Some(c) = world.containers.get(id)
+                    && group.holds(c)
+                {
+                    let share = group.share(c);
+                    for (r, need) in group.required.iter_mut().enumerate() {
+                        *need -= share[r];
+                    }
                 }
             }
         }
-        if required.iter().all(|r| *r <= RELIEF_EPSILON) {
+        let relieved = |g: &Group| g.required.iter().all(|r| *r <= RELIEF_EPSILON);
+        if groups.iter().all(relieved) {
             let waiting = leaving.len();
             return (
                 Vec::new(),
@@ -458,71 +592,74 @@ impl Policy {
             })
             .collect();
         // Containers already on their way take room on their owner's edge.
-        for id in &leaving {
-            if let (Some(c), Some(needs)) = (world.containers.get(id), world.needs.get(id))
-                && let Some(room) = rooms.get_mut(c.owner.as_str())
+        for id in self.pending.keys().chain(self.accepted.keys()) {
+            if let (Some(c), Some(needs)) = (
+                world.containers.get(id.as_str()),
+                world.needs.get(id.as_str()),
+            ) && let Some(room) = rooms.get_mut(c.owner.as_str())
             {
                 room.take(&room_for(needs));
             }
         }
         let decline_cooldown = self.config.decline_cooldown_secs;
-        let candidates: Vec<Candidate<'_>> = world
-            .containers
-            .values()
-            .filter(|c| c.running_in_cloud)
-            .filter(|c| !self.pending.contains_key(&c.id) && !self.accepted.contains_key(&c.id))
-            .filter(|c| {
-                self.declined
-                    .get(&c.id)
-                    .is_none_or(|since| at - *since >= decline_cooldown)
-            })
-            .filter(|c| world.agents.contains_key(c.owner.as_str()))
-            .filter_map(|c| {
-                let needs = world.needs.get(c.id.as_str())?;
-                Some(Candidate {
-                    id: &c.id,
-                    owner: &c.owner,
-                    relief: host.share_of(c.cpu, c.mem_bytes),
-                    needs: room_for(needs),
-                    move_bytes: needs.missing_bytes,
+        let deadline = secs(at + self.config.query_deadline_secs);
+        let mut asks = Vec::new();
+        for group in groups.iter().filter(|g| !relieved(g)) {
+            let candidates: Vec<Candidate<'_>> = world
+                .containers
+                .values()
+                .filter(|c| c.running_in_cloud && group.holds(c))
+                .filter(|c| {
+                    !self.pending.contains_key(&c.id)
+                        && !self.accepted.contains_key(&c.id)
+                        && !self.relocation_pending.contains_key(&c.id)
+                        && !self.relocating.contains_key(&c.id)
                 })
-            })
-            .collect();
-        let picks = relieving_set(&candidates, required, &rooms);
-        if picks.is_empty() {
+                .filter(|c| {
+                    self.declined
+                        .get(&c.id)
+                        .is_none_or(|since| at - *since >= decline_cooldown)
+                })
+                .filter(|c| world.agents.contains_key(c.owner.as_str()))
+                .filter_map(|c| {
+                    let needs = world.needs.get(c.id.as_str())?;
+                    Some(Candidate {
+                        id: &c.id,
+                        owner: &c.owner,
+                        relief: group.share(c),
+                        needs: room_for(needs),
+                        move_bytes: needs.missing_bytes,
+                    })
+                })
+                .collect();
+            for i in relieving_set(&candidates, group.required, &rooms) {
+                let c = &candidates[i];
+                if let Some(room) = rooms.get_mut(c.owner) {
+                    room.take(&c.needs);
+                }
+                let shares: Vec<String> = group
+                    .resources
+                    .iter()
+                    .map(|r| format!("{} {} {r}", percent(c.relief[r.index()]), group.of))
+                    .collect();
+                asks.push(Ask {
+                    container_id: c.id.to_owned(),
+                    owner: c.owner.to_owned(),
+                    reason: format!(
+                        "{}; this container uses {}",
+                        group.text,
+                        shares.join(" and ")
+                    ),
+                    deadline,
+                    move_bytes: c.move_bytes,
+                });
+            }
+        }
+        if asks.is_empty() {
             return (
                 Vec::new(),
                 Some("no container can be asked: none has an owner with a connected agent whose edge fits it".to_owned()),
             );
-        }
-
-        let pressure_text = self.pressure_text(at);
-        let deadline = secs(at + self.config.query_deadline_secs);
-        let mut asks = Vec::new();
-        for i in picks {
-            let c = &candidates[i];
-            let shares: Vec<String> = self
-                .pressure
-                .iter()
-                .filter(|p| p.is_active())
-                .map(|p| {
-                    format!(
-                        "{} of the host {}",
-                        percent(c.relief[p.resource().index()]),
-                        p.resource()
-                    )
-                })
-                .collect();
-            asks.push(Ask {
-                container_id: c.id.to_owned(),
-                owner: c.owner.to_owned(),
-                reason: format!(
-                    "{pressure_text}; this container uses {}",
-                    shares.join(" and ")
-                ),
-                deadline,
-                move_bytes: c.move_bytes,
-            });
         }
         for ask in &asks {
             self.pending.insert(
@@ -540,13 +677,15 @@ impl Policy {
     }
 
     /// Once every resource has stayed below low for `return_after_secs`, offers returns to
-    /// edge containers that fit back under the high watermarks. After a batch the calm
-    /// window starts again, so the next batch is sized on usage that includes this one.
+    /// edge containers that fit back under the high watermarks (on a cluster: of the node
+    /// with the most room). After a batch the calm window starts again, so the next batch
+    /// is sized on usage that includes this one.
     fn offer_returns(
         &mut self,
         at: f64,
         host: &HostSample,
         world: &World<'_>,
+        cluster: Option<&cluster::ClusterRound>,
     ) -> (Vec<Return>, Vec<Return>) {
         if !self.pressure.iter().all(Pressure::is_calm) {
             self.calm_since = None;
@@ -563,34 +702,46 @@ impl Policy {
             .filter(|c| !c.running_in_cloud && !self.offered_return.contains_key(&c.id))
             .filter_map(|c| Some((*c, *world.agents.get(c.owner.as_str())?)))
             .collect();
-        let homecomings: Vec<Homecoming<'_>> = edge
-            .iter()
-            .map(|(c, agent)| Homecoming {
-                id: &c.id,
-                share: host.share_of(c.cpu, c.mem_bytes),
-                auto_return: agent.auto_return,
-            })
-            .collect();
-        let projected = self.pressure.each(Pressure::projected);
-        let high = self.pressure.each(|p| p.watermark().high);
-        let chosen = fitting_returns(&homecomings, projected, high);
-        let mut moves = Vec::new();
-        let mut notices = Vec::new();
         let calm_text = self
             .pressure
             .iter()
             .map(|p| format!("{} {}", p.resource(), percent(p.usage())))
             .collect::<Vec<_>>()
             .join(", ");
-        for i in chosen {
+        let chosen: Vec<(usize, String)> = match cluster {
+            Some(round) => self.cluster_returns(&edge, round),
+            None => {
+                let homecomings: Vec<Homecoming<'_>> = edge
+                    .iter()
+                    .map(|(c, agent)| Homecoming {
+                        id: &c.id,
+                        share: host.share_of(c.cpu, c.mem_bytes),
+                        auto_return: agent.auto_return,
+                    })
+                    .collect();
+                let projected = self.pressure.each(Pressure::projected);
+                let high = self.pressure.each(|p| p.watermark().high);
+                fitting_returns(&homecomings, projected, high)
+                    .into_iter()
+                    .map(|i| {
+                        let share = homecomings[i].share;
+                        let text = format!(
+                            "this container would use {} of its cpu and {} of its memory",
+                            percent(share[0]),
+                            percent(share[1]),
+                        );
+                        (i, text)
+                    })
+                    .collect()
+            }
+        };
+        let mut moves = Vec::new();
+        let mut notices = Vec::new();
+        for (i, share_text) in chosen {
             let (c, agent) = edge[i];
-            let share = homecomings[i].share;
             let reason = format!(
-                "the cloud has room: {calm_text}, below the low watermarks for {} s; \
-                 this container would use {} of its cpu and {} of its memory",
+                "the cloud has room: {calm_text}, below the low watermarks for {} s; {share_text}",
                 calm_for.round(),
-                percent(share[0]),
-                percent(share[1]),
             );
             let proposal = Return {
                 container_id: c.id.clone(),
@@ -610,16 +761,25 @@ impl Policy {
         (moves, notices)
     }
 
+    /// The text of pressure on resource `i` of the cloud as a whole; on a cluster it
+    /// says what drives it.
+    fn describe(&self, i: usize, at: f64) -> String {
+        let text = self.pressure[i].describe(at);
+        match &self.cluster_note[i] {
+            Some(note) => format!("{text} {note}"),
+            None => text,
+        }
+    }
+
     fn pressure_text(&self, at: f64) -> String {
-        self.pressure
-            .iter()
-            .filter(|p| p.is_active())
-            .map(|p| p.describe(at))
+        (0..self.pressure.len())
+            .filter(|&i| self.pressure[i].is_active())
+            .map(|i| self.describe(i, at))
             .collect::<Vec<_>>()
             .join("; ")
     }
 
-    fn status(&self, at: f64, ask_note: Option<String>) -> Status {
+    fn status(&self, at: f64, ask_note: Option<String>, nodes: Vec<NodeStatus>) -> Status {
         let under_pressure = self.pressure.iter().any(Pressure::is_active);
         let reason = if under_pressure {
             match ask_note {
@@ -655,8 +815,46 @@ impl Policy {
             pending_queries: self.pending.len(),
             moves_in_flight: self.accepted.len(),
             calm_for: self.calm_since.map(|since| secs(at - since)),
+            nodes,
         }
     }
+}
+
+/// Containers relieved together: a whole host, or one node of a cluster.
+struct Group {
+    /// The node whose containers belong; `None`: every cloud container.
+    node: Option<String>,
+    /// Cores and bytes a container's share is taken of.
+    cpus: f64,
+    mem_bytes: u64,
+    /// The relief each resource still needs.
+    required: [f64; 2],
+    /// The pressure, for the reason of a query.
+    text: String,
+    /// How a share is named: "of the host", "of node n1's".
+    of: String,
+    /// The resources under pressure, named in the reason.
+    resources: Vec<Resource>,
+}
+
+impl Group {
+    fn holds(&self, c: &ContainerUsage) -> bool {
+        self.node.is_none() || c.node == self.node
+    }
+
+    fn share(&self, c: &ContainerUsage) -> [f64; 2] {
+        share_of(self.cpus, self.mem_bytes, c)
+    }
+}
+
+/// The share of `cpus` cores and `mem_bytes` bytes a container's use takes, per resource.
+fn share_of(cpus: f64, mem_bytes: u64, c: &ContainerUsage) -> [f64; 2] {
+    HostSample {
+        cpus,
+        mem_total_bytes: mem_bytes,
+        ..HostSample::default()
+    }
+    .share_of(c.cpu, c.mem_bytes)
 }
 
 /// Seconds as a `Duration`, saturating instead of panicking on values out of range.
@@ -711,5 +909,6 @@ impl PerResource for [Pressure; 2] {
     }
 }
 
+mod cluster;
 #[cfg(test)]
 mod tests;

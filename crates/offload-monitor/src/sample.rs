@@ -60,6 +60,12 @@ pub struct ContainerUsage {
     /// True while its cloud copy runs (including while a move pre-copies it); false at the
     /// edge.
     pub running_in_cloud: bool,
+    /// On a cluster: the node its cloud copy runs (or last ran) on.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// A move of it is in flight.
+    #[serde(default)]
+    pub moving: bool,
 }
 
 /// The configured size of a pool of managed containers.
@@ -190,6 +196,8 @@ mod tests {
             cpu,
             mem_bytes,
             running_in_cloud,
+            node: None,
+            moving: false,
         }
     }
 

@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use crate::{
     ByteStream, CONFINEMENT, Confinement, ContainerRuntime, ContainerSpec, ExecOutput, ExecSession,
-    ExecSpec, HostInfo, ImageInfo, LogEntry, LogStream, LogsSpec, OutputStream, Result,
+    ExecSpec, HostInfo, ImageInfo, LogEntry, LogStream, LogsSpec, NodeInfo, OutputStream, Result,
     RuntimeContainer, RuntimeError, UsageReading,
 };
 
@@ -67,6 +67,8 @@ struct Inner {
     logs: BTreeMap<String, Vec<LogEntry>>,
     /// The time of the last entry written, so every entry has a later one.
     last_log_ns: u64,
+    /// A cluster's nodes; none for a single engine.
+    nodes: Vec<NodeInfo>,
 }
 
 impl Inner {
@@ -169,6 +171,58 @@ impl FakeRuntime {
                 bytes: bytes.to_vec(),
             });
         timestamp_ns
+    }
+
+    /// Makes the fake a cluster of these nodes (see [`FakeRuntime::node`]): a container
+    /// spec must then name a schedulable one.
+    pub fn set_nodes(&self, nodes: Vec<NodeInfo>) {
+        self.lock().nodes = nodes;
+    }
+
+    /// A ready, active, reachable node with `cpus` cores and `memory_bytes` bytes, named
+    /// after its ID.
+    pub fn node(id: &str, cpus: f64, memory_bytes: u64) -> NodeInfo {
+        NodeInfo {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            state: "ready".to_owned(),
+            availability: "active".to_owned(),
+            cpus,
+            memory_bytes,
+            reachable: true,
+        }
+    }
+
+    /// Sets a node's availability (`active`, `pause`, `drain`) as an operator's
+    /// `docker node update --availability` does; draining stops what runs there, as
+    /// Swarm shuts a drained node's tasks down.
+    pub fn set_availability(&self, node_id: &str, availability: &str) {
+        let mut inner = self.lock();
+        if let Some(node) = inner.nodes.iter_mut().find(|n| n.id == node_id) {
+            node.availability = availability.to_owned();
+        }
+        if availability == "drain" {
+            for (spec, running) in inner.containers.values_mut() {
+                if spec.node.as_deref() == Some(node_id) {
+                    *running = false;
+                }
+            }
+        }
+    }
+
+    /// Sets a node's state (`ready`, `down`).
+    pub fn set_node_state(&self, node_id: &str, state: &str) {
+        if let Some(node) = self.lock().nodes.iter_mut().find(|n| n.id == node_id) {
+            node.state = state.to_owned();
+        }
+    }
+
+    /// The node the engine container `runtime_id` is pinned to.
+    pub fn node_of(&self, runtime_id: &str) -> Option<String> {
+        self.lock()
+            .containers
+            .get(runtime_id)
+            .and_then(|(spec, _)| spec.node.clone())
     }
 
     /// Makes every later `run` fail.
@@ -317,6 +371,18 @@ impl ContainerRuntime for FakeRuntime {
                 message: "no such image".to_owned(),
             });
         }
+        if !inner.nodes.is_empty() {
+            let placed = spec
+                .node
+                .as_ref()
+                .and_then(|id| inner.nodes.iter().find(|n| n.id == *id));
+            if !placed.is_some_and(NodeInfo::schedulable) {
+                return Err(RuntimeError::Engine {
+                    action: "service placement",
+                    message: format!("no suitable node for {:?}", spec.node),
+                });
+            }
+        }
         inner.next_id += 1;
         let id = format!("{:064x}", inner.next_id);
         inner.containers.insert(id.clone(), (spec.clone(), true));
@@ -327,6 +393,18 @@ impl ContainerRuntime for FakeRuntime {
         let mut inner = self.lock();
         inner.calls.push(Call::Start(runtime_id.to_owned()));
         inner.injected(Op::Start)?;
+        let node = inner
+            .containers
+            .get(runtime_id)
+            .and_then(|(spec, _)| spec.node.clone());
+        if let Some(node) = node
+            && !inner.nodes.iter().any(|n| n.id == node && n.schedulable())
+        {
+            return Err(RuntimeError::Engine {
+                action: "service placement",
+                message: format!("node {node} takes no tasks"),
+            });
+        }
         match inner.containers.get_mut(runtime_id) {
             Some((_, running)) => {
                 *running = true;
@@ -404,6 +482,20 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn exec_resize(&self, _exec_id: &str, _cols: u16, _rows: u16) -> Result<()> {
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        Ok(self.lock().nodes.clone())
+    }
+
+    async fn drain_node(&self, node_id: &str) -> Result<()> {
+        if !self.lock().nodes.iter().any(|n| n.id == node_id) {
+            return Err(RuntimeError::NotFound {
+                id: node_id.to_owned(),
+            });
+        }
+        self.set_availability(node_id, "drain");
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use tokio::io::AsyncWrite;
 
 pub use docker::DockerRuntime;
 pub use offload_core::logs::{LogEntry, OutputStream};
-pub use swarm::{SwarmNodeEngine, SwarmRuntime};
+pub use swarm::{NodeCapacity, SwarmNodeEngine, SwarmRuntime};
 
 /// Errors from a container engine.
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +298,15 @@ pub trait ContainerRuntime: Send + Sync {
     /// [`ContainerSpec::node`] is `None`.
     async fn nodes(&self) -> Result<Vec<NodeInfo>> {
         Ok(Vec::new())
+    }
+
+    /// Drains a cluster node (its ID): the engine places nothing more there. A single
+    /// engine has no nodes to drain.
+    async fn drain_node(&self, node_id: &str) -> Result<()> {
+        Err(RuntimeError::Engine {
+            action: "node drain",
+            message: format!("this engine is not a cluster and has no node {node_id}"),
+        })
     }
     /// The root filesystem of a running container, as its processes see it (the image's
     /// layers, `/workspace` and every other mount), for [`sftp`]. A stopped container is

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use bollard::models::{
     EndpointSpec, EndpointSpecModeEnum, Limit, Mount, MountType, NetworkAttachmentConfig,
-    ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task, TaskSpec, TaskSpecContainerSpec,
-    TaskSpecContainerSpecPrivileges, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
-    TaskSpecRestartPolicyConditionEnum, TaskState,
+    NodeSpecAvailabilityEnum, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task,
+    TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecPrivileges, TaskSpecPlacement,
+    TaskSpecResources, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
-    UpdateServiceOptionsBuilder,
+    UpdateNodeOptionsBuilder, UpdateServiceOptionsBuilder,
 };
 use futures::StreamExt;
 
@@ -42,7 +42,9 @@ const TASK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a task may stay pending because no node satisfies its constraints.
 const UNSCHEDULABLE_GRACE: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(200);
+/// How often a start or stop looks at the service's tasks: a move's downtime includes the
+/// time to notice that the old task stopped and that the new one runs.
+const POLL: Duration = Duration::from_millis(50);
 
 /// A node's own engine, as the operator configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +66,16 @@ pub struct SwarmRuntime {
     configured: Vec<SwarmNodeEngine>,
     /// Node ID → its engine, for the configured engines reached so far.
     engines: Mutex<HashMap<String, NodeEngineRef>>,
+    /// The operator's capacities, by configured node name: they replace what the node
+    /// reports (on one machine every node reports the whole machine).
+    capacities: HashMap<String, NodeCapacity>,
+}
+
+/// A node's capacity as the operator sets it; `None` keeps what the node reports.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NodeCapacity {
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -100,9 +112,18 @@ impl SwarmRuntime {
             manager,
             configured: nodes.to_vec(),
             engines: Mutex::new(HashMap::new()),
+            capacities: HashMap::new(),
         };
         runtime.connect_engines().await;
         Ok(runtime)
+    }
+
+    /// Sets the capacity [`ContainerRuntime::nodes`] reports for the configured node
+    /// `name`, in place of the node's own figures.
+    #[must_use]
+    pub fn with_capacity(mut self, name: &str, capacity: NodeCapacity) -> Self {
+        self.capacities.insert(name.to_owned(), capacity);
+        self
     }
 
     /// Connects the configured node engines not reached yet.
@@ -798,6 +819,47 @@ impl ContainerRuntime for SwarmRuntime {
         self.engine_of(node)?.0.runtime.exec_exit_code(exec).await
     }
 
+    /// Sets the node's availability to `drain`: Swarm schedules nothing more there and
+    /// shuts its tasks down (offload moves its containers with their workspaces first).
+    async fn drain_node(&self, node_id: &str) -> Result<()> {
+        for attempt in 0..2 {
+            let node = match self.manager.client().inspect_node(node_id).await {
+                Ok(node) => node,
+                Err(e) if is_not_found(&e) => {
+                    return Err(RuntimeError::NotFound {
+                        id: node_id.to_owned(),
+                    });
+                }
+                Err(e) => return Err(engine_err("node inspect")(e)),
+            };
+            let version = node.version.and_then(|v| v.index).unwrap_or(0);
+            let mut spec = node.spec.unwrap_or_default();
+            if spec.availability == Some(NodeSpecAvailabilityEnum::DRAIN) {
+                return Ok(());
+            }
+            spec.availability = Some(NodeSpecAvailabilityEnum::DRAIN);
+            let options = UpdateNodeOptionsBuilder::new()
+                .version(i64::try_from(version).unwrap_or(i64::MAX))
+                .build();
+            match self
+                .manager
+                .client()
+                .update_node(node_id, spec, options)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt == 0 && describe(&e).contains("update out of sequence") => {
+                    continue;
+                }
+                Err(e) => return Err(engine_err("node update")(e)),
+            }
+        }
+        Err(RuntimeError::Engine {
+            action: "node update",
+            message: "the node kept changing under the update".to_owned(),
+        })
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeInfo>> {
         if self.with_engines(|e| e.len()) < self.configured.len() {
             self.connect_engines().await;
@@ -824,6 +886,10 @@ impl ContainerRuntime for SwarmRuntime {
                     .or_else(|| engine.map(|(_, e)| e.0.name.clone()))
                     .or(description.hostname)
                     .unwrap_or_else(|| id.clone());
+                let capacity = engine
+                    .and_then(|(_, e)| self.capacities.get(&e.0.name))
+                    .copied()
+                    .unwrap_or_default();
                 Some(NodeInfo {
                     name,
                     state: n
@@ -835,8 +901,12 @@ impl ContainerRuntime for SwarmRuntime {
                         .availability
                         .map(|a| a.to_string())
                         .unwrap_or_else(|| "active".to_owned()),
-                    cpus: resources.nano_cpus.unwrap_or(0).max(0) as f64 / 1e9,
-                    memory_bytes: resources.memory_bytes.unwrap_or(0).max(0) as u64,
+                    cpus: capacity
+                        .cpus
+                        .unwrap_or(resources.nano_cpus.unwrap_or(0).max(0) as f64 / 1e9),
+                    memory_bytes: capacity
+                        .memory_bytes
+                        .unwrap_or(resources.memory_bytes.unwrap_or(0).max(0) as u64),
                     reachable: engine.is_some(),
                     id,
                 })

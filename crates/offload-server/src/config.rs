@@ -24,6 +24,10 @@ pub struct ServerConfig {
     pub workspace_root: Option<PathBuf>,
     /// The swarm, with `engine = "swarm"`.
     pub swarm: SwarmConfig,
+    /// On a swarm, what happens when the monitor moves a container from a busy node to
+    /// one with room: `notify` (the owner is told, then it moves) or `ask` (it moves only
+    /// if the owner accepts a query).
+    pub cloud_moves: CloudMoves,
     /// The network user containers join: `default` (the engine's), `none`, or a network name.
     pub network: String,
     /// CPU limit when a start request names none.
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             engine: EngineKind::Docker,
             workspace_root: None,
             swarm: SwarmConfig::default(),
+            cloud_moves: CloudMoves::Notify,
             network: "default".to_owned(),
             default_cpus: 1.0,
             default_memory: "1g".to_owned(),
@@ -117,6 +122,17 @@ impl EngineKind {
     }
 }
 
+/// How moves between the nodes of a swarm reach the owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudMoves {
+    /// The owner's agent is told why, then the container moves.
+    #[default]
+    Notify,
+    /// The owner gets a query; the container moves only if it is accepted.
+    Ask,
+}
+
 /// `[swarm]`: the manager and every node's own engine.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -128,11 +144,47 @@ pub struct SwarmConfig {
 }
 
 /// One `[[swarm.nodes]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwarmNodeConfig {
     pub name: String,
     pub docker_host: String,
+    /// Cores the monitor measures this node's load against and placement counts; the
+    /// node's own figure when unset. Set it where nodes share a machine (every node then
+    /// reports the whole machine) or where offload gets only part of a node.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Memory, as `cpus` (`16g`, `512m`).
+    #[serde(default)]
+    pub memory: Option<String>,
+}
+
+impl SwarmNodeConfig {
+    /// The operator's capacity for this node, checked.
+    pub fn capacity(&self) -> Result<offload_runtime::NodeCapacity, ConfigError> {
+        let value = |message: String| ConfigError::Value {
+            key: "swarm.nodes",
+            message,
+        };
+        if let Some(cpus) = self.cpus
+            && !(cpus.is_finite() && cpus > 0.0)
+        {
+            return Err(value(format!(
+                "node {}: cpus must be a positive number, not {cpus}",
+                self.name
+            )));
+        }
+        let memory_bytes = match &self.memory {
+            Some(raw) => Some(
+                parse_memory(raw).map_err(|e| value(format!("node {}: memory: {e}", self.name)))?,
+            ),
+            None => None,
+        };
+        Ok(offload_runtime::NodeCapacity {
+            cpus: self.cpus,
+            memory_bytes,
+        })
+    }
 }
 
 /// A configuration problem, naming the key at fault.
@@ -312,6 +364,7 @@ impl ServerConfig {
                     format!("node {} is named twice", node.name),
                 ));
             }
+            node.capacity()?;
         }
         Ok(())
     }
@@ -442,6 +495,34 @@ mod tests {
         .to_string();
         assert!(err.contains("swarm.manager"), "{err}");
         assert!(toml::from_str::<ServerConfig>("engine = \"k8s\"\n").is_err());
+    }
+
+    #[test]
+    fn node_capacities_and_cloud_moves_are_read_and_checked() {
+        let base = "engine = \"swarm\"\n[swarm]\nmanager = \"unix:///m.sock\"\n\
+                    [[swarm.nodes]]\nname = \"a\"\ndocker_host = \"unix:///a.sock\"\n";
+        let cfg: ServerConfig = toml::from_str(base).unwrap();
+        assert_eq!(cfg.cloud_moves, CloudMoves::Notify);
+        let capacity = cfg.swarm.nodes[0].capacity().unwrap();
+        assert_eq!((capacity.cpus, capacity.memory_bytes), (None, None));
+        let cfg: ServerConfig = toml::from_str(&format!(
+            "cloud_moves = \"ask\"\n{base}cpus = 1.5\nmemory = \"2g\"\n"
+        ))
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cloud_moves, CloudMoves::Ask);
+        let capacity = cfg.swarm.nodes[0].capacity().unwrap();
+        assert_eq!(capacity.cpus, Some(1.5));
+        assert_eq!(capacity.memory_bytes, Some(2 << 30));
+        for bad in ["cpus = 0\n", "cpus = -2\n", "memory = \"lots\"\n"] {
+            let cfg: ServerConfig = toml::from_str(&format!("{base}{bad}")).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("swarm.nodes") && err.contains("node a"),
+                "{err}"
+            );
+        }
+        assert!(toml::from_str::<ServerConfig>("cloud_moves = \"sometimes\"\n").is_err());
     }
 
     #[test]

@@ -152,6 +152,7 @@ impl Controller {
                 status: self.monitor.clone(),
                 moves: Arc::new(self.clone()),
                 clock: self.clock,
+                cloud_moves: self.config.cloud_moves,
             },
         )
     }
@@ -170,7 +171,16 @@ impl Controller {
         answer: Answer,
     ) -> Result<QueryView, ActionError> {
         let query = self.queries.answer(who, query_id, answer).await?;
-        if answer == Answer::Accept {
+        if answer == Answer::Accept
+            && let Some(to_node) = &query.to_node
+        {
+            if let Err(e) = self
+                .relocate(&query.container_id, Some(to_node), &query.reason)
+                .await
+            {
+                tracing::warn!(query = %query.id, error = %e, "cannot start the accepted move to another node");
+            }
+        } else if answer == Answer::Accept {
             let request = MoveRequest {
                 to: Location::Edge,
                 force: false,
@@ -223,7 +233,7 @@ impl Controller {
                 .or_else(|| self.sync.cached_bytes(&record.id))
                 .unwrap_or(0);
             let reason = "the operator asked for room on the cloud host now";
-            let query = self.queries.ask(&record, reason, bytes).await?;
+            let query = self.queries.ask(&record, reason, bytes, None).await?;
             asked.push(crate::queries::view(&query, record.name.as_str()));
         }
         Ok(asked)
@@ -362,6 +372,15 @@ impl Controller {
         &self,
         record: &ContainerRecord,
     ) -> Result<Option<String>, ActionError> {
+        self.place_except(record, None).await
+    }
+
+    /// As [`Controller::place`], never on node `except` (the one a container leaves).
+    pub(crate) async fn place_except(
+        &self,
+        record: &ContainerRecord,
+        except: Option<&str>,
+    ) -> Result<Option<String>, ActionError> {
         let nodes = self.runtime.nodes().await?;
         if nodes.is_empty() {
             return Ok(None);
@@ -382,7 +401,7 @@ impl Controller {
         }
         let best = nodes
             .iter()
-            .filter(|n| n.schedulable())
+            .filter(|n| n.schedulable() && Some(n.id.as_str()) != except)
             .map(|n| {
                 let (memory, cpus) = load.get(n.id.as_str()).copied().unwrap_or_default();
                 let free_memory = i128::from(n.memory_bytes) - i128::from(memory);
@@ -392,7 +411,8 @@ impl Controller {
         match best {
             Some((node, _, _)) => Ok(Some(node.id.clone())),
             None => Err(ActionError::Unavailable(format!(
-                "no node of the swarm can take container {} now: {}",
+                "no {}node of the swarm can take container {} now: {}",
+                if except.is_some() { "other " } else { "" },
                 record.id,
                 nodes
                     .iter()
@@ -923,6 +943,17 @@ impl MoveStarter for Arc<Controller> {
         };
         let request = MoveRequest { to, force: false };
         self.request_move(&owner, id.as_str(), request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn relocate(
+        &self,
+        id: &ContainerId,
+        to_node: &str,
+        reason: &str,
+    ) -> Result<(), ActionError> {
+        Controller::relocate(self, id, Some(to_node), reason)
             .await
             .map(|_| ())
     }

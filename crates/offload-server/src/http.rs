@@ -11,8 +11,8 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use offload_core::api::{
-    ApiError, ContainerView, JoinRequest, JoinResponse, MonitorView, MoveRequest, PressureRequest,
-    QueryView, StartRequest, WhoAmI,
+    ApiError, ContainerView, DrainReport, DrainRequest, JoinRequest, JoinResponse, MonitorView,
+    MoveRequest, PressureRequest, QueryView, StartRequest, WhoAmI,
 };
 use offload_store::{Principal, TokenKind, TokenLookup};
 use offload_sync::protocol::{PushReport, PushRequest};
@@ -89,6 +89,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(accept_query))
         .routes(routes!(decline_query))
         .routes(routes!(admin_pressure))
+        .routes(routes!(admin_drain))
         .routes(routes!(monitor_status))
         .routes(routes!(join))
         .routes(routes!(ca_certificate))
@@ -712,6 +713,24 @@ async fn admin_pressure(
         None => None,
     };
     Ok(Json(state.ctl.ask_now(&who, user).await?))
+}
+
+/// Drains a cluster node (admin only): nothing more is placed there, and its containers
+/// move to other nodes with their workspaces.
+#[utoipa::path(post, path = "/v1/admin/drain", tag = "admin", request_body = DrainRequest,
+    responses((status = 200, body = DrainReport), (status = 400, body = ApiError),
+        (status = 403, body = ApiError)))]
+async fn admin_drain(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    ApiJson(req): ApiJson<DrainRequest>,
+) -> Result<Json<DrainReport>, ActionError> {
+    if req.node.trim().is_empty() || req.node.len() > 256 {
+        return Err(ActionError::BadRequest(
+            "name the node to drain by its name or ID".into(),
+        ));
+    }
+    Ok(Json(state.ctl.drain(&who, &req.node).await?))
 }
 
 /// The resource monitor's view: usage, forecast, watermarks, pressure, and the caller's

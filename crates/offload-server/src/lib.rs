@@ -21,6 +21,7 @@ mod logs;
 pub mod metrics;
 mod monitor;
 mod mover;
+mod nodes;
 mod queries;
 pub mod reconciler;
 mod sizes;
@@ -73,9 +74,12 @@ async fn connect_engine(config: &ServerConfig) -> anyhow::Result<Arc<dyn Contain
                     docker_host: n.docker_host.clone(),
                 })
                 .collect();
-            let runtime = SwarmRuntime::connect(manager, &nodes)
+            let mut runtime = SwarmRuntime::connect(manager, &nodes)
                 .await
                 .with_context(|| format!("cannot use the swarm whose manager is {manager}"))?;
+            for node in &config.swarm.nodes {
+                runtime = runtime.with_capacity(&node.name, node.capacity()?);
+            }
             let listed = runtime.nodes().await?;
             tracing::info!(
                 nodes = listed.len(),

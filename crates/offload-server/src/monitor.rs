@@ -14,17 +14,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use offload_core::api::{MonitorView, ResourceView, UsageView};
+use offload_core::api::{MonitorView, NodeView, ResourceView, UsageView};
 use offload_core::{ContainerId, ContainerRecord, Location, State, UserName};
 use offload_monitor::{
-    AgentReport, ContainerUsage, CpuReading, Decision, DefaultAction, HostSample, HostSampler,
-    MoveNeeds, Observation, Policy, PolicyConfig, PoolCapacity, ProcHostSampler, SamplerSource,
-    Status, container_cpu_cores,
+    AgentReport, Answer, ContainerUsage, CpuReading, Decision, DefaultAction, HostSample,
+    HostSampler, MoveNeeds, NodeReport, Observation, Policy, PolicyConfig, PoolCapacity,
+    ProcHostSampler, SamplerSource, Status, container_cpu_cores,
 };
 use offload_runtime::{ContainerRuntime, UsageReading};
 use offload_store::{QueryRecord, Store};
 
 use crate::clock::Clock;
+use crate::config::CloudMoves;
 use crate::db;
 use crate::error::ActionError;
 use crate::hub::AgentHub;
@@ -63,7 +64,27 @@ impl MonitorStatus {
         };
         match lock(&self.last).clone() {
             Some((status, containers)) => MonitorView {
-                source: source.to_owned(),
+                // On a cluster each node is measured as a pool of offload's containers.
+                source: if status.nodes.is_empty() {
+                    source.to_owned()
+                } else {
+                    "nodes".to_owned()
+                },
+                nodes: status
+                    .nodes
+                    .iter()
+                    .map(|n| NodeView {
+                        id: n.id.clone(),
+                        name: n.name.clone(),
+                        schedulable: n.schedulable,
+                        cpus: n.cpus,
+                        memory_bytes: n.mem_bytes,
+                        cpu: n.resources.first().map_or(0.0, |r| r.usage),
+                        mem: n.resources.get(1).map_or(0.0, |r| r.usage),
+                        under_pressure: n.under_pressure,
+                        stuck: n.stuck,
+                    })
+                    .collect(),
                 under_pressure: status.under_pressure,
                 reason: status.reason.clone(),
                 resources: status
@@ -88,6 +109,7 @@ impl MonitorStatus {
                 resources: Vec::new(),
                 pending_queries: pending,
                 containers: Vec::new(),
+                nodes: Vec::new(),
             },
         }
     }
@@ -103,6 +125,14 @@ pub trait MoveStarter: Send + Sync {
         id: &ContainerId,
         to: Location,
     ) -> Result<(), ActionError>;
+
+    /// Moves a cloud container to another cluster node, telling its owner `reason`.
+    async fn relocate(
+        &self,
+        id: &ContainerId,
+        to_node: &str,
+        reason: &str,
+    ) -> Result<(), ActionError>;
 }
 
 /// What the loop reads and acts through.
@@ -117,7 +147,12 @@ pub struct MonitorParts {
     pub status: Arc<MonitorStatus>,
     pub moves: Arc<dyn MoveStarter>,
     pub clock: Clock,
+    /// On a cluster: whether moves between nodes are announced or asked.
+    pub cloud_moves: CloudMoves,
 }
+
+/// How many containers' readings a tick takes at once.
+const USAGE_READS_IN_FLIGHT: usize = 16;
 
 /// Engine readings between rounds: CPU use is the difference of two.
 #[derive(Default)]
@@ -125,6 +160,9 @@ struct Tracker {
     readings: HashMap<String, UsageReading>,
     cores: HashMap<ContainerId, f64>,
     memory: HashMap<ContainerId, u64>,
+    /// The cluster's nodes as last listed, kept when a listing fails so that a manager
+    /// that does not answer for a moment does not turn the cluster into one host.
+    nodes: Vec<NodeReport>,
 }
 
 /// The monitor loop and its state.
@@ -133,8 +171,9 @@ pub struct MonitorLoop {
     policy: Policy,
     parts: MonitorParts,
     tracker: Tracker,
-    /// The pending queries the policy has been told of: id and container.
-    known: HashMap<String, ContainerId>,
+    /// The pending queries the policy has been told of: id, container, and whether it
+    /// asks about a move to another node.
+    known: HashMap<String, (ContainerId, bool)>,
 }
 
 impl MonitorLoop {
@@ -192,8 +231,14 @@ impl MonitorLoop {
         host: &mut (dyn HostSampler + Send),
         pool: Option<&PoolCapacity>,
     ) -> Result<(), ActionError> {
+        let started = tokio::time::Instant::now();
         let records = db::call(&self.parts.store, |s| s.containers(None)).await?;
         let observation = self.observe(&records, host, pool).await?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            containers = observation.containers.len(),
+            "monitor observed"
+        );
         self.learn_queries().await?;
         let decision = self.policy.evaluate(self.now(), &observation);
         let views = observation
@@ -228,15 +273,38 @@ impl MonitorLoop {
         host: &mut (dyn HostSampler + Send),
         pool: Option<&PoolCapacity>,
     ) -> Result<Observation, ActionError> {
+        use futures::StreamExt;
         let parts = &self.parts;
         let tracker = &mut self.tracker;
         parts.sizes.retain(&records.iter().map(|r| &r.id).collect());
+        let running_in_cloud =
+            |r: &ContainerRecord| r.location == Location::Cloud && r.state == State::Running;
+        // One reading per container, several at a time: on a cluster each is a call to the
+        // manager and one to the node's engine, and a tick must not grow with their sum.
+        let to_read: Vec<String> = records
+            .iter()
+            .filter(|r| running_in_cloud(r))
+            .filter_map(|r| r.runtime_id.clone())
+            .collect();
+        let runtime = parts.runtime.clone();
+        let mut readings: HashMap<String, UsageReading> = futures::stream::iter(to_read)
+            .map(move |runtime_id| {
+                let runtime = runtime.clone();
+                async move {
+                    let reading = runtime.usage(&runtime_id).await;
+                    (runtime_id, reading)
+                }
+            })
+            .buffer_unordered(USAGE_READS_IN_FLIGHT)
+            .filter_map(|(runtime_id, reading)| async move { Some((runtime_id, reading.ok()?)) })
+            .collect()
+            .await;
         let mut sizes = HashMap::new();
         let mut usage = Vec::new();
         for record in records {
-            let in_cloud = record.location == Location::Cloud && record.state == State::Running;
+            let in_cloud = running_in_cloud(record);
             if in_cloud && let Some(runtime_id) = &record.runtime_id {
-                if let Ok(reading) = parts.runtime.usage(runtime_id).await {
+                if let Some(reading) = readings.remove(runtime_id) {
                     if let Some(previous) = tracker.readings.get(runtime_id) {
                         let cores = container_cpu_cores(
                             &CpuReading {
@@ -283,9 +351,42 @@ impl MonitorLoop {
                 cpu: tracker.cores.get(&record.id).copied().unwrap_or(0.0),
                 mem_bytes: tracker.memory.get(&record.id).copied().unwrap_or(0),
                 running_in_cloud: in_cloud,
+                node: record
+                    .node
+                    .clone()
+                    .filter(|_| record.location == Location::Cloud),
+                moving: record.state == State::Moving,
             });
         }
+        // On a cluster every node is a pool of offload's containers against its capacity
+        // (the operator's, else what the node reports): nodes that share a machine, as
+        // in the tests, would all read the same host figures.
+        let nodes: Vec<NodeReport> = match parts.runtime.nodes().await {
+            Ok(nodes) => nodes
+                .iter()
+                .map(|n| NodeReport {
+                    id: n.id.clone(),
+                    name: n.name.clone(),
+                    cpus: n.cpus,
+                    mem_bytes: n.memory_bytes,
+                    schedulable: n.schedulable(),
+                    movable_from: n.state == "ready" && n.reachable && n.availability != "drain",
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the cluster's nodes; using the last list");
+                tracker.nodes.clone()
+            }
+        };
+        tracker.nodes.clone_from(&nodes);
         let sample = match pool {
+            _ if !nodes.is_empty() => {
+                let cpus: f64 = nodes.iter().map(|n| n.cpus).sum();
+                let mem: u64 = nodes.iter().map(|n| n.mem_bytes).sum();
+                PoolCapacity::new(cpus, mem)
+                    .map(|p| p.sample(&usage))
+                    .unwrap_or_default()
+            }
             Some(pool) => pool.sample(&usage),
             None => host
                 .sample()
@@ -319,6 +420,7 @@ impl MonitorLoop {
             containers: usage,
             needs,
             agents,
+            nodes,
         })
     }
 
@@ -334,7 +436,7 @@ impl MonitorLoop {
             .cloned()
             .collect();
         for id in closed {
-            let Some(container) = self.known.remove(&id) else {
+            let Some((container, to_node)) = self.known.remove(&id) else {
                 continue;
             };
             // Expired and withdrawn are the policy's own doing; an answer is news.
@@ -342,9 +444,14 @@ impl MonitorLoop {
                 continue;
             };
             if let Some(answer) = Closing::answer_of(&query.state) {
-                let at = u64::try_from(query.answered_at.unwrap_or(0)).unwrap_or(0);
-                self.policy
-                    .record_answer(container.as_str(), answer, Duration::from_secs(at));
+                let at =
+                    Duration::from_secs(u64::try_from(query.answered_at.unwrap_or(0)).unwrap_or(0));
+                if to_node {
+                    self.policy
+                        .record_relocation_answer(container.as_str(), answer, at);
+                } else {
+                    self.policy.record_answer(container.as_str(), answer, at);
+                }
             }
         }
         for query in &pending {
@@ -359,15 +466,27 @@ impl MonitorLoop {
     /// deadline the store shows: one rule for both.
     fn remember(&mut self, query: &QueryRecord, standing: bool) {
         let deadline = u64::try_from(query.deadline_at).unwrap_or(0) as f64;
-        let asked_at = (deadline - self.config.query_deadline_secs).max(0.0);
-        self.policy.record_ask(
-            query.container_id.as_str(),
-            query.owner.as_str(),
-            Duration::from_secs_f64(asked_at),
-            standing,
+        let asked_at =
+            Duration::from_secs_f64((deadline - self.config.query_deadline_secs).max(0.0));
+        match &query.to_node {
+            Some(to_node) => self.policy.record_relocation_ask(
+                query.container_id.as_str(),
+                query.owner.as_str(),
+                to_node,
+                asked_at,
+                standing,
+            ),
+            None => self.policy.record_ask(
+                query.container_id.as_str(),
+                query.owner.as_str(),
+                asked_at,
+                standing,
+            ),
+        }
+        self.known.insert(
+            query.id.clone(),
+            (query.container_id.clone(), query.to_node.is_some()),
         );
-        self.known
-            .insert(query.id.clone(), query.container_id.clone());
     }
 
     /// Carries out the policy's decision, all of it.
@@ -403,9 +522,62 @@ impl MonitorLoop {
             if queries.declined_recently(record, cooldown).await? {
                 continue;
             }
-            match queries.ask(record, &ask.reason, ask.move_bytes).await {
+            match queries.ask(record, &ask.reason, ask.move_bytes, None).await {
                 Ok(query) => self.remember(&query, false),
                 Err(e) => tracing::warn!(id = %record.id, error = %e, "cannot send a query"),
+            }
+        }
+        for relocation in &decision.relocations {
+            let now = self.now();
+            let Some(record) = record_of(&relocation.container_id) else {
+                self.policy.record_relocation_answer(
+                    &relocation.container_id,
+                    Answer::Decline,
+                    now,
+                );
+                continue;
+            };
+            let started = match self.parts.cloud_moves {
+                // The owner is told (by the move itself), then it moves.
+                CloudMoves::Notify => moves
+                    .relocate(&record.id, &relocation.to_node, &relocation.reason)
+                    .await
+                    .map(|()| true),
+                CloudMoves::Ask if pending.iter().any(|q| q.container_id == record.id) => {
+                    Err(ActionError::Conflict("a query about it is pending".into()))
+                }
+                CloudMoves::Ask => {
+                    let reason = format!(
+                        "{}; move it to node {} (its processes restart there, its files stay)?",
+                        relocation.reason, relocation.to_node_name
+                    );
+                    match queries
+                        .ask(record, &reason, 0, Some(&relocation.to_node))
+                        .await
+                    {
+                        Ok(query) => {
+                            self.remember(&query, false);
+                            Ok(false)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            match started {
+                Ok(true) => self.policy.record_relocation_answer(
+                    &relocation.container_id,
+                    Answer::Accept,
+                    now,
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(id = %record.id, error = %e, "cannot move a container to another node");
+                    self.policy.record_relocation_answer(
+                        &relocation.container_id,
+                        Answer::Decline,
+                        now,
+                    );
+                }
             }
         }
         for id in &decision.withdrawn {

@@ -15,7 +15,7 @@ use offload_core::agent::{Command, EdgeSpec, Reply};
 use offload_core::api::MoveRequest;
 use offload_core::events::EventBody;
 use offload_core::moves::{
-    Decision, EdgeView, PhaseEvent, Rollback, ToCloud, ToEdge, World, advance, settle,
+    Decision, EdgeView, PhaseEvent, Rollback, ToCloud, ToEdge, ToNode, World, advance, settle,
 };
 use offload_core::{
     ContainerId, ContainerRecord, Generation, Location, MoveDirection, MoveOutcome, MovePhase,
@@ -50,6 +50,9 @@ struct Run {
     spec: Option<EdgeSpec>,
     /// The engine id of the copy the target now runs.
     target_runtime_id: Option<String>,
+    /// A move between cluster nodes: the node it goes to (`None`: the one with the most
+    /// room when it starts).
+    target_node: Option<String>,
 }
 
 /// How an agent's answer bears on the phase that asked.
@@ -151,6 +154,7 @@ impl Controller {
             was_running,
             spec: None,
             target_runtime_id: None,
+            target_node: None,
         };
         let ctl = self.clone();
         tokio::spawn(async move {
@@ -161,7 +165,7 @@ impl Controller {
     }
 
     /// Records a new move and the record as `moving`, in one transaction.
-    async fn begin(
+    pub(crate) async fn begin(
         &self,
         record: &mut ContainerRecord,
         direction: MoveDirection,
@@ -195,6 +199,32 @@ impl Controller {
     async fn move_of(&self, id: &ContainerId) -> Result<Option<MoveRecord>, ActionError> {
         let id = id.clone();
         self.db(move |s| s.move_of(&id)).await
+    }
+
+    /// Starts running a move between nodes that [`Controller::begin`] recorded, holding
+    /// the container's lock until it ends.
+    pub(crate) fn drive_to_node(
+        self: &Arc<Self>,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+        record: ContainerRecord,
+        mv: MoveRecord,
+        target_node: String,
+    ) {
+        let run = Run {
+            record,
+            mv,
+            started: Instant::now(),
+            // Moves between nodes are of containers that should run.
+            was_running: true,
+            spec: None,
+            target_runtime_id: None,
+            target_node: Some(target_node),
+        };
+        let ctl = self.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            ctl.drive(run).await;
+        });
     }
 
     /// Runs a move from its recorded phase until it ends or its outcome is in doubt.
@@ -364,9 +394,59 @@ impl Controller {
                     Ok(()) => {
                         run.mv.timings.start_ms = ms(start_started);
                         run.target_runtime_id = starting.runtime_id;
+                        // On a cluster the return lands on the node with the most room.
+                        run.record.node = starting.node;
                         PhaseEvent::Succeeded
                     }
                     Err(e) => PhaseEvent::Failed(format!("starting in the cloud failed: {e}")),
+                }
+            }
+            MovePhase::ToNode(ToNode::StoppingNode) => {
+                let stop_started = Instant::now();
+                if let Some(runtime_id) = &run.record.runtime_id {
+                    match self.runtime().stop(runtime_id, self.grace()).await {
+                        Ok(()) | Err(offload_runtime::RuntimeError::NotFound { .. }) => {}
+                        Err(e) => {
+                            return PhaseEvent::Failed(format!(
+                                "stopping the copy on its node failed: {e}"
+                            ));
+                        }
+                    }
+                }
+                run.mv.timings.stop_ms = ms(stop_started);
+                PhaseEvent::Succeeded
+            }
+            MovePhase::ToNode(ToNode::StartingNode) => {
+                let start_started = Instant::now();
+                let target = match run.target_node.clone() {
+                    Some(node) => node,
+                    None => match self.place(&run.record).await {
+                        Ok(Some(node)) => node,
+                        Ok(None) => return PhaseEvent::Failed("the engine has no nodes".into()),
+                        Err(e) => return PhaseEvent::Failed(e.to_string()),
+                    },
+                };
+                // The target is written before the copy starts there (I4): a restart of
+                // the server in this phase starts it on the same node.
+                let mut starting = run.record.clone();
+                starting.node = Some(target.clone());
+                starting.updated_at = now();
+                let r = starting.clone();
+                if let Err(e) = self.db(move |s| s.update_container(&r)).await {
+                    return PhaseEvent::Failed(format!("cannot record the move: {e}"));
+                }
+                starting.generation = run.mv.to();
+                match self.start_cloud_copy_on(&mut starting, &target).await {
+                    Ok(()) => {
+                        run.mv.timings.start_ms = ms(start_started);
+                        run.target_runtime_id = starting.runtime_id;
+                        run.record.node = Some(target);
+                        PhaseEvent::Succeeded
+                    }
+                    Err(e) => PhaseEvent::Failed(format!(
+                        "starting on node {} failed: {e}",
+                        self.node_name(&target).await
+                    )),
                 }
             }
         }
@@ -415,7 +495,8 @@ impl Controller {
                 let abort = Command::Abort {
                     container_id: record.id.clone(),
                 };
-                if self.hub.agent(&record.owner).is_some()
+                if run.mv.direction() != MoveDirection::ToNode
+                    && self.hub.agent(&record.owner).is_some()
                     && let Err(e) = self.hub.request(&record.owner, abort, TIDY_TIMEOUT).await
                 {
                     tracing::info!(id = %record.id, error = %e, "the edge did not confirm the abort");
@@ -425,7 +506,28 @@ impl Controller {
                 }
                 // A fenced copy is a new engine container carrying the new generation.
                 if rollback.fence || (rollback.restart && run.was_running) {
-                    match self.restart_cloud_copy(record).await {
+                    // A move between nodes starts the copy again on its own node if that
+                    // still takes containers (it is not the one being drained).
+                    // The record's node changes only once the copy on the target runs.
+                    let home = match (run.mv.direction(), record.node.clone()) {
+                        (MoveDirection::ToNode, Some(node)) if self.schedulable(&node).await => {
+                            Some(node)
+                        }
+                        _ => None,
+                    };
+                    // A stop that was not confirmed may leave the copy running on a node
+                    // offload cannot reach now: no copy starts anywhere else (I1); the
+                    // reconciler tries again.
+                    let unconfirmed_stop = run.mv.phase == MovePhase::ToNode(ToNode::StoppingNode);
+                    let restarted = match home {
+                        Some(node) => self.start_cloud_copy_on(record, &node).await,
+                        None if unconfirmed_stop => Err(ActionError::Unavailable(format!(
+                            "its copy on node {} was not seen to stop and that node takes no containers, so no copy starts elsewhere",
+                            self.node_name(record.node.as_deref().unwrap_or("?")).await
+                        ))),
+                        None => self.restart_cloud_copy(record).await,
+                    };
+                    match restarted {
                         Ok(()) => record.state = State::Running,
                         Err(e) => {
                             reason = format!(
@@ -601,15 +703,34 @@ impl Controller {
         &self,
         record: &mut ContainerRecord,
     ) -> Result<(), ActionError> {
+        self.remove_cloud_copies(record).await?;
+        // On a cluster a fresh copy lands on the node with the most room now.
+        record.node = self.place(record).await?;
+        record.runtime_id = Some(self.runtime().run(&self.spec_for(record)).await?);
+        Ok(())
+    }
+
+    /// Starts the cloud copy on cluster node `node`, as [`Controller::restart_cloud_copy`]
+    /// does on the node with the most room.
+    pub(crate) async fn start_cloud_copy_on(
+        &self,
+        record: &mut ContainerRecord,
+        node: &str,
+    ) -> Result<(), ActionError> {
+        self.remove_cloud_copies(record).await?;
+        record.node = Some(node.to_owned());
+        record.runtime_id = Some(self.runtime().run(&self.spec_for(record)).await?);
+        Ok(())
+    }
+
+    /// Removes the recorded engine container and any other one carrying the id.
+    async fn remove_cloud_copies(&self, record: &mut ContainerRecord) -> Result<(), ActionError> {
         if let Some(old) = record.runtime_id.take() {
             self.runtime().remove(&old).await?;
         }
         for stale in self.engine_containers_of(&record.id).await? {
             self.runtime().remove(&stale.runtime_id).await?;
         }
-        // On a cluster a fresh copy lands on the node with the most room now.
-        record.node = self.place(record).await?;
-        record.runtime_id = Some(self.runtime().run(&self.spec_for(record)).await?);
         Ok(())
     }
 
@@ -669,6 +790,7 @@ impl Controller {
             was_running: false,
             spec: None,
             target_runtime_id: None,
+            target_node: None,
         };
         let event = match self.enter(&run.mv).await {
             Ok(()) => self.take_phase(&mut run).await,
@@ -753,6 +875,11 @@ impl Controller {
                 (MovePhase::ToEdge(_), Some(Some(copy))) => copy.runtime_id,
                 _ => None,
             };
+            // A move between nodes records its target before it starts the copy there.
+            let target_node = match mv.phase {
+                MovePhase::ToNode(_) => record.node.clone(),
+                _ => None,
+            };
             let mut run = Run {
                 record,
                 mv,
@@ -761,6 +888,7 @@ impl Controller {
                 was_running: true,
                 spec: None,
                 target_runtime_id,
+                target_node,
             };
             self.hub.move_started(&run.record.id, &run.record.owner);
             match decision {

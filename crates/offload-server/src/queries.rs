@@ -77,6 +77,7 @@ pub fn view(q: &QueryRecord, name: &str) -> QueryView {
         state: q.state.clone(),
         answered_at: q.answered_at,
         move_bytes: q.move_bytes,
+        to_node: q.to_node.clone(),
     }
 }
 
@@ -104,12 +105,14 @@ impl Queries {
         self.deadline
     }
 
-    /// Records a query about `record` and sends it to the owner's agent.
+    /// Records a query about `record` and sends it to the owner's agent: a move to the
+    /// owner's machine, or with `to_node`, to that node of the cluster.
     pub async fn ask(
         &self,
         record: &ContainerRecord,
         reason: &str,
         move_bytes: u64,
+        to_node: Option<&str>,
     ) -> Result<QueryRecord, ActionError> {
         let at = self.clock.unix();
         let query = QueryRecord {
@@ -122,9 +125,13 @@ impl Queries {
             state: "pending".to_owned(),
             answered_at: None,
             move_bytes,
+            to_node: to_node.map(str::to_owned),
         };
         let stored = query.clone();
-        let detail = format!("asked to move: {reason}");
+        let detail = match to_node {
+            Some(_) => format!("asked to move to another node: {reason}"),
+            None => format!("asked to move: {reason}"),
+        };
         db::call(&self.store, move |s| {
             s.insert_query(&stored)?;
             s.record_event(&stored.container_id, at, "query", &detail)
@@ -270,7 +277,8 @@ impl Queries {
             .collect())
     }
 
-    /// Whether the owner declined a query about `record` less than `cooldown` ago.
+    /// Whether the owner declined a query to move `record` to their machine less than
+    /// `cooldown` ago.
     pub async fn declined_recently(
         &self,
         record: &ContainerRecord,
@@ -281,6 +289,7 @@ impl Queries {
         let now = self.clock.unix();
         Ok(history.iter().any(|q| {
             q.container_id == record.id
+                && q.to_node.is_none()
                 && q.state == "declined"
                 && q.answered_at
                     .is_some_and(|at| now - at < cooldown.as_secs() as i64)

@@ -88,6 +88,9 @@ impl Controller {
 
     /// One round: cloud containers, moves nobody runs, edge containers' states.
     pub async fn reconcile_round(self: &Arc<Self>) {
+        // First, so a drained node's containers move rather than restart where Swarm
+        // stopped them.
+        self.move_off_drained_nodes().await;
         match self.reconcile().await {
             Ok(report) => tracing::trace!(?report, "reconciled the store with the engine"),
             Err(e) => tracing::warn!(error = %e, "cannot reconcile with the cloud engine"),

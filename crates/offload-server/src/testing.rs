@@ -85,14 +85,22 @@ pub(crate) struct Rig {
 /// A controller over the fake engine (with a `busybox` image) and an in-memory store
 /// that knows the user `alice`.
 pub(crate) fn controller() -> (tempfile::TempDir, Controller, FakeRuntime, Principal) {
+    controller_with(|_| {})
+}
+
+/// As [`controller`], with the server configuration changed by `configure`.
+pub(crate) fn controller_with(
+    configure: impl FnOnce(&mut ServerConfig),
+) -> (tempfile::TempDir, Controller, FakeRuntime, Principal) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open_in_memory().unwrap());
     let fake = FakeRuntime::new();
     fake.add_image("busybox");
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         data_dir: dir.path().to_owned(),
         ..Default::default()
     };
+    configure(&mut config);
     let who = Principal {
         user: UserName::parse("alice").unwrap(),
         admin: false,
@@ -103,7 +111,12 @@ pub(crate) fn controller() -> (tempfile::TempDir, Controller, FakeRuntime, Princ
 }
 
 pub(crate) fn rig() -> Rig {
-    let (dir, ctl, fake, who) = controller();
+    rig_with(|_| {})
+}
+
+/// As [`rig`], with the server configuration changed by `configure`.
+pub(crate) fn rig_with(configure: impl FnOnce(&mut ServerConfig)) -> Rig {
+    let (dir, ctl, fake, who) = controller_with(configure);
     let ctl = Arc::new(ctl);
     Rig {
         _dir: dir,

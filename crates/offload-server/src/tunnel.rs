@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::agent::Channel;
 use offload_core::api::{ApiError, ErrorCode, PortControl};
-use offload_core::moves::{ToCloud, ToEdge};
+use offload_core::moves::{ToCloud, ToEdge, ToNode};
 use offload_core::{ContainerRecord, Location, MovePhase, State as ContainerState};
 use offload_runtime::RuntimeError;
 use offload_runtime::channels::move_notice;
@@ -207,6 +207,7 @@ impl Controller {
         let whereto = match phase {
             MovePhase::ToEdge(ToEdge::StoppingCloud) => "your machine",
             MovePhase::ToCloud(ToCloud::StoppingEdge) => "the cloud",
+            MovePhase::ToNode(ToNode::StoppingNode) => "another node of the cloud",
             _ => return,
         };
         let name = record.name.as_str();

@@ -162,6 +162,8 @@ const MIGRATIONS: &[&str] = &[
     // 9: users an operator disabled, and when each user was last seen.
     "ALTER TABLE users ADD COLUMN disabled_at INTEGER;
     ALTER TABLE users ADD COLUMN last_seen_at INTEGER;",
+    // 10: a query about a move to another cluster node (`cloud_moves = "ask"`) names it.
+    "ALTER TABLE queries ADD COLUMN to_node TEXT;",
 ];
 
 /// A user as the operator sees them.
@@ -238,6 +240,9 @@ pub struct QueryRecord {
     pub state: String,
     pub answered_at: Option<i64>,
     pub move_bytes: u64,
+    /// A move inside the cloud: the cluster node (its ID) the container would move to.
+    /// `None` for a move to the owner's machine.
+    pub to_node: Option<String>,
 }
 
 /// The server's state database.
@@ -871,7 +876,8 @@ impl Store {
     pub fn insert_query(&self, q: &QueryRecord) -> Result<()> {
         self.conn().execute(
             "INSERT INTO queries (id, container_id, owner, reason, created_at, deadline_at, state,
-                 answered_at, move_bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 answered_at, move_bytes, to_node)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 q.id,
                 q.container_id.as_str(),
@@ -881,7 +887,8 @@ impl Store {
                 q.deadline_at,
                 q.state,
                 q.answered_at,
-                q.move_bytes as i64
+                q.move_bytes as i64,
+                q.to_node
             ],
         )?;
         Ok(())
@@ -920,7 +927,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT id, container_id, owner, reason, created_at, deadline_at, state, answered_at,
-                 move_bytes FROM queries WHERE {clause}"
+                 move_bytes, to_node FROM queries WHERE {clause}"
         ))?;
         let rows = stmt.query_map(args, |row| {
             Ok((
@@ -933,12 +940,23 @@ impl Store {
                 row.get::<_, String>(6)?,
                 row.get::<_, Option<i64>>(7)?,
                 row.get::<_, i64>(8)?,
+                row.get::<_, Option<String>>(9)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, container, owner, reason, created_at, deadline_at, state, answered_at, bytes) =
-                row?;
+            let (
+                id,
+                container,
+                owner,
+                reason,
+                created_at,
+                deadline_at,
+                state,
+                answered_at,
+                bytes,
+                to_node,
+            ) = row?;
             out.push(QueryRecord {
                 id,
                 container_id: ContainerId::parse(&container)
@@ -950,6 +968,7 @@ impl Store {
                 state,
                 answered_at,
                 move_bytes: bytes.max(0) as u64,
+                to_node,
             });
         }
         Ok(out)
@@ -1353,13 +1372,22 @@ mod tests {
             state: "pending".into(),
             answered_at: None,
             move_bytes: 5,
+            to_node: None,
         };
         store.insert_query(&q).unwrap();
         assert_eq!(store.pending_queries().unwrap(), vec![q.clone()]);
+        let to_node = QueryRecord {
+            id: "q2".into(),
+            to_node: Some("n0de".into()),
+            ..q.clone()
+        };
+        store.insert_query(&to_node).unwrap();
+        assert_eq!(store.query("q2").unwrap(), Some(to_node));
+        assert!(store.close_query("q2", "withdrawn", 5).unwrap());
         assert!(store.close_query("q1", "declined", 5).unwrap());
         assert!(!store.close_query("q1", "accepted", 6).unwrap());
         assert_eq!(store.query("q1").unwrap().unwrap().state, "declined");
-        assert_eq!(store.queries_of(&user("alice")).unwrap().len(), 1);
+        assert_eq!(store.queries_of(&user("alice")).unwrap().len(), 2);
         assert!(store.pending_queries().unwrap().is_empty());
     }
 

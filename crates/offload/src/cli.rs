@@ -318,6 +318,15 @@ pub enum AdminCommand {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Drain a node of the cloud's swarm: nothing more is placed there, and its
+    /// containers move to other nodes with their workspaces (needs an admin token).
+    Drain {
+        /// The node: its name or its ID.
+        #[arg(long, required = true)]
+        node: String,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Every user: containers, tokens, agent, last seen, disabled (needs an admin token).
     Users {
         #[arg(short, long, value_enum, default_value_t)]

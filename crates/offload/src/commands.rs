@@ -8,7 +8,9 @@ use offload_core::api::{ContainerView, StartRequest};
 use offload_server::ServerConfig;
 
 use offload_core::Location;
-use offload_core::api::{MonitorView, MoveRequest, PressureRequest, QueryView};
+use offload_core::api::{
+    DrainReport, DrainRequest, MonitorView, MoveRequest, PressureRequest, QueryView,
+};
 
 use crate::cli::{AdminCommand, Cli, Command, Output, ServerArgs, Target, TokenCommand};
 use crate::shell::urlencode;
@@ -235,6 +237,26 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Admin(AdminCommand::Ls { output }) => {
             crate::admin::ls(&connect(config.as_deref())?, output).await
         }
+        Command::Admin(AdminCommand::Drain { node, output }) => {
+            let api = connect(config.as_deref())?;
+            let report: DrainReport = api.post("/v1/admin/drain", &DrainRequest { node }).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => {
+                    println!("node {} ({}) is drained", report.name, report.node);
+                    for id in &report.moving {
+                        println!("{id}  moving to another node");
+                    }
+                    for stay in &report.staying {
+                        println!("{}  stays for now: {}", stay.id, stay.reason);
+                    }
+                    if report.moving.is_empty() && report.staying.is_empty() {
+                        println!("no container runs there");
+                    }
+                }
+            }
+            Ok(0)
+        }
         Command::Queries { output } => {
             let api = connect(config.as_deref())?;
             let queries: Vec<QueryView> = api.get("/v1/queries").await?;
@@ -252,9 +274,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         } else {
                             "-".to_owned()
                         };
+                        // A query about a move inside the cloud says so; its reason names
+                        // the node.
+                        let reason = match &q.to_node {
+                            Some(_) => format!("(to another node) {}", q.reason),
+                            None => q.reason.clone(),
+                        };
                         println!(
-                            "{:<12}  {:<20}  {:<10}  {:>8}  {}",
-                            q.id, q.container_name, q.state, left, q.reason
+                            "{:<12}  {:<20}  {:<10}  {:>8}  {reason}",
+                            q.id, q.container_name, q.state, left
                         );
                     }
                 }
@@ -366,6 +394,28 @@ fn print_monitor(v: &MonitorView) {
         );
     }
     println!("pending queries: {}", v.pending_queries);
+    if !v.nodes.is_empty() {
+        println!(
+            "{:<20}  {:>6}  {:>10}  {:>6}  {:>6}  STATE",
+            "NODE", "CPUS", "MEMORY", "CPU", "MEM"
+        );
+        for n in &v.nodes {
+            let state = match (n.schedulable, n.under_pressure, n.stuck) {
+                (_, true, true) => "under pressure, no other node has room",
+                (_, true, false) => "under pressure",
+                (false, false, _) => "takes no containers",
+                (true, false, _) => "ok",
+            };
+            println!(
+                "{:<20}  {:>6.2}  {:>10}  {:>5.1}%  {:>5.1}%  {state}",
+                n.name,
+                n.cpus,
+                offload_core::size::format_bytes(n.memory_bytes),
+                n.cpu * 100.0,
+                n.mem * 100.0,
+            );
+        }
+    }
     let nodes = v.containers.iter().any(|c| c.node.is_some());
     print!(
         "{:<12}  {:<12}  {:<8}  {:>6}  {:>10}",
@@ -432,6 +482,15 @@ pub(crate) fn print_table(views: &[ContainerView], owners: bool) {
     }
 }
 
+/// Where a move goes, for people.
+fn whither(direction: offload_core::MoveDirection) -> &'static str {
+    match direction {
+        offload_core::MoveDirection::ToEdge => "to the edge",
+        offload_core::MoveDirection::ToCloud => "to the cloud",
+        offload_core::MoveDirection::ToNode => "to another node of the cloud",
+    }
+}
+
 fn print_details(v: &ContainerView) {
     println!("id:          {}", v.id);
     println!("name:        {}", v.name);
@@ -458,14 +517,14 @@ fn print_details(v: &ContainerView) {
     if let Some(m) = &v.moving {
         println!(
             "moving:      {} ({})",
-            m.direction.target().as_str(),
+            whither(m.direction),
             m.step.as_str()
         );
     }
     if let Some(m) = &v.last_move {
         println!(
-            "last move:   to the {}, {}{} (generation {} -> {})",
-            m.direction.target().as_str(),
+            "last move:   {}, {}{} (generation {} -> {})",
+            whither(m.direction),
             m.outcome.as_str().replace('_', " "),
             if m.forced { ", forced" } else { "" },
             m.from_generation,

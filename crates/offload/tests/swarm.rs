@@ -59,8 +59,13 @@ impl SwarmCloud {
     }
 
     fn start(swarm: &Swarm) -> SwarmCloud {
+        SwarmCloud::start_with(swarm, |config| config)
+    }
+
+    /// A server whose configuration is [`SwarmCloud::config`] changed by `edit`.
+    fn start_with(swarm: &Swarm, edit: impl FnOnce(String) -> String) -> SwarmCloud {
         let dir = tempfile::tempdir().unwrap();
-        let config = SwarmCloud::config(swarm, dir.path());
+        let config = edit(SwarmCloud::config(swarm, dir.path()));
         let mut server = SwarmCloud::server(dir.path(), &config).spawn().unwrap();
         let stdout = server.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -85,9 +90,14 @@ impl SwarmCloud {
     }
 
     fn user(&self, name: &str) -> User {
+        self.joined(name, false)
+    }
+
+    fn joined(&self, name: &str, admin: bool) -> User {
         let out = Command::new(offload_bin())
             .args(["admin", "token", "create", "--user", name, "--data-dir"])
             .arg(self.dir.path().join("server"))
+            .args(if admin { &["--admin"][..] } else { &[][..] })
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -244,6 +254,159 @@ fn containers_run_as_services_on_the_node_with_most_room() {
 
     alice.ok(&["rm", &b]);
     assert!(services(&swarm).is_empty());
+    drop(cloud);
+    drop(swarm);
+}
+
+/// Starts a container of `user` that holds `mib` MiB of memory (a file in its `/dev/shm`,
+/// which the engine counts as the container's memory) and sleeps.
+fn start_filled(user: &User, name: &str, mib: u32) -> String {
+    let fill = format!("head -c {mib}m /dev/zero > /dev/shm/fill && exec sleep 86400");
+    user.ok(&[
+        "start", "--name", name, "--memory", "64m", IMAGE, "--", "sh", "-c", &fill,
+    ])
+    .trim()
+    .to_owned()
+}
+
+fn set_availability(swarm: &Swarm, node_id: &str, availability: &str) {
+    swarm
+        .docker_output(["node", "update", "--availability", availability, node_id])
+        .unwrap();
+}
+
+/// Relief inside the cloud and drains, on nodes the operator sized at 40 MiB of memory
+/// each: Alice's container (28 MiB) and two of Bob's (5 MiB each) put node A over its
+/// high watermark while the others are idle. The monitor moves Alice's container, the one
+/// whose move alone relieves A, to an idle node without a query to anybody, on the same
+/// files at the next generation; then `offload admin drain --node` and an operator's
+/// `docker node update --availability drain` each move it on with its files.
+#[test]
+fn a_busy_node_is_relieved_inside_the_cloud_and_drains_move_containers_with_their_files() {
+    let swarm = Swarm::start("relief", 3, IMAGE).expect("the swarm starts");
+    let cloud = SwarmCloud::start_with(&swarm, |config| {
+        let config = config.replace("\ndocker_host = ", "\nmemory = \"40m\"\ndocker_host = ");
+        format!("{config}[monitor]\ninterval_secs = 1\nsustain_secs = 2\nhorizon_secs = 0\n")
+    });
+    let alice = cloud.user("alice");
+    let bob = cloud.user("bob");
+    let admin = cloud.joined("root", true);
+    let ids: Vec<String> = swarm
+        .nodes()
+        .iter()
+        .map(|n| n.node_id().to_owned())
+        .collect();
+    let node_a = ids[0].clone();
+
+    // Everything lands on A: the other nodes take nothing while the containers start.
+    for id in &ids[1..] {
+        set_availability(&swarm, id, "pause");
+    }
+    let b1 = start_filled(&bob, "b1", 5);
+    let b2 = start_filled(&bob, "b2", 5);
+    let a = start_filled(&alice, "a", 28);
+    for id in &ids[1..] {
+        set_availability(&swarm, id, "active");
+    }
+    for (user, id) in [(&bob, &b1), (&bob, &b2), (&alice, &a)] {
+        assert_eq!(user.show(id)["node"], node_a.as_str());
+    }
+    let out = alice.run(&[
+        "shell",
+        &a,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /workspace/notes && mkdir -p /workspace/src && \
+         head -c 300000 /dev/urandom > /workspace/src/data",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = common::tree(&cloud.workspace(&a));
+    assert_eq!(files.len(), 3, "{files:?}");
+
+    // The monitor sees A over its high watermark and B and C idle: Alice's container moves.
+    eventually(90, "a's move to an idle node", || {
+        let shown = alice.show(&a);
+        shown["node"] != node_a.as_str() && shown["state"] == "running"
+    });
+    let shown = alice.show(&a);
+    let node_1 = shown["node"].as_str().unwrap().to_owned();
+    assert_eq!(shown["generation"], 2, "{shown}");
+    assert_eq!(shown["last_move"]["direction"], "to_node", "{shown}");
+    assert_eq!(shown["last_move"]["outcome"], "done", "{shown}");
+    let listed = alice.ls();
+    let entry = listed.iter().find(|c| c["id"] == a.as_str()).unwrap();
+    assert_eq!(entry["node"], node_1.as_str(), "ls names the new node");
+    let running = containers_of(&swarm, &a, true);
+    assert_eq!(running.len(), 1, "one copy: {running:?}");
+    assert_eq!(running[0].0, node_1);
+    // Bob's containers stayed, and nobody was asked anything.
+    for id in [&b1, &b2] {
+        let shown = bob.show(id);
+        assert_eq!(shown["node"], node_a.as_str());
+        assert_eq!(shown["generation"], 1);
+    }
+    for user in [&alice, &bob] {
+        let queries: Vec<serde_json::Value> =
+            serde_json::from_str(&user.ok(&["queries", "-o", "json"])).unwrap();
+        assert!(queries.is_empty(), "{queries:?}");
+    }
+    // The same files, seen by the new copy.
+    assert_eq!(common::tree(&cloud.workspace(&a)), files);
+    assert_eq!(
+        alice.ok(&["shell", &a, "--", "cat", "/workspace/notes"]),
+        "kept\n"
+    );
+    let top = alice.ok(&["top"]);
+    assert!(top.contains("NODE") && top.contains("relief-0"), "{top}");
+
+    // Bob's containers go; then offload drains the node Alice's container is on.
+    bob.ok(&["rm", &b1]);
+    bob.ok(&["rm", &b2]);
+    let name_1 = swarm.node_by_id(&node_1).unwrap().name().to_owned();
+    let out = alice.run(&["admin", "drain", "--node", &name_1]);
+    assert!(!out.status.success(), "a user is no admin");
+    let report: serde_json::Value =
+        serde_json::from_str(&admin.ok(&["admin", "drain", "--node", &name_1, "-o", "json"]))
+            .unwrap();
+    assert_eq!(report["node"], node_1.as_str(), "{report}");
+    assert_eq!(report["moving"], serde_json::json!([a]), "{report}");
+    eventually(90, "a's move off the drained node", || {
+        let shown = alice.show(&a);
+        shown["node"] != node_1.as_str() && shown["state"] == "running"
+    });
+    let node_2 = alice.show(&a)["node"].as_str().unwrap().to_owned();
+    assert_eq!(alice.show(&a)["generation"], 3);
+    let drained = swarm
+        .docker_output([
+            "node",
+            "inspect",
+            "--format",
+            "{{.Spec.Availability}}",
+            &node_1,
+        ])
+        .unwrap();
+    assert_eq!(drained.trim(), "drain");
+    assert_eq!(common::tree(&cloud.workspace(&a)), files);
+
+    // The operator drains that one with Docker's own command: offload moves it on.
+    set_availability(&swarm, &node_2, "drain");
+    eventually(90, "a's move off the node the operator drained", || {
+        let shown = alice.show(&a);
+        shown["node"] != node_2.as_str() && shown["state"] == "running" && shown["generation"] == 4
+    });
+    let node_3 = alice.show(&a)["node"].as_str().unwrap().to_owned();
+    assert!(node_3 != node_1 && node_3 != node_2);
+    let running = containers_of(&swarm, &a, true);
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0].0, node_3);
+    assert_eq!(common::tree(&cloud.workspace(&a)), files);
+    assert_eq!(
+        alice.ok(&["shell", &a, "--", "cat", "/workspace/notes"]),
+        "kept\n"
+    );
+
+    alice.ok(&["rm", &a]);
     drop(cloud);
     drop(swarm);
 }

@@ -20,6 +20,8 @@ fn cloud(id: &str, owner: &str, share: f64) -> ContainerUsage {
         cpu: share * HOST_CPUS,
         mem_bytes: GIB,
         running_in_cloud: true,
+        node: None,
+        moving: false,
     }
 }
 
@@ -31,6 +33,8 @@ fn edge(id: &str, owner: &str, cpu_share: f64, mem_share: f64) -> ContainerUsage
         cpu: cpu_share * HOST_CPUS,
         mem_bytes: (mem_share * HOST_MEM as f64) as u64,
         running_in_cloud: false,
+        node: None,
+        moving: false,
     }
 }
 
@@ -70,6 +74,7 @@ fn world(containers: Vec<ContainerUsage>) -> Observation {
         containers,
         needs,
         agents,
+        nodes: Vec::new(),
     }
 }
 
