@@ -11,6 +11,7 @@ pub mod container;
 pub mod env;
 pub mod id;
 pub mod moves;
+pub mod session;
 pub mod size;
 pub mod token;
 
