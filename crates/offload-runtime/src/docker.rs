@@ -597,12 +597,24 @@ impl ContainerRuntime for DockerRuntime {
                 .and_then(|pid| i32::try_from(pid).ok())
                 .and_then(rustix::process::Pid::from_raw)
         };
-        let inspect = self
-            .docker
-            .inspect_exec(exec_id)
-            .await
-            .map_err(engine_err("exec inspect"))?;
-        let Some(pid) = running_pid(&inspect) else {
+        // An exec the engine has started but whose process is not running yet has neither
+        // a PID nor an exit code: a signal sent right after the command started waits for
+        // it (up to 5 s) rather than being lost.
+        let mut pid = None;
+        for _ in 0..100 {
+            let inspect = self
+                .docker
+                .inspect_exec(exec_id)
+                .await
+                .map_err(engine_err("exec inspect"))?;
+            pid = running_pid(&inspect);
+            let starting = pid.is_none() && inspect.exit_code.is_none();
+            if !starting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let Some(pid) = pid else {
             return Ok(());
         };
         // The engine reports the host PID of the exec's process. A pidfd pins the
