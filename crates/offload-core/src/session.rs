@@ -94,7 +94,10 @@ pub const SIGNALS: &[(&str, i32)] = &[
 /// The number of a signal name (`TERM`, also `SIGTERM`), if it is one of [`SIGNALS`].
 pub fn signal_number(name: &str) -> Option<i32> {
     let name = name.strip_prefix("SIG").unwrap_or(name);
-    SIGNALS.iter().find(|(n, _)| *n == name).map(|(_, number)| *number)
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, number)| *number)
 }
 
 /// The signal that an exit code of 128 + N stands for. The engine reports a command
@@ -103,7 +106,10 @@ pub fn signal_number(name: &str) -> Option<i32> {
 /// same.
 pub fn signal_of_exit(code: i64) -> Option<&'static str> {
     let number = i32::try_from(code.checked_sub(128)?).ok()?;
-    SIGNALS.iter().find(|(_, n)| *n == number).map(|(name, _)| *name)
+    SIGNALS
+        .iter()
+        .find(|(_, n)| *n == number)
+        .map(|(name, _)| *name)
 }
 
 #[cfg(test)]
@@ -112,10 +118,28 @@ mod tests {
 
     #[test]
     fn the_locale_and_terminal_hints_pass_and_nothing_else() {
-        for ok in ["LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TZ", "COLORTERM"] {
+        for ok in [
+            "LANG",
+            "LANGUAGE",
+            "LC_ALL",
+            "LC_CTYPE",
+            "LC_MESSAGES",
+            "TZ",
+            "COLORTERM",
+        ] {
             assert!(session_var_allowed(ok), "{ok}");
         }
-        for bad in ["PATH", "LD_PRELOAD", "TERM", "HOME", "LC_", "LC_all", "lang", "", "LANG "] {
+        for bad in [
+            "PATH",
+            "LD_PRELOAD",
+            "TERM",
+            "HOME",
+            "LC_",
+            "LC_all",
+            "lang",
+            "",
+            "LANG ",
+        ] {
             assert!(!session_var_allowed(bad), "{bad}");
         }
         assert!(check_session_var("LANG", "C.UTF-8").is_ok());

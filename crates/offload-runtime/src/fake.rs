@@ -410,14 +410,18 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
-        Ok(Some(self.lock().exec_exits.get(exec_id).copied().unwrap_or(0)))
+        Ok(Some(
+            self.lock().exec_exits.get(exec_id).copied().unwrap_or(0),
+        ))
     }
 
     async fn exec_signal(&self, exec_id: &str, signal: i32) -> Result<()> {
         let mut inner = self.lock();
         inner.calls.push(Call::Signal(exec_id.to_owned(), signal));
         if let Some(tx) = inner.waiting_execs.remove(exec_id) {
-            inner.exec_exits.insert(exec_id.to_owned(), 128 + i64::from(signal));
+            inner
+                .exec_exits
+                .insert(exec_id.to_owned(), 128 + i64::from(signal));
             let _ = tx.send(signal);
         }
         Ok(())

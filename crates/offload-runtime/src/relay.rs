@@ -615,7 +615,10 @@ mod tests {
         let frames: Vec<Frame> = rx.collect().await;
         assert!(frames[1].clone() == Frame::Text(r#"{"type":"exit","code":0}"#.into()));
         let spec = fake.exec_specs().pop().unwrap();
-        assert_eq!(spec.env, vec!["LANG=C.UTF-8".to_owned(), "LC_ALL=C".to_owned()]);
+        assert_eq!(
+            spec.env,
+            vec!["LANG=C.UTF-8".to_owned(), "LC_ALL=C".to_owned()]
+        );
 
         let before = fake.exec_specs().len();
         let input = futures::stream::iter(vec![request(&["env"], &["LD_PRELOAD=/tmp/x.so"])])
@@ -626,7 +629,10 @@ mod tests {
         let Frame::Text(text) = &frames[0] else {
             panic!("{frames:?}");
         };
-        assert!(text.contains("bad_request") && text.contains("LD_PRELOAD"), "{text}");
+        assert!(
+            text.contains("bad_request") && text.contains("LD_PRELOAD"),
+            "{text}"
+        );
         assert_eq!(fake.exec_specs().len(), before, "nothing ran");
     }
 

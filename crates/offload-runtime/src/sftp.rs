@@ -133,7 +133,11 @@ where
             match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if sink.send(Frame::Binary(bytes::Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                    if sink
+                        .send(Frame::Binary(bytes::Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

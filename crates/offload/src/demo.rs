@@ -252,7 +252,15 @@ async fn story(
     let token = |user: &'static str, admin: bool| {
         let data = data.clone();
         async move {
-            let mut args = vec!["admin", "token", "create", "--user", user, "--data-dir", &data];
+            let mut args = vec![
+                "admin",
+                "token",
+                "create",
+                "--user",
+                user,
+                "--data-dir",
+                &data,
+            ];
             if admin {
                 args.push("--admin");
             }
@@ -284,8 +292,18 @@ async fn story(
     );
     let id = demo
         .offload(&[
-            "start", "--name", "homework", "--cpus", "0.4", "--memory", "128m", image, "--", "sh",
-            "-c", SERVE_AND_BUSY,
+            "start",
+            "--name",
+            "homework",
+            "--cpus",
+            "0.4",
+            "--memory",
+            "128m",
+            image,
+            "--",
+            "sh",
+            "-c",
+            SERVE_AND_BUSY,
         ])
         .await?
         .trim()
@@ -365,10 +383,16 @@ async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
         .context("no answer within 10 s")??;
     let text = String::from_utf8_lossy(&answer);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("not an HTTP answer: {:?}", text.chars().take(80).collect::<String>());
+        bail!(
+            "not an HTTP answer: {:?}",
+            text.chars().take(80).collect::<String>()
+        );
     };
     if !(head.starts_with("HTTP/1.") && head.get(9..12) == Some("200")) {
-        bail!("the server answered {:?}", head.lines().next().unwrap_or_default());
+        bail!(
+            "the server answered {:?}",
+            head.lines().next().unwrap_or_default()
+        );
     }
     Ok(body.to_owned())
 }
@@ -539,11 +563,8 @@ async fn work(
             demo.say(
                 "the monitor has not seen pressure yet (this machine is busy with other work); the operator asks now",
             );
-            demo.offload_as(
-                &demo.operator(),
-                &["admin", "pressure", "--user", "alice"],
-            )
-            .await?;
+            demo.offload_as(&demo.operator(), &["admin", "pressure", "--user", "alice"])
+                .await?;
             wait_for("a query to alice", 30, pending).await?
         }
     };

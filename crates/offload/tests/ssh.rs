@@ -227,7 +227,9 @@ impl russh::client::Handler for SignalClient {
 
 /// What a session channel delivered until it closed: its stdout, its exit status and
 /// the signal named in `exit-signal`, if any.
-async fn drain(channel: &mut russh::Channel<russh::client::Msg>) -> (String, Option<u32>, Option<String>) {
+async fn drain(
+    channel: &mut russh::Channel<russh::client::Msg>,
+) -> (String, Option<u32>, Option<String>) {
     let (mut out, mut status, mut signal) = (String::new(), None, None);
     while let Some(message) = channel.wait().await {
         match message {
@@ -305,7 +307,11 @@ fn check_signals(laptop: &Laptop, place: &str, logs: &dyn Fn() -> String) {
         trapped.signal(russh::Sig::TERM).await.expect("signal");
         let (out, status, signal) = drain(&mut trapped).await;
         assert!(out.contains("caught TERM"), "{place}: {out:?}");
-        assert_eq!((status, signal), (Some(3), None), "{place}: the trap chose its exit");
+        assert_eq!(
+            (status, signal),
+            (Some(3), None),
+            "{place}: the trap chose its exit"
+        );
 
         at("opening the session to kill");
         let mut killed = session.channel_open_session().await.expect("a session");
@@ -395,14 +401,21 @@ fn check_commands(
     assert_eq!(out.status.code(), Some(0), "{place}: {}", stderr(&out));
     assert_eq!(stdout(&out), "C.UTF-8|C|unset\n", "{place}");
     let out = run_for(
-        laptop
-            .client("ssh")
-            .env("LANG", "C.UTF-8")
-            .args(["-tt", "-o", "SendEnv=LANG", "box.offload", "echo $LANG"]),
+        laptop.client("ssh").env("LANG", "C.UTF-8").args([
+            "-tt",
+            "-o",
+            "SendEnv=LANG",
+            "box.offload",
+            "echo $LANG",
+        ]),
         None,
         60,
     );
-    assert_eq!(stdout(&out).trim(), "C.UTF-8", "{place}: with a terminal too");
+    assert_eq!(
+        stdout(&out).trim(),
+        "C.UTF-8",
+        "{place}: with a terminal too"
+    );
 
     check_signals(laptop, place, logs);
 

@@ -175,7 +175,9 @@ async fn finish_exit(writer: &ChannelWriteHalf<Msg>, handle: &Handle, id: Channe
             String::new(),
         )
         .await;
-    let _ = writer.exit_status(u32::try_from(code).unwrap_or(FAILED)).await;
+    let _ = writer
+        .exit_status(u32::try_from(code).unwrap_or(FAILED))
+        .await;
     let _ = writer.close().await;
 }
 

@@ -255,10 +255,12 @@ impl russh::server::Handler for Connection {
         // the same list again.
         let ok = match self.sessions.get_mut(&channel) {
             Some(pending) => {
-                let fits = pending.env.len() < MAX_SESSION_VARS
-                    && check_session_var(name, value).is_ok();
+                let fits =
+                    pending.env.len() < MAX_SESSION_VARS && check_session_var(name, value).is_ok();
                 if fits {
-                    pending.env.retain(|var| var.split_once('=').map(|(n, _)| n) != Some(name));
+                    pending
+                        .env
+                        .retain(|var| var.split_once('=').map(|(n, _)| n) != Some(name));
                     pending.env.push(format!("{name}={value}"));
                 }
                 fits
