@@ -58,11 +58,12 @@ has_ssh=""
 if "$bin" ssh-config --help >/dev/null 2>&1; then
     has_ssh=yes
 fi
-scp_through_offload() { # WHERE RUN
-    local where=$1 run=$2 cfg="$work/ssh_config"
+scp_through_offload() { # WHERE RUN ENGINE-HOST CONTAINER
+    local where=$1 run=$2 host=$3 rid=$4 cfg="$work/ssh_config"
     [ -n "$has_ssh" ] || return 0
     o ssh-config >"$cfg"
     timed "$where" scp in "$run" scp -F "$cfg" -o BatchMode=yes "$work/src.bin" box.offload:/tmp/scp.bin
+    check_in "$host" "$rid" /tmp/scp.bin "scp in"
     rm -f "$work/scp-back.bin"
     timed "$where" scp out "$run" scp -F "$cfg" -o BatchMode=yes box.offload:/tmp/scp.bin "$work/scp-back.bin"
     check "$work/scp-back.bin" "scp out"
@@ -81,7 +82,7 @@ measure() { # WHERE ENGINE-HOST
         check_in "$host" "$rid" /tmp/docker.bin "docker cp in"
         timed "$where" docker out "$run" docker --host "$host" cp "$rid:/tmp/docker.bin" "$work/docker-back.bin"
         check "$work/docker-back.bin" "docker cp out"
-        scp_through_offload "$where" "$run"
+        scp_through_offload "$where" "$run" "$host" "$rid"
         o shell box -- rm -f /tmp/offload.bin /tmp/docker.bin /tmp/scp.bin </dev/null
     done
 }
