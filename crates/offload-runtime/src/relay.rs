@@ -136,10 +136,10 @@ pub async fn relay_exec<T, K>(
                         let _ = input.shutdown().await;
                     }
                     Ok(ExecControl::Signal { signal }) => {
-                        if let Some(number) = signal_number(&signal) {
-                            if let Err(e) = input_runtime.exec_signal(&input_exec, number).await {
-                                tracing::warn!(error = %e, "cannot signal the command");
-                            }
+                        if let Some(number) = signal_number(&signal)
+                            && let Err(e) = input_runtime.exec_signal(&input_exec, number).await
+                        {
+                            tracing::warn!(error = %e, "cannot signal the command");
                         }
                     }
                     _ => {}
