@@ -25,4 +25,4 @@ edge=$(start_engine "$work/edge")
 # Only the cloud has the image: the move has to bring it to the edge.
 import_busybox "$cloud" "$image"
 
-target/release/offload demo --docker-host "$cloud" --edge-docker-host "$edge" --image "$image"
+"${CARGO_TARGET_DIR:-target}/release/offload" demo --docker-host "$cloud" --edge-docker-host "$edge" --image "$image"
