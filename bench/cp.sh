@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # cp.sh: a SIZE MB file copied into and out of a container by `offload cp` and by
 # `docker cp` on the same engine, for the container in the cloud and again after a move
-# to the edge, RUNS times each (median), side by side with ratios. Also `scp` through
-# offload's ssh alias when the binary has `offload ssh-config`. Two private Docker
-# engines on this machine; markdown to stdout, progress to stderr; cleans up at exit.
+# to the edge, RUNS times each (median), side by side with ratios, and the same file by
+# `scp` through offload's ssh alias (`offload ssh-config`; OpenSSH's scp in its default
+# SFTP mode over `offload ssh --stdio`). Two private Docker engines on this machine
+# (bench/lib.sh); markdown to stdout, progress to stderr; cleans up at exit.
 #
 #   bench/cp.sh                          # 200 MB, 3 runs
 #   RUNS=5 SIZE=1000 bench/cp.sh
@@ -11,78 +12,20 @@
 #
 # The copies go to /tmp in the container (its own filesystem), so the workspace sync at
 # the edge does not run beside them. Every copy is checked to be byte-identical (sha256).
-# Needs root (for dockerd), python3 and /bin/busybox (scripts/prereqs.sh).
+# Needs root (for dockerd), python3, /bin/busybox and OpenSSH's client (scripts/prereqs.sh).
 set -euo pipefail
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$repo"
+source "$(dirname "$0")/lib.sh"
+bench_init cp
 RUNS=${RUNS:-3}
 SIZE=${SIZE:-200}
 image=offload-bench/busybox:latest
 
-log() { echo "[cp] $*" >&2; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-scripts/prereqs.sh
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-if [ -n "${OFFLOAD_BIN:-}" ]; then
-    bin=$(realpath "$OFFLOAD_BIN")
-else
-    log "building offload (release)"
-    cargo build --release -p offload >&2
-    bin="${CARGO_TARGET_DIR:-$repo/target}/release/offload"
-fi
-source scripts/engine.sh
-
-work=$(mktemp -d /tmp/offload-bench-cp.XXXXXX)
-server_pid="" agent_pid=""
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "$agent_pid" "$server_pid"; do
-        [ -n "$pid" ] || continue
-        kill "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    stop_engine "$work/edge"
-    stop_engine "$work/cloud"
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log "starting two private engines under $work"
-cloud=$(start_engine "$work/cloud")
-edge=$(start_engine "$work/edge")
-import_busybox "$cloud" "$image"
-
-log "starting the server and the agent"
-"$bin" server --listen 127.0.0.1:0 --data-dir "$work/server" --docker-host "$cloud" \
-    --network none --stop-grace 1 >"$work/server.out" 2>"$work/server.log" &
-server_pid=$!
-url=""
-for _ in $(seq 1 300); do
-    url=$(sed -n 's/^offload server listening on //p' "$work/server.out" | head -n1)
-    [ -n "$url" ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$url" ] || { echo "the server did not start:" >&2; tail -n 20 "$work/server.log" >&2; exit 1; }
-token=$("$bin" admin token create --user bench --data-dir "$work/server" | tail -n1)
-conf="$work/client.toml"
-"$bin" --config "$conf" join "$url" "$token" >&2
-o() { "$bin" --config "$conf" "$@"; }
-"$bin" --config "$conf" agent --docker-host "$edge" --data-dir "$work/agent" --network none \
-    --stop-grace 1 >"$work/agent.out" 2>"$work/agent.log" &
-agent_pid=$!
-for _ in $(seq 1 300); do
-    grep -q "offload agent: connected to" "$work/agent.log" && break
-    kill -0 "$agent_pid" 2>/dev/null || break
-    sleep 0.1
-done
-grep -q "offload agent: connected to" "$work/agent.log" ||
-    { echo "the agent did not connect:" >&2; tail -n 20 "$work/agent.log" >&2; exit 1; }
+bench_offload_bin
+bench_engines "$image"
+bench_server
+bench_join bench
+bench_agent
 
 log "making a $SIZE MB file of random bytes"
 head -c "$((SIZE * 1000 * 1000))" /dev/urandom >"$work/src.bin"
@@ -115,11 +58,12 @@ has_ssh=""
 if "$bin" ssh-config --help >/dev/null 2>&1; then
     has_ssh=yes
 fi
-scp_through_offload() { # WHERE RUN
-    local where=$1 run=$2 cfg="$work/ssh_config"
+scp_through_offload() { # WHERE RUN ENGINE-HOST CONTAINER
+    local where=$1 run=$2 host=$3 rid=$4 cfg="$work/ssh_config"
     [ -n "$has_ssh" ] || return 0
     o ssh-config >"$cfg"
     timed "$where" scp in "$run" scp -F "$cfg" -o BatchMode=yes "$work/src.bin" box.offload:/tmp/scp.bin
+    check_in "$host" "$rid" /tmp/scp.bin "scp in"
     rm -f "$work/scp-back.bin"
     timed "$where" scp out "$run" scp -F "$cfg" -o BatchMode=yes box.offload:/tmp/scp.bin "$work/scp-back.bin"
     check "$work/scp-back.bin" "scp out"
@@ -138,7 +82,7 @@ measure() { # WHERE ENGINE-HOST
         check_in "$host" "$rid" /tmp/docker.bin "docker cp in"
         timed "$where" docker out "$run" docker --host "$host" cp "$rid:/tmp/docker.bin" "$work/docker-back.bin"
         check "$work/docker-back.bin" "docker cp out"
-        scp_through_offload "$where" "$run"
+        scp_through_offload "$where" "$run" "$host" "$rid"
         o shell box -- rm -f /tmp/offload.bin /tmp/docker.bin /tmp/scp.bin </dev/null
     done
 }

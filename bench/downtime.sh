@@ -13,49 +13,20 @@
 # Needs root (for dockerd), rsync, python3 and /bin/busybox (scripts/prereqs.sh).
 set -euo pipefail
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$repo"
+source "$(dirname "$0")/lib.sh"
+bench_init downtime
 RUNS=${RUNS:-3}
 SIZES=${SIZES:-"10 200"}
 SMALL_FILES=2000 # in workspaces of 200 MB and more
 image=offload-bench/busybox:latest
+command -v rsync >/dev/null || { echo "rsync is needed" >&2; exit 1; }
 
-log() { echo "[downtime] $*" >&2; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-scripts/prereqs.sh
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-if [ -n "${OFFLOAD_BIN:-}" ]; then
-    bin=$(realpath "$OFFLOAD_BIN")
-else
-    log "building offload (release)"
-    cargo build --release -p offload >&2
-    bin="${CARGO_TARGET_DIR:-$repo/target}/release/offload"
-fi
-source scripts/engine.sh
-
-work=$(mktemp -d /tmp/offload-bench-downtime.XXXXXX)
-server_pid="" agent_pid="" events_pids=()
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "$agent_pid" "$server_pid" "${events_pids[@]}"; do
-        [ -n "$pid" ] || continue
-        kill "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    stop_engine "$work/edge"
-    stop_engine "$work/cloud"
-    [ -n "${KEEP_LOGS:-}" ] && cp "$work/agent.log" "$KEEP_LOGS" 2>/dev/null; rm -rf "$work"
-    exit "$rc"
+bench_on_exit() {
+    [ -z "${KEEP_LOGS:-}" ] || cp "$work/agent.log" "$KEEP_LOGS" 2>/dev/null
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-log "starting two private engines under $work"
-cloud=$(start_engine "$work/cloud")
-edge=$(start_engine "$work/edge")
-import_busybox "$cloud" "$image"
+bench_offload_bin
+bench_engines "$image"
 dc() { docker --host "$cloud" "$@"; }
 de() { docker --host "$edge" "$@"; }
 
@@ -64,39 +35,13 @@ de() { docker --host "$edge" "$@"; }
 # (Not through the dc/de functions: `&` on a function backgrounds a subshell, and killing
 # that by PID would leave the docker process running.)
 docker --host "$cloud" events --format '{{json .}}' --filter type=container >"$work/cloud-events.jsonl" 2>/dev/null &
-events_pids+=($!)
+bench_track $!
 docker --host "$edge" events --format '{{json .}}' --filter type=container >"$work/edge-events.jsonl" 2>/dev/null &
-events_pids+=($!)
+bench_track $!
 
-log "starting the server"
-"$bin" server --listen 127.0.0.1:0 --data-dir "$work/server" --docker-host "$cloud" \
-    --network none --stop-grace 1 >"$work/server.out" 2>"$work/server.log" &
-server_pid=$!
-url=""
-for _ in $(seq 1 300); do
-    url=$(sed -n 's/^offload server listening on //p' "$work/server.out" | head -n1)
-    [ -n "$url" ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$url" ] || { echo "the server did not start:" >&2; tail -n 20 "$work/server.log" >&2; exit 1; }
-
-token=$("$bin" admin token create --user bench --data-dir "$work/server" | tail -n1)
-conf="$work/client.toml"
-"$bin" --config "$conf" join "$url" "$token" >&2
-o() { "$bin" --config "$conf" "$@"; }
-
-log "starting the agent"
-OFFLOAD_LOG=${OFFLOAD_LOG:-info} "$bin" --config "$conf" agent --docker-host "$edge" --data-dir "$work/agent" --network none --stop-grace 1 \
-    >"$work/agent.out" 2>"$work/agent.log" &
-agent_pid=$!
-for _ in $(seq 1 300); do
-    grep -q "offload agent: connected to" "$work/agent.log" && break
-    kill -0 "$agent_pid" 2>/dev/null || break
-    sleep 0.1
-done
-grep -q "offload agent: connected to" "$work/agent.log" ||
-    { echo "the agent did not connect:" >&2; tail -n 20 "$work/agent.log" >&2; exit 1; }
+bench_server
+bench_join bench
+OFFLOAD_LOG=${OFFLOAD_LOG:-info} bench_agent
 
 # The script that fills /workspace, run inside the container.
 fill_script() {

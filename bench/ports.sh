@@ -15,17 +15,13 @@
 # Needs root (dockerd, nsenter), python3 and /bin/busybox (scripts/prereqs.sh).
 set -euo pipefail
 
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$repo"
+source "$(dirname "$0")/lib.sh"
+bench_init ports
 MB=${MB:-200}
 RUNS=${RUNS:-3}
 GETS=${GETS:-1000}
 image=offload-bench/busybox:latest
 
-log() { echo "[ports] $*" >&2; }
-
-scripts/prereqs.sh >&2
-command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 command -v nsenter >/dev/null || { echo "nsenter (util-linux) is needed" >&2; exit 1; }
 target="${CARGO_TARGET_DIR:-$repo/target}"
 if [ -z "${OFFLOAD_BIN:-}" ] || [ -z "${PROBE_BIN:-}" ]; then
@@ -34,57 +30,11 @@ if [ -z "${OFFLOAD_BIN:-}" ] || [ -z "${PROBE_BIN:-}" ]; then
 fi
 bin=$(realpath "${OFFLOAD_BIN:-$target/release/offload}")
 probe=$(realpath "${PROBE_BIN:-$target/release/port-probe}")
-source scripts/engine.sh
 
-work=$(mktemp -d /tmp/offload-bench-ports.XXXXXX)
-server_pid="" agent_pid="" forward_pid=""
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "$forward_pid" "$agent_pid" "$server_pid"; do
-        [ -n "$pid" ] || continue
-        kill "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    stop_engine "$work/edge"
-    stop_engine "$work/cloud"
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-log "starting two private engines under $work"
-cloud=$(start_engine "$work/cloud")
-edge=$(start_engine "$work/edge")
-import_busybox "$cloud" "$image"
-
-log "starting the server and the agent"
-"$bin" server --listen 127.0.0.1:0 --data-dir "$work/server" --docker-host "$cloud" \
-    --network none --stop-grace 1 >"$work/server.out" 2>"$work/server.log" &
-server_pid=$!
-url=""
-for _ in $(seq 1 300); do
-    url=$(sed -n 's/^offload server listening on //p' "$work/server.out" | head -n1)
-    [ -n "$url" ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-done
-[ -n "$url" ] || { echo "the server did not start:" >&2; tail -n 20 "$work/server.log" >&2; exit 1; }
-token=$("$bin" admin token create --user bench --data-dir "$work/server" | tail -n1)
-conf="$work/client.toml"
-"$bin" --config "$conf" join "$url" "$token" >&2
-o() { "$bin" --config "$conf" "$@"; }
-"$bin" --config "$conf" agent --docker-host "$edge" --data-dir "$work/agent" --network none \
-    --stop-grace 1 >"$work/agent.out" 2>"$work/agent.log" &
-agent_pid=$!
-for _ in $(seq 1 300); do
-    grep -q "offload agent: connected to" "$work/agent.log" && break
-    kill -0 "$agent_pid" 2>/dev/null || break
-    sleep 0.1
-done
-grep -q "offload agent: connected to" "$work/agent.log" ||
-    { echo "the agent did not connect:" >&2; tail -n 20 "$work/agent.log" >&2; exit 1; }
+bench_engines "$image"
+bench_server
+bench_join bench
+bench_agent
 
 # The files live in the container's /tmp, outside the workspace, so a move does not copy
 # them; the container makes them again when it starts at the other side.
@@ -93,6 +43,7 @@ id=$(o start --name web "$image" -- sh -c "$serve" | tail -n1)
 
 o port-forward web 0:8080 >"$work/forward.out" 2>"$work/forward.log" &
 forward_pid=$!
+bench_track "$forward_pid"
 port=""
 for _ in $(seq 1 300); do
     port=$(sed -n 's/^forwarding 127.0.0.1:\([0-9]*\) .*/\1/p' "$work/forward.out" | head -n1)

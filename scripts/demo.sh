@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# demo.sh: on a fresh Debian 12 machine with the Rust toolchain, installs what is missing,
-# builds offload and runs `offload demo` on two private Docker engines (cloud and edge),
-# then cleans up.
+# demo.sh: on a fresh Debian 12 machine with the Rust toolchain, installs what is missing
+# (scripts/prereqs.sh: the Docker engine, a static busybox for the image, OpenSSH's client
+# for the demo's `ssh homework.offload`), builds offload and runs `offload demo` on two
+# private Docker engines (cloud and edge), then cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,4 +25,4 @@ edge=$(start_engine "$work/edge")
 # Only the cloud has the image: the move has to bring it to the edge.
 import_busybox "$cloud" "$image"
 
-target/release/offload demo --docker-host "$cloud" --edge-docker-host "$edge" --image "$image"
+"${CARGO_TARGET_DIR:-target}/release/offload" demo --docker-host "$cloud" --edge-docker-host "$edge" --image "$image"

@@ -246,6 +246,11 @@ pub struct ExecRequest {
     /// `TERM` for the command, when `tty` is set.
     #[serde(default)]
     pub term: Option<String>,
+    /// `NAME=VALUE` variables the session sets for the command: only the locale, the time
+    /// zone and colour hints (`crate::session::session_var_allowed`); anything else fails
+    /// the request. Left out when empty, so a server that predates it reads the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
 }
 
 /// Control messages on an exec WebSocket, sent as text frames. Data travels in binary
@@ -257,6 +262,10 @@ pub enum ExecControl {
     Resize { cols: u16, rows: u16 },
     /// Client to server: no more input.
     CloseStdin,
+    /// Client to server: send this signal (`TERM`, `INT`, ... without `SIG`) to the
+    /// command's process. A signal that is not one of `crate::session::SIGNALS` is
+    /// ignored, as is one sent after the command ended.
+    Signal { signal: String },
     /// Server to client: the command ended.
     Exit { code: i64 },
     /// Server to client: the command could not run.

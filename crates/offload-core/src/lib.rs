@@ -13,6 +13,7 @@ pub mod events;
 pub mod id;
 pub mod logs;
 pub mod moves;
+pub mod session;
 pub mod size;
 pub mod token;
 

@@ -631,6 +631,67 @@ impl ContainerRuntime for DockerRuntime {
         Ok(Box::pin(entries))
     }
 
+    async fn exec_signal(&self, exec_id: &str, signal: i32) -> Result<()> {
+        let refused = |message: String| RuntimeError::Engine {
+            action: "exec signal",
+            message,
+        };
+        let signal = rustix::process::Signal::from_named_raw(signal)
+            .ok_or_else(|| refused(format!("{signal} is not a signal")))?;
+        let running_pid = |inspect: &bollard::models::ExecInspectResponse| {
+            inspect
+                .pid
+                .filter(|pid| *pid > 0 && inspect.running.unwrap_or(false))
+                .and_then(|pid| i32::try_from(pid).ok())
+                .and_then(rustix::process::Pid::from_raw)
+        };
+        // An exec the engine has started but whose process is not running yet has neither
+        // a PID nor an exit code: a signal sent right after the command started waits for
+        // it (up to 5 s) rather than being lost.
+        let mut pid = None;
+        for _ in 0..100 {
+            let inspect = self
+                .docker
+                .inspect_exec(exec_id)
+                .await
+                .map_err(engine_err("exec inspect"))?;
+            pid = running_pid(&inspect);
+            let starting = pid.is_none() && inspect.exit_code.is_none();
+            if !starting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let Some(pid) = pid else {
+            return Ok(());
+        };
+        // The engine reports the host PID of the exec's process. A pidfd pins the
+        // process; the exec still running with the same PID after it was opened means
+        // the pidfd is that process and not one that took the PID over since.
+        let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => return Ok(()),
+            Err(e) => {
+                return Err(refused(format!(
+                    "cannot reach the exec's process {}: {e} (offload signals it through the engine's host PIDs: run it as root on the engine's host)",
+                    pid.as_raw_nonzero()
+                )));
+            }
+        };
+        let again = self
+            .docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(engine_err("exec inspect"))?;
+        if running_pid(&again) != Some(pid) {
+            return Ok(());
+        }
+        match rustix::process::pidfd_send_signal(&pidfd, signal) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(refused(format!("cannot signal the exec's process: {e}"))),
+        }
+    }
+
     async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
         let ns = self.namespace(runtime_id).await?;
         match ns.connect(port, CONNECT_TIMEOUT).await {

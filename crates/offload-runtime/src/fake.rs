@@ -22,7 +22,13 @@ pub enum Call {
     Remove(String),
     Exec(String, Vec<String>),
     Logs(String, LogsSpec),
+    /// A signal (its number) sent to an exec.
+    Signal(String, i32),
 }
+
+/// The command that makes the fake's exec run until it is signalled (then it ends with
+/// 128 + the signal's number, as the engine reports a killed process).
+pub const WAIT_FOR_SIGNAL: &str = "fake-wait-for-signal";
 
 /// An engine operation whose failure a test can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,6 +75,11 @@ struct Inner {
     last_log_ns: u64,
     /// A cluster's nodes; none for a single engine.
     nodes: Vec<NodeInfo>,
+    /// Every exec's spec, in order.
+    exec_specs: Vec<ExecSpec>,
+    /// Execs that run until signalled, and what ends them.
+    waiting_execs: BTreeMap<String, futures::channel::oneshot::Sender<i32>>,
+    exec_exits: BTreeMap<String, i64>,
 }
 
 impl Inner {
@@ -251,6 +262,11 @@ impl FakeRuntime {
     /// The calls received so far.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
+    }
+
+    /// The specs of every exec started, in order.
+    pub fn exec_specs(&self) -> Vec<ExecSpec> {
+        self.lock().exec_specs.clone()
     }
 
     /// Simulates a container vanishing outside offload's control.
@@ -473,10 +489,25 @@ impl ContainerRuntime for FakeRuntime {
                 id: runtime_id.to_owned(),
             });
         }
+        use futures::StreamExt;
+        inner.exec_specs.push(spec.clone());
+        let exec_id = format!("exec-{runtime_id}-{}", inner.exec_specs.len());
         let echoed = spec.command.join(" ").into_bytes();
+        let echo = futures::stream::iter([Ok(ExecOutput::Stdout(echoed))]);
+        if spec.command.first().map(String::as_str) != Some(WAIT_FOR_SIGNAL) {
+            return Ok(ExecSession {
+                exec_id,
+                output: Box::pin(echo),
+                input: Box::pin(tokio::io::sink()),
+            });
+        }
+        let (tx, rx) = futures::channel::oneshot::channel::<i32>();
+        inner.waiting_execs.insert(exec_id.clone(), tx);
+        // Runs until the signal: the output ends when it arrives.
+        let ended = futures::stream::once(rx).filter_map(|_| async { None });
         Ok(ExecSession {
-            exec_id: format!("exec-{runtime_id}"),
-            output: Box::pin(futures::stream::iter([Ok(ExecOutput::Stdout(echoed))])),
+            exec_id,
+            output: Box::pin(echo.chain(ended)),
             input: Box::pin(tokio::io::sink()),
         })
     }
@@ -499,8 +530,22 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn exec_exit_code(&self, _exec_id: &str) -> Result<Option<i64>> {
-        Ok(Some(0))
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {
+        Ok(Some(
+            self.lock().exec_exits.get(exec_id).copied().unwrap_or(0),
+        ))
+    }
+
+    async fn exec_signal(&self, exec_id: &str, signal: i32) -> Result<()> {
+        let mut inner = self.lock();
+        inner.calls.push(Call::Signal(exec_id.to_owned(), signal));
+        if let Some(tx) = inner.waiting_execs.remove(exec_id) {
+            inner
+                .exec_exits
+                .insert(exec_id.to_owned(), 128 + i64::from(signal));
+            let _ = tx.send(signal);
+        }
+        Ok(())
     }
 
     async fn filesystem(&self, runtime_id: &str) -> Result<crate::sftp::ContainerFs> {

@@ -294,6 +294,11 @@ pub trait ContainerRuntime: Send + Sync {
     /// The exit code of a finished exec, `None` while it still runs.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
 
+    /// Sends signal `signal` (its Linux number) to the process of a running exec, as
+    /// sshd signals the process of a session. An exec that has ended already is not an
+    /// error: there is nothing left to signal.
+    async fn exec_signal(&self, exec_id: &str, signal: i32) -> Result<()>;
+
     /// The nodes of a cluster engine; empty for a single engine, where
     /// [`ContainerSpec::node`] is `None`.
     async fn nodes(&self) -> Result<Vec<NodeInfo>> {

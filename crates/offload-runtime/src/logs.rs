@@ -35,7 +35,7 @@ where
         match entry {
             Ok(entry) => {
                 if sink
-                    .send(Frame::Binary(entry.to_frame(timestamps)))
+                    .send(Frame::Binary(entry.to_frame(timestamps).into()))
                     .await
                     .is_err()
                 {

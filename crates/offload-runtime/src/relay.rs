@@ -11,19 +11,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use offload_core::WORKSPACE_MOUNT;
 use offload_core::agent::Channel;
 use offload_core::api::{ErrorCode, ExecControl, ExecRequest, PortControl, exec_stream};
+use offload_core::session::{check_session_env, signal_number};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{ContainerRuntime, ExecOutput, ExecSpec};
 
-/// A WebSocket message, whichever WebSocket library carries it.
+/// A WebSocket message, whichever WebSocket library carries it. Binary payloads are
+/// `Bytes`, as both libraries' are, so a frame crosses from one socket to the other
+/// without a copy.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     Text(String),
-    Binary(Vec<u8>),
+    Binary(Bytes),
+    /// A keepalive (a WebSocket ping; the library answers it). Receivers ignore it.
+    Ping,
     Close,
 }
 
@@ -54,6 +60,10 @@ pub async fn relay_exec<T, K>(
         }
         _ => Err("expected an exec request as the first message".to_owned()),
     };
+    let request = request.and_then(|r| {
+        check_session_env(&r.env)?;
+        Ok(r)
+    });
     let request = match request {
         Ok(r) => r,
         Err(error) => {
@@ -71,13 +81,14 @@ pub async fn relay_exec<T, K>(
     } else {
         request.command.clone()
     };
-    let env = match (&request.term, request.tty) {
+    let mut env = match (&request.term, request.tty) {
         (Some(term), true) if term.len() < 64 && term.bytes().all(|b| b.is_ascii_graphic()) => {
             vec![format!("TERM={term}")]
         }
         (_, true) => vec!["TERM=xterm".to_owned()],
         _ => Vec::new(),
     };
+    env.extend(request.env.iter().cloned());
     let spec = ExecSpec {
         command,
         tty: request.tty,
@@ -124,8 +135,16 @@ pub async fn relay_exec<T, K>(
                     Ok(ExecControl::CloseStdin) => {
                         let _ = input.shutdown().await;
                     }
+                    Ok(ExecControl::Signal { signal }) => {
+                        if let Some(number) = signal_number(&signal)
+                            && let Err(e) = input_runtime.exec_signal(&input_exec, number).await
+                        {
+                            tracing::warn!(error = %e, "cannot signal the command");
+                        }
+                    }
                     _ => {}
                 },
+                Frame::Ping => {}
                 Frame::Close => break,
             }
         }
@@ -135,8 +154,8 @@ pub async fn relay_exec<T, K>(
     let mut failure = None;
     while let Some(item) = output.next().await {
         let frame = match item {
-            Ok(ExecOutput::Stdout(data)) => tagged(exec_stream::STDOUT, data),
-            Ok(ExecOutput::Stderr(data)) => tagged(exec_stream::STDERR, data),
+            Ok(ExecOutput::Stdout(data)) => tagged(exec_stream::STDOUT, &data),
+            Ok(ExecOutput::Stderr(data)) => tagged(exec_stream::STDERR, &data),
             Err(e) => {
                 failure = Some(e.to_string());
                 break;
@@ -222,6 +241,11 @@ pub fn notice_frame(channel: Channel, text: &str) -> Frame {
 /// How much a port relay reads from its TCP side at once: one binary frame at most.
 pub const PORT_CHUNK: usize = 256 << 10;
 
+/// How often a port relay pings its socket, so that a forwarded connection that carries
+/// nothing for a while is not taken for a dead one by a proxy's or a load balancer's idle
+/// timeout (nginx closes a silent proxied WebSocket after 60 s by default).
+pub const PORT_PING: Duration = Duration::from_secs(20);
+
 /// How a port relay ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortEnd {
@@ -279,40 +303,84 @@ where
                     // A repeated `connected`, or a control of a newer peer.
                     Ok(PortControl::Connected) | Err(_) => {}
                 },
+                Some(Frame::Ping) => {}
                 Some(Frame::Close) | None => return Up::End(PortEnd::PeerClosed),
             }
         }
     };
-    // TCP to frames, and the notices.
+    // TCP to frames, and the notices. One buffer serves the direction: each read's bytes
+    // are split off it as a frame, which the socket copies into its own buffer when it
+    // takes the frame, so the next read reuses the same memory. The socket is flushed
+    // only when no more bytes are waiting, not after every frame.
     let down = async {
         let mut notices_open = true;
+        let mut buf = BytesMut::with_capacity(PORT_CHUNK);
+        let mut unflushed = false;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PORT_PING, PORT_PING);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut buf = Vec::with_capacity(PORT_CHUNK);
-            tokio::select! {
-                read = from_tcp.read_buf(&mut buf) => match read {
-                    Ok(0) => {
-                        let eof = Frame::Text(PortControl::Eof.to_text());
-                        if sink.send(eof).await.is_err() {
-                            return Some(PortEnd::PeerClosed);
-                        }
-                        return None;
-                    }
-                    Ok(_) => {
-                        if sink.send(Frame::Binary(buf)).await.is_err() {
-                            return Some(PortEnd::PeerClosed);
-                        }
-                    }
-                    Err(e) => return Some(PortEnd::TcpFailed(e.to_string())),
-                },
-                notice = notices.next(), if notices_open => match notice {
+            // A notice goes out as soon as it comes, even while bytes keep flowing.
+            if notices_open && let Some(notice) = notices.next().now_or_never() {
+                match notice {
                     Some(text) => {
                         let frame = Frame::Text(PortControl::Notice { text }.to_text());
-                        if sink.send(frame).await.is_err() {
+                        if sink.feed(frame).await.is_err() {
                             return Some(PortEnd::PeerClosed);
                         }
+                        unflushed = true;
                     }
                     None => notices_open = false,
-                },
+                }
+            }
+            buf.reserve(PORT_CHUNK);
+            let read = match from_tcp.read_buf(&mut buf).now_or_never() {
+                Some(read) => read,
+                None => {
+                    if unflushed {
+                        if sink.flush().await.is_err() {
+                            return Some(PortEnd::PeerClosed);
+                        }
+                        unflushed = false;
+                    }
+                    tokio::select! {
+                        read = from_tcp.read_buf(&mut buf) => read,
+                        notice = notices.next(), if notices_open => {
+                            match notice {
+                                Some(text) => {
+                                    let frame = Frame::Text(PortControl::Notice { text }.to_text());
+                                    if sink.send(frame).await.is_err() {
+                                        return Some(PortEnd::PeerClosed);
+                                    }
+                                }
+                                None => notices_open = false,
+                            }
+                            continue;
+                        }
+                        _ = ping.tick() => {
+                            if sink.send(Frame::Ping).await.is_err() {
+                                return Some(PortEnd::PeerClosed);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            match read {
+                Ok(0) => {
+                    let eof = Frame::Text(PortControl::Eof.to_text());
+                    if sink.send(eof).await.is_err() {
+                        return Some(PortEnd::PeerClosed);
+                    }
+                    return None;
+                }
+                Ok(_) => {
+                    let frame = Frame::Binary(buf.split().freeze());
+                    if sink.feed(frame).await.is_err() {
+                        return Some(PortEnd::PeerClosed);
+                    }
+                    unflushed = true;
+                }
+                Err(e) => return Some(PortEnd::TcpFailed(e.to_string())),
             }
         }
     };
@@ -348,6 +416,7 @@ where
                 Ok(PortControl::Error { code, error }) => return Err((code, error)),
                 Ok(_) | Err(_) => {}
             },
+            Some(Frame::Ping) => {}
             Some(Frame::Binary(_)) => {
                 return Err((
                     ErrorCode::Unknown,
@@ -404,11 +473,11 @@ pub async fn relay_port<T, K, N>(
     }
 }
 
-fn tagged(stream: u8, data: Vec<u8>) -> Vec<u8> {
+fn tagged(stream: u8, data: &[u8]) -> Bytes {
     let mut frame = Vec::with_capacity(data.len() + 1);
     frame.push(stream);
-    frame.extend_from_slice(&data);
-    frame
+    frame.extend_from_slice(data);
+    frame.into()
 }
 
 /// The engine may report an exec as running for a moment after its output closed.
@@ -452,6 +521,7 @@ mod tests {
             tty: false,
             size: None,
             term: None,
+            env: vec![],
         })
         .unwrap();
         let input =
@@ -459,9 +529,112 @@ mod tests {
         let (tx, rx) = futures::channel::mpsc::unbounded::<Frame>();
         relay_exec(Box::pin(input), tx, Arc::new(fake), id).await;
         let frames: Vec<Frame> = rx.collect().await;
-        assert_eq!(frames[0], Frame::Binary(b"\x01echo hi".to_vec()));
+        assert_eq!(frames[0], Frame::Binary(Bytes::from_static(b"\x01echo hi")));
         assert_eq!(frames[1], Frame::Text(r#"{"type":"exit","code":0}"#.into()));
         assert_eq!(frames[2], Frame::Close);
+    }
+
+    fn fake_with_container() -> (FakeRuntime, String) {
+        let fake = FakeRuntime::new();
+        fake.add_image("img");
+        let spec = crate::ContainerSpec {
+            name: "c".into(),
+            image: "img".into(),
+            command: vec![],
+            env: vec![],
+            cpus: 1.0,
+            memory_bytes: 1 << 20,
+            workspace: "/tmp".into(),
+            workspace_target: "/workspace".into(),
+            labels: Default::default(),
+            network: crate::NetworkMode::None,
+            stop_grace_secs: 1,
+            node: None,
+        };
+        let id = futures::executor::block_on(crate::ContainerRuntime::run(&fake, &spec)).unwrap();
+        (fake, id)
+    }
+
+    fn request(command: &[&str], env: &[&str]) -> Frame {
+        Frame::Text(
+            serde_json::to_string(&ExecRequest {
+                command: command.iter().map(|s| (*s).to_owned()).collect(),
+                tty: false,
+                size: None,
+                term: None,
+                env: env.iter().map(|s| (*s).to_owned()).collect(),
+            })
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_signal_reaches_the_commands_process_and_its_exit_code_comes_back() {
+        let (fake, id) = fake_with_container();
+        let fake = Arc::new(fake);
+        let (to_relay, relay_in) = futures::channel::mpsc::unbounded::<Frame>();
+        let (tx, mut rx) = futures::channel::mpsc::unbounded::<Frame>();
+        to_relay
+            .unbounded_send(request(&[crate::fake::WAIT_FOR_SIGNAL], &[]))
+            .unwrap();
+        let relay = tokio::spawn(relay_exec(relay_in, tx, fake.clone(), id));
+        // The command runs (its echo came) and goes on until it is signalled.
+        assert!(matches!(rx.next().await, Some(Frame::Binary(_))));
+        for (name, signal) in [("BOGUS", None), ("TERM", Some(15))] {
+            let control = ExecControl::Signal {
+                signal: name.into(),
+            };
+            to_relay
+                .unbounded_send(Frame::Text(serde_json::to_string(&control).unwrap()))
+                .unwrap();
+            if signal.is_none() {
+                // An unknown name signals nothing; the command still runs.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(rx.try_recv().is_err(), "the command still runs");
+            }
+        }
+        let exit = rx.next().await.unwrap();
+        assert_eq!(exit, Frame::Text(r#"{"type":"exit","code":143}"#.into()));
+        relay.await.unwrap();
+        let signals: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, crate::fake::Call::Signal(..)))
+            .collect();
+        assert_eq!(signals.len(), 1, "{signals:?}");
+        assert!(matches!(&signals[0], crate::fake::Call::Signal(_, 15)));
+    }
+
+    #[tokio::test]
+    async fn session_variables_reach_the_command_and_others_fail_the_request() {
+        let (fake, id) = fake_with_container();
+        let fake = Arc::new(fake);
+        let input = futures::stream::iter(vec![request(&["env"], &["LANG=C.UTF-8", "LC_ALL=C"])])
+            .chain(futures::stream::pending());
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Frame>();
+        relay_exec(Box::pin(input), tx, fake.clone(), id.clone()).await;
+        let frames: Vec<Frame> = rx.collect().await;
+        assert!(frames[1].clone() == Frame::Text(r#"{"type":"exit","code":0}"#.into()));
+        let spec = fake.exec_specs().pop().unwrap();
+        assert_eq!(
+            spec.env,
+            vec!["LANG=C.UTF-8".to_owned(), "LC_ALL=C".to_owned()]
+        );
+
+        let before = fake.exec_specs().len();
+        let input = futures::stream::iter(vec![request(&["env"], &["LD_PRELOAD=/tmp/x.so"])])
+            .chain(futures::stream::pending());
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Frame>();
+        relay_exec(Box::pin(input), tx, fake.clone(), id).await;
+        let frames: Vec<Frame> = rx.collect().await;
+        let Frame::Text(text) = &frames[0] else {
+            panic!("{frames:?}");
+        };
+        assert!(
+            text.contains("bad_request") && text.contains("LD_PRELOAD"),
+            "{text}"
+        );
+        assert_eq!(fake.exec_specs().len(), before, "nothing ran");
     }
 
     /// A frame socket end: what the relay reads (`to_relay`) and what it wrote (`from_relay`).
@@ -495,7 +668,7 @@ mod tests {
         };
         let peer = async {
             to_relay
-                .unbounded_send(Frame::Binary(b"GET /".to_vec()))
+                .unbounded_send(Frame::Binary(Bytes::from_static(b"GET /")))
                 .unwrap();
             to_relay
                 .unbounded_send(text(PortControl::Notice {
@@ -524,7 +697,10 @@ mod tests {
         assert_eq!(end, PortEnd::Done);
         // The notice and the answer race each other; the end comes after both.
         assert_eq!(got.len(), 3, "{got:?}");
-        assert!(got.contains(&Frame::Binary(b"200 OK".to_vec())), "{got:?}");
+        assert!(
+            got.contains(&Frame::Binary(Bytes::from_static(b"200 OK"))),
+            "{got:?}"
+        );
         assert!(
             got.contains(&text(PortControl::Notice {
                 text: "moving".into()

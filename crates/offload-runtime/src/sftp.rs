@@ -120,7 +120,7 @@ where
                         break;
                     }
                 }
-                Frame::Text(_) => {}
+                Frame::Text(_) | Frame::Ping => {}
                 Frame::Close => break,
             }
         }
@@ -133,7 +133,11 @@ where
             match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if sink.send(Frame::Binary(buf[..n].to_vec())).await.is_err() {
+                    if sink
+                        .send(Frame::Binary(bytes::Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

@@ -860,6 +860,15 @@ impl ContainerRuntime for SwarmRuntime {
         })
     }
 
+    async fn exec_signal(&self, exec_id: &str, signal: i32) -> Result<()> {
+        let (node, exec) = split_exec_id(exec_id)?;
+        self.engine_of(node)?
+            .0
+            .runtime
+            .exec_signal(exec, signal)
+            .await
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeInfo>> {
         if self.with_engines(|e| e.len()) < self.configured.len() {
             self.connect_engines().await;

@@ -8,7 +8,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use offload_core::Location;
 use offload_core::agent::Channel;
 use offload_core::api::ApiError;
@@ -23,7 +23,7 @@ use offload_core::api::ErrorCode;
 pub fn to_frame(message: Message) -> Option<Frame> {
     match message {
         Message::Text(text) => Some(Frame::Text(text.to_string())),
-        Message::Binary(data) => Some(Frame::Binary(data.to_vec())),
+        Message::Binary(data) => Some(Frame::Binary(data)),
         Message::Close(_) => Some(Frame::Close),
         _ => None,
     }
@@ -32,7 +32,8 @@ pub fn to_frame(message: Message) -> Option<Frame> {
 pub fn from_frame(frame: Frame) -> Message {
     match frame {
         Frame::Text(text) => Message::Text(text.into()),
-        Frame::Binary(data) => Message::Binary(data.into()),
+        Frame::Binary(data) => Message::Binary(data),
+        Frame::Ping => Message::Ping(Default::default()),
         Frame::Close => Message::Close(None),
     }
 }
@@ -57,29 +58,49 @@ pub async fn relay_on(
     .await;
 }
 
+/// The next message of `rx`, flushing `tx` first when none is waiting already: a run of
+/// messages goes out with one flush, not one per message.
+async fn next_flushing<R, T>(rx: &mut R, tx: &mut T, unflushed: &mut bool) -> Option<Message>
+where
+    R: futures::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    T: futures::Sink<Message> + Unpin,
+{
+    if let Some(next) = rx.next().now_or_never() {
+        return next.and_then(Result::ok);
+    }
+    if std::mem::take(unflushed) && tx.flush().await.is_err() {
+        return None;
+    }
+    rx.next().await.and_then(Result::ok)
+}
+
 /// Forwards every message between two sockets until one side closes; the notices of
-/// `open` go to the user as its channel's notice frames.
+/// `open` go to the user as its channel's notice frames. Messages are fed without a flush
+/// each; a socket is flushed when the other has nothing more waiting.
 pub async fn splice(user: WebSocket, agent: WebSocket, open: &mut OpenChannel) {
     let channel = open.channel;
     let notices = &mut open.notices;
     let (mut user_tx, mut user_rx) = user.split();
     let (mut agent_tx, mut agent_rx) = agent.split();
     let up = async {
-        while let Some(Ok(m)) = user_rx.next().await {
+        let mut unflushed = false;
+        while let Some(m) = next_flushing(&mut user_rx, &mut agent_tx, &mut unflushed).await {
             let close = matches!(m, Message::Close(_));
-            if agent_tx.send(m).await.is_err() || close {
+            if agent_tx.feed(m).await.is_err() || close {
                 break;
             }
+            unflushed = true;
         }
         let _ = agent_tx.close().await;
     };
     let down = async {
         let mut notices_open = true;
+        let mut unflushed = false;
         loop {
             let m = tokio::select! {
-                m = agent_rx.next() => match m {
-                    Some(Ok(m)) => m,
-                    _ => break,
+                m = next_flushing(&mut agent_rx, &mut user_tx, &mut unflushed) => match m {
+                    Some(m) => m,
+                    None => break,
                 },
                 notice = notices.recv(), if notices_open => match notice {
                     Some(text) => from_frame(notice_frame(channel, &text)),
@@ -90,9 +111,10 @@ pub async fn splice(user: WebSocket, agent: WebSocket, open: &mut OpenChannel) {
                 },
             };
             let close = matches!(m, Message::Close(_));
-            if user_tx.send(m).await.is_err() || close {
+            if user_tx.feed(m).await.is_err() || close {
                 break;
             }
+            unflushed = true;
         }
         let _ = user_tx.close().await;
     };

@@ -491,7 +491,7 @@ async fn read_copy(
                     format!("{}'s agent closed the output before its end", record.name),
                 );
             }
-            None => {}
+            Some(Frame::Ping) | None => {}
         }
     };
     let _ = to_agent.send(Message::Close(None)).await;

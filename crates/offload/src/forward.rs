@@ -94,7 +94,7 @@ enum Opened {
 fn to_frame(message: Message) -> Option<Frame> {
     match message {
         Message::Text(text) => Some(Frame::Text(text.to_string())),
-        Message::Binary(data) => Some(Frame::Binary(data.into())),
+        Message::Binary(data) => Some(Frame::Binary(data)),
         Message::Close(_) => Some(Frame::Close),
         _ => None,
     }
@@ -103,7 +103,8 @@ fn to_frame(message: Message) -> Option<Frame> {
 fn from_frame(frame: Frame) -> Message {
     match frame {
         Frame::Text(text) => Message::Text(text.into()),
-        Frame::Binary(data) => Message::Binary(data.into()),
+        Frame::Binary(data) => Message::Binary(data),
+        Frame::Ping => Message::Ping(Default::default()),
         Frame::Close => Message::Close(None),
     }
 }

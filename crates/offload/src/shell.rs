@@ -81,6 +81,7 @@ pub async fn run(
         tty,
         size: if tty { terminal_size() } else { None },
         term: std::env::var("TERM").ok(),
+        env: Vec::new(),
     };
     sink.send(Message::Text(serde_json::to_string(&request)?.into()))
         .await?;

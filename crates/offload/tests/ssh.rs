@@ -209,8 +209,142 @@ fn random_bytes(len: usize) -> Vec<u8> {
     bytes
 }
 
+/// An SSH client that sends `signal` requests, which OpenSSH's client cannot: russh's,
+/// speaking to `offload ssh --stdio box.offload` on its stdin and stdout as OpenSSH does
+/// through its ProxyCommand, authenticated with offload's key for this user.
+struct SignalClient;
+
+impl russh::client::Handler for SignalClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// What a session channel delivered until it closed: its stdout, its exit status and
+/// the signal named in `exit-signal`, if any.
+async fn drain(
+    channel: &mut russh::Channel<russh::client::Msg>,
+) -> (String, Option<u32>, Option<String>) {
+    let (mut out, mut status, mut signal) = (String::new(), None, None);
+    while let Some(message) = channel.wait().await {
+        match message {
+            russh::ChannelMsg::Data { data } => out.push_str(&String::from_utf8_lossy(&data)),
+            russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            russh::ChannelMsg::ExitSignal { signal_name, .. } => {
+                signal = Some(format!("{signal_name:?}"));
+            }
+            russh::ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    (out, status, signal)
+}
+
+/// A `signal` request reaches the command's process: a process that traps TERM runs
+/// its trap and exits as it chooses; one that does not is killed, and the client gets
+/// `exit-signal TERM` and status 143.
+fn check_signals(laptop: &Laptop, place: &str, logs: &dyn Fn() -> String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys = laptop.user.config.with_extension("ssh").join("id_ed25519");
+    let step = std::sync::Mutex::new("connecting");
+    let at = |name: &'static str| *step.lock().unwrap_or_else(|p| p.into_inner()) = name;
+    let checks = async {
+        let mut proxy = tokio::process::Command::new(offload_bin())
+            .arg("--config")
+            .arg(&laptop.user.config)
+            .args(["ssh", "--stdio", "box.offload"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("offload ssh --stdio runs");
+        let io = tokio::io::join(
+            proxy.stdout.take().expect("stdout"),
+            proxy.stdin.take().expect("stdin"),
+        );
+        let config = std::sync::Arc::new(russh::client::Config::default());
+        let mut session = russh::client::connect_stream(config, io, SignalClient)
+            .await
+            .expect("the SSH handshake");
+        let key = russh::keys::load_secret_key(&keys, None).expect("offload's user key");
+        let auth = session
+            .authenticate_publickey(
+                "alice",
+                russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None),
+            )
+            .await
+            .expect("authentication");
+        assert!(auth.success(), "{place}: offload's key is accepted");
+
+        at("opening the trapping session");
+        let mut trapped = session.channel_open_session().await.expect("a session");
+        trapped
+            .exec(
+                true,
+                "trap 'echo caught TERM; exit 3' TERM; echo ready; while :; do sleep 0.1; done",
+            )
+            .await
+            .expect("exec");
+        let mut ready = String::new();
+        while !ready.contains("ready") {
+            match trapped.wait().await {
+                Some(russh::ChannelMsg::Data { data }) => {
+                    ready.push_str(&String::from_utf8_lossy(&data));
+                }
+                Some(_) => {}
+                None => panic!("{place}: the command ended before it was ready: {ready:?}"),
+            }
+        }
+        at("signalling the trapping command");
+        trapped.signal(russh::Sig::TERM).await.expect("signal");
+        let (out, status, signal) = drain(&mut trapped).await;
+        assert!(out.contains("caught TERM"), "{place}: {out:?}");
+        assert_eq!(
+            (status, signal),
+            (Some(3), None),
+            "{place}: the trap chose its exit"
+        );
+
+        at("opening the session to kill");
+        let mut killed = session.channel_open_session().await.expect("a session");
+        killed.exec(true, "sleep 600").await.expect("exec");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        at("signalling the command to kill");
+        killed.signal(russh::Sig::TERM).await.expect("signal");
+        let (_, status, signal) = drain(&mut killed).await;
+        assert_eq!(
+            (status, signal.as_deref()),
+            (Some(143), Some("TERM")),
+            "{place}: killed by TERM"
+        );
+    };
+    let checked =
+        runtime.block_on(async { tokio::time::timeout(Duration::from_secs(120), checks).await });
+    if checked.is_err() {
+        let step = *step.lock().unwrap_or_else(|p| p.into_inner());
+        panic!(
+            "{place}: the signal checks did not end within 120 s ({step}); logs:\n{}",
+            logs()
+        );
+    }
+}
+
 /// Commands, exit codes, a terminal, stdin and `rsync -e ssh` through `box.offload`.
-fn check_commands(laptop: &Laptop, id: &str, workspace: &Path, place: &str) {
+fn check_commands(
+    laptop: &Laptop,
+    id: &str,
+    workspace: &Path,
+    place: &str,
+    logs: &dyn Fn() -> String,
+) {
     let out = laptop.ssh(&["box.offload", "hostname"]);
     assert_eq!(out.status.code(), Some(0), "{place}: {}", stderr(&out));
     assert_eq!(
@@ -236,6 +370,54 @@ fn check_commands(laptop: &Laptop, id: &str, workspace: &Path, place: &str) {
     assert!(stderr(&out).contains("err"), "{place}: {}", stderr(&out));
     assert_eq!(laptop.ssh(&["box.offload", "true"]).status.code(), Some(0));
     assert_eq!(laptop.ssh(&["box.offload", "false"]).status.code(), Some(1));
+
+    // A command killed by a signal: `exit-signal` goes to the client (OpenSSH logs it,
+    // and ignores it), and the status a shell reports, 128 + 15, is ssh's exit code.
+    let out = laptop.ssh(&["-v", "box.offload", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(143), "{place}: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rtype exit-signal"),
+        "{place}: no exit-signal: {}",
+        stderr(&out)
+    );
+    let out = laptop.ssh(&["-v", "box.offload", "exit 3"]);
+    assert!(!stderr(&out).contains("rtype exit-signal"), "{place}");
+
+    // The locale the client sends (`SendEnv`) reaches the command; other variables do not.
+    let out = run_for(
+        laptop
+            .client("ssh")
+            .env("LANG", "C.UTF-8")
+            .env("LC_TIME", "C")
+            .env("OFFLOAD_TEST_SECRET", "leaked")
+            .args(["-o", "SendEnv=LANG LC_* OFFLOAD_TEST_SECRET"])
+            .args([
+                "box.offload",
+                "echo \"$LANG|$LC_TIME|${OFFLOAD_TEST_SECRET-unset}\"",
+            ]),
+        None,
+        60,
+    );
+    assert_eq!(out.status.code(), Some(0), "{place}: {}", stderr(&out));
+    assert_eq!(stdout(&out), "C.UTF-8|C|unset\n", "{place}");
+    let out = run_for(
+        laptop.client("ssh").env("LANG", "C.UTF-8").args([
+            "-tt",
+            "-o",
+            "SendEnv=LANG",
+            "box.offload",
+            "echo $LANG",
+        ]),
+        None,
+        60,
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        "C.UTF-8",
+        "{place}: with a terminal too"
+    );
+
+    check_signals(laptop, place, logs);
 
     // Commands run in bash on Debian, in /workspace.
     let out = laptop.ssh(&["box.offload", "bash -c 'echo $BASH_VERSION'; pwd"]);
@@ -314,7 +496,7 @@ fn ssh_runs_commands_in_the_cloud_and_again_after_a_move_to_the_edge() {
     let laptop = Laptop::new(alice);
     laptop.write_ssh_config();
 
-    check_commands(&laptop, &id, &cloud.workspace(&id), "cloud");
+    check_commands(&laptop, &id, &cloud.workspace(&id), "cloud", &String::new);
     // `offload ssh` runs the system's ssh itself, without the written config.
     let out = run_for(
         &mut laptop.offload(&["ssh", "box", "--", "hostname"]),
@@ -339,7 +521,7 @@ fn ssh_runs_commands_in_the_cloud_and_again_after_a_move_to_the_edge() {
     );
 
     // The same alias, the same pinned host key, no prompt: the edge copy answers.
-    check_commands(&laptop, &id, &edge.workspace(&id), "edge");
+    check_commands(&laptop, &id, &edge.workspace(&id), "edge", &|| edge.log());
     let out = run_for(
         &mut laptop.offload(&["ssh", "box", "--", "exit", "5"]),
         None,

@@ -77,7 +77,7 @@ impl Fixture {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
                         if to_server
-                            .send(Frame::Binary(buf[..n].to_vec()))
+                            .send(Frame::Binary(bytes::Bytes::copy_from_slice(&buf[..n])))
                             .await
                             .is_err()
                         {
@@ -97,6 +97,7 @@ impl Fixture {
                         }
                     }
                     Frame::Text(_) | Frame::Close => break,
+                    Frame::Ping => {}
                 }
             }
             let _ = bridge_wr.shutdown().await;
@@ -561,7 +562,7 @@ async fn a_request_before_init_is_refused() {
     packet.push(b'/');
     let mut framed = (packet.len() as u32).to_be_bytes().to_vec();
     framed.extend_from_slice(&packet);
-    to_server.send(Frame::Binary(framed)).await.unwrap();
+    to_server.send(Frame::Binary(framed.into())).await.unwrap();
     let mut answer = Vec::new();
     while answer.len() < 13 {
         match from_server.next().await {

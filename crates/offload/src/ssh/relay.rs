@@ -9,8 +9,12 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use offload_agent::client::Api;
 use offload_core::api::{ExecControl, ExecRequest, exec_stream};
-use russh::server::{ChannelOpenHandle, Msg};
-use russh::{Channel, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf, Sig};
+use offload_core::session::signal_of_exit;
+use offload_runtime::relay::PORT_PING;
+use russh::server::{ChannelOpenHandle, Handle, Msg};
+use russh::{
+    Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf, Sig,
+};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -114,14 +118,67 @@ async fn finish_session(writer: &ChannelWriteHalf<Msg>, message: Option<&str>, c
     let _ = writer.close().await;
 }
 
-/// The byte a terminal turns a signal's key into: what a signal means to a command that
-/// has a pty. The exec relay has no way to signal a process by itself.
-fn terminal_byte(signal: &Sig) -> Option<u8> {
-    match signal {
-        Sig::INT => Some(0x03),
-        Sig::QUIT => Some(0x1c),
-        _ => None,
+/// A signal's name as SSH and the exec relay write it (`TERM`, without `SIG`).
+fn signal_name(signal: &Sig) -> String {
+    let name = match signal {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(name) => name.as_str(),
+    };
+    name.to_owned()
+}
+
+/// The SSH signal of a name (RFC 4254's names are variants; others are custom).
+fn ssh_signal(name: &str) -> Sig {
+    match name {
+        "ABRT" => Sig::ABRT,
+        "ALRM" => Sig::ALRM,
+        "FPE" => Sig::FPE,
+        "HUP" => Sig::HUP,
+        "ILL" => Sig::ILL,
+        "INT" => Sig::INT,
+        "KILL" => Sig::KILL,
+        "PIPE" => Sig::PIPE,
+        "QUIT" => Sig::QUIT,
+        "SEGV" => Sig::SEGV,
+        "TERM" => Sig::TERM,
+        "USR1" => Sig::USR1,
+        other => Sig::Custom(other.to_owned()),
     }
+}
+
+/// Ends a session channel whose command exited with `code`. A code of 128 + N is how the
+/// engine reports a command killed by signal N: that goes to the client as `exit-signal`
+/// (which SSH libraries read) and, since OpenSSH's client ignores `exit-signal` and would
+/// exit 255, also as `exit-status` 128 + N, what a shell reports for a killed command.
+async fn finish_exit(writer: &ChannelWriteHalf<Msg>, handle: &Handle, id: ChannelId, code: i64) {
+    let Some(name) = signal_of_exit(code) else {
+        return finish_session(writer, None, u32::try_from(code).unwrap_or(FAILED)).await;
+    };
+    let _ = writer.eof().await;
+    let _ = handle
+        .exit_signal_request(
+            id,
+            ssh_signal(name),
+            false,
+            format!("killed by signal {name}"),
+            String::new(),
+        )
+        .await;
+    let _ = writer
+        .exit_status(u32::try_from(code).unwrap_or(FAILED))
+        .await;
+    let _ = writer.close().await;
 }
 
 fn stdin_frame(data: &[u8]) -> Message {
@@ -137,7 +194,13 @@ fn control(message: &ExecControl) -> Message {
 
 /// Runs a session channel's `exec` or `shell` over the exec relay, until the command ends
 /// (its exit status goes back to ssh) or the SSH side closes the channel.
-pub async fn exec(target: Arc<Target>, channel: Channel<Msg>, request: ExecRequest) {
+pub async fn exec(
+    target: Arc<Target>,
+    channel: Channel<Msg>,
+    handle: Handle,
+    request: ExecRequest,
+) {
+    let id = channel.id();
     let (mut reader, writer) = channel.split();
     let socket = match target.api.websocket(&target.path("exec")).await {
         Ok(socket) => socket,
@@ -166,10 +229,10 @@ pub async fn exec(target: Arc<Target>, channel: Channel<Msg>, request: ExecReque
                     cols: u16::try_from(col_width).unwrap_or(u16::MAX),
                     rows: u16::try_from(row_height).unwrap_or(u16::MAX),
                 }),
-                ChannelMsg::Signal { signal } if tty => match terminal_byte(&signal) {
-                    Some(byte) => stdin_frame(&[byte]),
-                    None => continue,
-                },
+                // As sshd does, the signal goes to the command's process, terminal or not.
+                ChannelMsg::Signal { signal } => control(&ExecControl::Signal {
+                    signal: signal_name(&signal),
+                }),
                 ChannelMsg::Close => break,
                 _ => continue,
             };
@@ -225,9 +288,7 @@ pub async fn exec(target: Arc<Target>, channel: Channel<Msg>, request: ExecReque
         ending = &mut output => ending,
     };
     match ending {
-        Ending::Exit(code) => {
-            finish_session(&writer, None, u32::try_from(code).unwrap_or(FAILED)).await;
-        }
+        Ending::Exit(code) => finish_exit(&writer, &handle, id, code).await,
         Ending::Failed(message) => finish_session(&writer, Some(&message), FAILED).await,
         Ending::Gone => {}
     }
@@ -309,7 +370,19 @@ pub async fn forward(
     let ended = AtomicBool::new(false);
     let input = async {
         let mut open = true;
-        while let Some(message) = reader.wait().await {
+        // Pings keep an idle forward's socket alive through proxies' idle timeouts.
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PORT_PING, PORT_PING);
+        loop {
+            let message = tokio::select! {
+                message = reader.wait() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+                _ = ping.tick(), if open => {
+                    open = sink.send(Message::Ping(Default::default())).await.is_ok();
+                    continue;
+                }
+            };
             match message {
                 ChannelMsg::Data { data } if open => {
                     open = sink.send(Message::Binary(data)).await.is_ok();
@@ -487,9 +560,12 @@ mod tests {
     }
 
     #[test]
-    fn only_terminal_signals_have_a_key() {
-        assert_eq!(terminal_byte(&Sig::INT), Some(3));
-        assert_eq!(terminal_byte(&Sig::QUIT), Some(0x1c));
-        assert_eq!(terminal_byte(&Sig::KILL), None);
+    fn signals_keep_their_names_both_ways() {
+        for name in ["TERM", "INT", "KILL", "HUP", "USR1", "USR2", "WINCH"] {
+            assert_eq!(signal_name(&ssh_signal(name)), name);
+        }
+        assert_eq!(signal_name(&Sig::QUIT), "QUIT");
+        assert!(matches!(ssh_signal("TERM"), Sig::TERM));
+        assert!(matches!(ssh_signal("USR2"), Sig::Custom(n) if n == "USR2"));
     }
 }

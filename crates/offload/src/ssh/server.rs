@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use offload_core::api::ExecRequest;
+use offload_core::session::{MAX_SESSION_VARS, check_session_var};
 use russh::keys::{PrivateKey, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
@@ -42,8 +43,16 @@ pub struct Connection {
     target: Arc<Target>,
     user_key: PublicKey,
     outcome: Arc<Outcome>,
-    /// Session channels opened but not started yet, with the terminal they asked for.
-    sessions: HashMap<ChannelId, (Channel<Msg>, Option<Terminal>)>,
+    /// Session channels opened but not started yet, with what they asked for.
+    sessions: HashMap<ChannelId, Pending>,
+}
+
+/// A session channel before its command starts: the terminal and the variables it asked
+/// for.
+struct Pending {
+    channel: Channel<Msg>,
+    terminal: Option<Terminal>,
+    env: Vec<String>,
 }
 
 impl Connection {
@@ -60,8 +69,13 @@ impl Connection {
 
     /// Starts the command of a session channel; `false` when the channel cannot run one
     /// (unknown, or started already).
-    fn start(&mut self, channel: ChannelId, command: Vec<String>) -> bool {
-        let Some((channel, terminal)) = self.sessions.remove(&channel) else {
+    fn start(&mut self, channel: ChannelId, command: Vec<String>, session: &Session) -> bool {
+        let Some(Pending {
+            channel,
+            terminal,
+            env,
+        }) = self.sessions.remove(&channel)
+        else {
             return false;
         };
         let request = ExecRequest {
@@ -74,8 +88,14 @@ impl Connection {
                 )
             }),
             term: terminal.map(|t| t.term),
+            env,
         };
-        tokio::spawn(relay::exec(self.target.clone(), channel, request));
+        tokio::spawn(relay::exec(
+            self.target.clone(),
+            channel,
+            session.handle(),
+            request,
+        ));
         true
     }
 }
@@ -151,7 +171,14 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.sessions.insert(channel.id(), (channel, None));
+        self.sessions.insert(
+            channel.id(),
+            Pending {
+                channel,
+                terminal: None,
+                env: Vec::new(),
+            },
+        );
         reply.accept().await;
         Ok(())
     }
@@ -203,7 +230,7 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let ok = match self.sessions.get_mut(&channel) {
-            Some((_, terminal)) => {
+            Some(Pending { terminal, .. }) => {
                 *terminal = Some(Terminal {
                     term: term.to_owned(),
                     cols: col_width,
@@ -219,12 +246,28 @@ impl russh::server::Handler for Connection {
     async fn env_request(
         &mut self,
         channel: ChannelId,
-        _name: &str,
-        _value: &str,
+        name: &str,
+        value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // The exec relay carries no environment; the container's own applies.
-        session.channel_failure(channel)
+        // As sshd's `AcceptEnv LANG LC_*`: the locale and a few terminal hints pass, the
+        // rest is refused and the container's own environment applies. The server checks
+        // the same list again.
+        let ok = match self.sessions.get_mut(&channel) {
+            Some(pending) => {
+                let fits =
+                    pending.env.len() < MAX_SESSION_VARS && check_session_var(name, value).is_ok();
+                if fits {
+                    pending
+                        .env
+                        .retain(|var| var.split_once('=').map(|(n, _)| n) != Some(name));
+                    pending.env.push(format!("{name}={value}"));
+                }
+                fits
+            }
+            None => false,
+        };
+        answer(session, channel, ok)
     }
 
     async fn shell_request(
@@ -233,7 +276,7 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let command = ["/bin/sh", "-c", LOGIN_SHELL].map(str::to_owned).to_vec();
-        let ok = self.start(channel, command);
+        let ok = self.start(channel, command, session);
         answer(session, channel, ok)
     }
 
@@ -247,7 +290,7 @@ impl russh::server::Handler for Connection {
         let ok = match std::str::from_utf8(data) {
             Ok(line) => {
                 let command = vec!["/bin/sh".to_owned(), "-c".to_owned(), line.to_owned()];
-                self.start(channel, command)
+                self.start(channel, command, session)
             }
             Err(_) => false,
         };
@@ -262,7 +305,7 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         let ok = name == "sftp"
             && match self.sessions.remove(&channel) {
-                Some((channel, _)) => {
+                Some(Pending { channel, .. }) => {
                     tokio::spawn(relay::sftp(self.target.clone(), channel));
                     true
                 }
@@ -290,6 +333,7 @@ impl russh::server::Handler for Connection {
         _signal: Sig,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // The channel's relay task receives it too and sends it to the command.
         Ok(())
     }
 }
