@@ -253,11 +253,15 @@ Config file keys (TOML; flags override them), with their defaults:
   engine = \"docker\"                  (docker | swarm)
   workspace_root = (DATA_DIR/workspaces)  on a swarm: a shared filesystem mounted
                                      at this same path on every node
+  cloud_moves = \"notify\"             on a swarm, moves from a busy node to one with
+                                     room: notify (tell the owner, then move) | ask
 
 [swarm]                              with engine = \"swarm\"
   manager = (docker_host)            a swarm manager's Docker host
   [[swarm.nodes]]                    one per node: name = \"..\", docker_host = \"..\"
-                                     (the node's own engine, for shells and readings)
+                                     (the node's own engine, for shells and readings),
+                                     cpus = N, memory = \"16g\" (optional: the capacity
+                                     its load is measured against; default the node's)
 
 [monitor]
   interval_secs = 2          seconds between evaluations
@@ -272,6 +276,7 @@ Config file keys (TOML; flags override them), with their defaults:
   ask_cooldown_secs = 120    at most one round of asks this often
   return_after_secs = 30     calm time before containers are offered a return
   move_timeout_secs = 600    an accepted container counts as leaving this long
+  node_move_cooldown_secs = 300  on a swarm: a container moved between nodes stays
   source = \"host\"           host: the whole host; pool: managed containers only,
   pool_cpus = 0              against pool_cpus and pool_mem_bytes
   pool_mem_bytes = 0";
