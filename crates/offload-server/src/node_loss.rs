@@ -32,7 +32,7 @@ use crate::controller::{Controller, now};
 use crate::fenced::{Fence, FencedWorkspaces};
 
 /// How long stopping an old copy through the manager may take, beyond its stop grace.
-const MANAGER_STOP_SLACK: Duration = Duration::from_secs(20);
+const MANAGER_STOP_SLACK: Duration = Duration::from_secs(10);
 
 /// What the node-loss step remembers between rounds.
 pub struct NodeWatch {
