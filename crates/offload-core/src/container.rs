@@ -48,6 +48,10 @@ pub enum State {
     Unreachable,
     /// The engine container disappeared outside offload's control.
     Missing,
+    /// Its cluster node is down or out of reach and no other node has room for it yet:
+    /// the server starts it on another node (at a new generation) as soon as one has, or
+    /// adopts it again if its node comes back first.
+    Lost,
     /// Creation failed; `reason` says why.
     Failed,
 }
@@ -62,6 +66,7 @@ impl State {
             State::Moving => "moving",
             State::Unreachable => "unreachable",
             State::Missing => "missing",
+            State::Lost => "lost",
             State::Failed => "failed",
         }
     }
@@ -75,6 +80,7 @@ impl State {
             "moving" => State::Moving,
             "unreachable" => State::Unreachable,
             "missing" => State::Missing,
+            "lost" => State::Lost,
             "failed" => State::Failed,
             _ => return None,
         })

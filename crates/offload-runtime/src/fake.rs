@@ -1,5 +1,11 @@
 //! An in-memory [`ContainerRuntime`] that records calls, for unit tests of the layers
 //! above the engine.
+//!
+//! With nodes ([`FakeRuntime::set_nodes`]) it plays a cluster as Swarm behaves: a container
+//! pinned to a node is a service (what `run` returns) and a task copy on that node (what
+//! [`ContainerRuntime::node_containers`] lists). The manager reaches a node only while it
+//! is `ready`: on a node that is not, a stop fails and a removed service leaves its copy
+//! running there, as a node cut off from the swarm keeps its tasks.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +30,8 @@ pub enum Call {
     Logs(String, LogsSpec),
     /// A signal (its number) sent to an exec.
     Signal(String, i32),
+    /// `stop_on_node(node, container)`.
+    StopOnNode(String, String),
 }
 
 /// The command that makes the fake's exec run until it is signalled (then it ends with
@@ -80,9 +88,61 @@ struct Inner {
     /// Execs that run until signalled, and what ends them.
     waiting_execs: BTreeMap<String, futures::channel::oneshot::Sender<i32>>,
     exec_exits: BTreeMap<String, i64>,
+    /// Task copies on nodes, by their container id on the node's engine.
+    tasks: BTreeMap<String, NodeTask>,
+    next_task: u64,
+}
+
+/// A service's copy on its node, as the node's own engine knows it.
+#[derive(Debug, Clone)]
+struct NodeTask {
+    node: String,
+    service: String,
+    spec: ContainerSpec,
+    running: bool,
 }
 
 impl Inner {
+    /// Whether the manager reaches `node` (it is listed and ready).
+    fn in_swarm(&self, node: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.id == node && n.state == "ready")
+    }
+
+    /// Whether offload reaches the node's own engine.
+    fn engine_answers(&self, node: &str) -> bool {
+        self.nodes.iter().any(|n| n.id == node && n.reachable)
+    }
+
+    /// The node a service is pinned to, when the fake plays a cluster.
+    fn pinned(&self, service: &str) -> Option<String> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        self.containers.get(service)?.0.node.clone()
+    }
+
+    fn new_task(&mut self, service: &str, spec: &ContainerSpec, node: &str) {
+        self.next_task += 1;
+        let id = format!("task-{:08}", self.next_task);
+        self.tasks.insert(
+            id,
+            NodeTask {
+                node: node.to_owned(),
+                service: service.to_owned(),
+                spec: spec.clone(),
+                running: true,
+            },
+        );
+    }
+
+    fn set_tasks_running(&mut self, service: &str, running: bool) {
+        for task in self.tasks.values_mut().filter(|t| t.service == service) {
+            task.running = running;
+        }
+    }
+
     /// Counts down an injected failure of `op`, if one is left.
     fn injected(&mut self, op: Op) -> Result<()> {
         match self.failures.get_mut(&op) {
@@ -184,8 +244,8 @@ impl FakeRuntime {
         timestamp_ns
     }
 
-    /// Makes the fake a cluster of these nodes (see [`FakeRuntime::node`]): a container
-    /// spec must then name a schedulable one.
+    /// Makes the fake a cluster of these nodes (see [`FakeRuntime::node`] and the
+    /// module's note): a container spec must then name a schedulable one.
     pub fn set_nodes(&self, nodes: Vec<NodeInfo>) {
         self.lock().nodes = nodes;
     }
@@ -213,10 +273,15 @@ impl FakeRuntime {
             node.availability = availability.to_owned();
         }
         if availability == "drain" {
-            for (spec, running) in inner.containers.values_mut() {
+            let mut stopped = Vec::new();
+            for (id, (spec, running)) in inner.containers.iter_mut() {
                 if spec.node.as_deref() == Some(node_id) {
                     *running = false;
+                    stopped.push(id.clone());
                 }
+            }
+            for id in stopped {
+                inner.set_tasks_running(&id, false);
             }
         }
     }
@@ -234,6 +299,33 @@ impl FakeRuntime {
             .containers
             .get(runtime_id)
             .and_then(|(spec, _)| spec.node.clone())
+    }
+
+    /// Sets a node's state as the manager sees it (`ready`, `down`, ...) and whether
+    /// offload reaches its engine.
+    pub fn set_node(&self, node: &str, state: &str, reachable: bool) {
+        for n in self.lock().nodes.iter_mut().filter(|n| n.id == node) {
+            n.state = state.to_owned();
+            n.reachable = reachable;
+        }
+    }
+
+    /// The task copies running on `node`: their container ids and generation labels.
+    pub fn running_on(&self, node: &str) -> Vec<(String, String)> {
+        self.lock()
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.node == node && t.running)
+            .map(|(id, t)| {
+                let generation = t
+                    .spec
+                    .labels
+                    .get(offload_core::labels::GENERATION)
+                    .cloned()
+                    .unwrap_or_default();
+                (id.clone(), generation)
+            })
+            .collect()
     }
 
     /// Makes every later `run` fail.
@@ -254,9 +346,11 @@ impl FakeRuntime {
 
     /// Stops a container behind offload's back, as an engine restart does.
     pub fn kill(&self, runtime_id: &str) {
-        if let Some((_, running)) = self.lock().containers.get_mut(runtime_id) {
+        let mut inner = self.lock();
+        if let Some((_, running)) = inner.containers.get_mut(runtime_id) {
             *running = false;
         }
+        inner.set_tasks_running(runtime_id, false);
     }
 
     /// The calls received so far.
@@ -271,7 +365,9 @@ impl FakeRuntime {
 
     /// Simulates a container vanishing outside offload's control.
     pub fn forget(&self, runtime_id: &str) {
-        self.lock().containers.remove(runtime_id);
+        let mut inner = self.lock();
+        inner.containers.remove(runtime_id);
+        inner.tasks.retain(|_, t| t.service != runtime_id);
     }
 
     /// The confinement `run` applied to a container, as a real engine's would be.
@@ -388,16 +484,24 @@ impl ContainerRuntime for FakeRuntime {
             });
         }
         if !inner.nodes.is_empty() {
-            let placed = spec
+            // The manager places on a ready, active node, whether or not offload reaches
+            // its engine.
+            let takes = |n: &NodeInfo| n.state == "ready" && n.availability == "active";
+            let node = spec
                 .node
-                .as_ref()
-                .and_then(|id| inner.nodes.iter().find(|n| n.id == *id));
-            if !placed.is_some_and(NodeInfo::schedulable) {
+                .clone()
+                .filter(|id| inner.nodes.iter().any(|n| n.id == *id && takes(n)));
+            let Some(node) = node else {
                 return Err(RuntimeError::Engine {
                     action: "service placement",
                     message: format!("no suitable node for {:?}", spec.node),
                 });
-            }
+            };
+            inner.next_id += 1;
+            let id = format!("{:064x}", inner.next_id);
+            inner.containers.insert(id.clone(), (spec.clone(), true));
+            inner.new_task(&id, spec, &node);
+            return Ok(id);
         }
         inner.next_id += 1;
         let id = format!("{:064x}", inner.next_id);
@@ -409,17 +513,23 @@ impl ContainerRuntime for FakeRuntime {
         let mut inner = self.lock();
         inner.calls.push(Call::Start(runtime_id.to_owned()));
         inner.injected(Op::Start)?;
-        let node = inner
-            .containers
-            .get(runtime_id)
-            .and_then(|(spec, _)| spec.node.clone());
-        if let Some(node) = node
-            && !inner.nodes.iter().any(|n| n.id == node && n.schedulable())
-        {
-            return Err(RuntimeError::Engine {
-                action: "service placement",
-                message: format!("node {node} takes no tasks"),
-            });
+        if let Some(node) = inner.pinned(runtime_id) {
+            if !inner
+                .nodes
+                .iter()
+                .any(|n| n.id == node && n.state == "ready" && n.availability == "active")
+            {
+                return Err(RuntimeError::Engine {
+                    action: "service placement",
+                    message: format!("node {node} takes no tasks"),
+                });
+            }
+            // A start replaces the slot's task, as a forced update does.
+            inner.set_tasks_running(runtime_id, false);
+            let spec = inner.containers.get(runtime_id).map(|(s, _)| s.clone());
+            if let Some(spec) = spec {
+                inner.new_task(runtime_id, &spec, &node);
+            }
         }
         match inner.containers.get_mut(runtime_id) {
             Some((_, running)) => {
@@ -436,6 +546,15 @@ impl ContainerRuntime for FakeRuntime {
         let mut inner = self.lock();
         inner.calls.push(Call::Stop(runtime_id.to_owned()));
         inner.injected(Op::Stop)?;
+        if let Some(node) = inner.pinned(runtime_id) {
+            if !inner.in_swarm(&node) {
+                return Err(RuntimeError::Engine {
+                    action: "service stop",
+                    message: "its task still runs after 61s".to_owned(),
+                });
+            }
+            inner.set_tasks_running(runtime_id, false);
+        }
         match inner.containers.get_mut(runtime_id) {
             Some((_, running)) => {
                 *running = false;
@@ -451,6 +570,13 @@ impl ContainerRuntime for FakeRuntime {
         let mut inner = self.lock();
         inner.calls.push(Call::Remove(runtime_id.to_owned()));
         inner.injected(Op::Remove)?;
+        // The manager removes the task of a node it reaches; a node it does not keeps its
+        // copy (running, if it ran) until someone stops it there.
+        if let Some(node) = inner.pinned(runtime_id)
+            && inner.in_swarm(&node)
+        {
+            inner.tasks.retain(|_, t| t.service != runtime_id);
+        }
         inner.containers.remove(runtime_id);
         Ok(())
     }
@@ -544,6 +670,41 @@ impl ContainerRuntime for FakeRuntime {
                 .exec_exits
                 .insert(exec_id.to_owned(), 128 + i64::from(signal));
             let _ = tx.send(signal);
+        }
+        Ok(())
+    }
+
+    async fn node_containers(&self, node: &str, key: &str) -> Result<Vec<RuntimeContainer>> {
+        let inner = self.lock();
+        if !inner.engine_answers(node) {
+            return Err(RuntimeError::Engine {
+                action: "container list",
+                message: format!("the engine of node {node} did not answer within 10s"),
+            });
+        }
+        Ok(inner
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.node == node && t.spec.labels.contains_key(key))
+            .map(|(id, t)| Self::view(id, &t.spec, t.running))
+            .collect())
+    }
+
+    async fn stop_on_node(&self, node: &str, container_id: &str, _grace: Duration) -> Result<()> {
+        let mut inner = self.lock();
+        inner
+            .calls
+            .push(Call::StopOnNode(node.to_owned(), container_id.to_owned()));
+        if !inner.engine_answers(node) {
+            return Err(RuntimeError::Engine {
+                action: "container stop",
+                message: format!("the engine of node {node} did not answer within 20s"),
+            });
+        }
+        if let Some(task) = inner.tasks.get_mut(container_id)
+            && task.node == node
+        {
+            task.running = false;
         }
         Ok(())
     }

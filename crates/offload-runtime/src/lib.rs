@@ -313,6 +313,26 @@ pub trait ContainerRuntime: Send + Sync {
             message: format!("this engine is not a cluster and has no node {node_id}"),
         })
     }
+
+    /// The containers carrying the label `key` on one cluster node, as that node's own
+    /// engine (not the manager) reports them, running or not: the copies it really runs,
+    /// even of services the manager no longer has. An error when the node's engine does
+    /// not answer. Empty for a single engine.
+    async fn node_containers(&self, node: &str, key: &str) -> Result<Vec<RuntimeContainer>> {
+        let _ = (node, key);
+        Ok(Vec::new())
+    }
+
+    /// Stops a container on one cluster node through that node's own engine, waiting at
+    /// most `grace` before the engine kills it: how a copy the manager cannot reach or no
+    /// longer knows is stopped. Stopping a stopped or missing container succeeds.
+    async fn stop_on_node(&self, node: &str, container_id: &str, grace: Duration) -> Result<()> {
+        let _ = (container_id, grace);
+        Err(RuntimeError::Engine {
+            action: "stop on a node",
+            message: format!("this engine has no node {node}"),
+        })
+    }
     /// The root filesystem of a running container, as its processes see it (the image's
     /// layers, `/workspace` and every other mount), for [`sftp`]. A stopped container is
     /// [`RuntimeError::NotRunning`].

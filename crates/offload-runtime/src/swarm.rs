@@ -8,10 +8,16 @@
 //! the node is told apart by the Swarm node ID its engine reports.
 //!
 //! Swarm itself never restarts a task (restart policy `none`): offload decides restarts.
+//!
+//! A node's engine can stop answering (the node died, or its `dockerd` hangs) while the
+//! manager still lists the node: every call to a node's engine has a deadline, each
+//! [`ContainerRuntime::nodes`] probes every engine, and an engine that missed its deadline
+//! takes no part in image checks, pulls and loads until a probe reaches it again, so one
+//! frozen node cannot stall the starts on the others.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::models::{
@@ -46,6 +52,14 @@ const UNSCHEDULABLE_GRACE: Duration = Duration::from_secs(5);
 /// time to notice that the old task stopped and that the new one runs.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long a node's engine gets to answer a probe (`nodes`).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node's engine gets for a quick call (an image check, a listing, stats, the
+/// start of an exec).
+const NODE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to a node's engine may take (version negotiation included).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A node's own engine, as the operator configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwarmNodeEngine {
@@ -58,6 +72,41 @@ pub struct SwarmNodeEngine {
 struct NodeEngine {
     name: String,
     runtime: DockerRuntime,
+    /// Whether the engine answered its last call or probe in time.
+    answers: AtomicBool,
+}
+
+impl NodeEngine {
+    /// Runs a call to this engine with a deadline; a missed deadline marks the engine as
+    /// not answering until a probe reaches it again.
+    async fn call<T>(
+        &self,
+        action: &'static str,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(result) => {
+                self.answers.store(true, Ordering::Relaxed);
+                result
+            }
+            Err(_) => {
+                self.answers.store(false, Ordering::Relaxed);
+                Err(RuntimeError::Engine {
+                    action,
+                    message: format!(
+                        "the engine of node {} did not answer within {}s",
+                        self.name,
+                        limit.as_secs()
+                    ),
+                })
+            }
+        }
+    }
+
+    fn answers(&self) -> bool {
+        self.answers.load(Ordering::Relaxed)
+    }
 }
 
 /// A swarm manager and the nodes' own engines.
@@ -134,7 +183,18 @@ impl SwarmRuntime {
             if known.contains(&node.name) {
                 continue;
             }
-            match connect_node(node).await {
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect_node(node))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RuntimeError::Engine {
+                        action: "swarm connect",
+                        message: format!(
+                            "the engine did not answer within {}s",
+                            CONNECT_TIMEOUT.as_secs()
+                        ),
+                    })
+                });
+            match connected {
                 Ok((id, engine)) => {
                     self.with_engines(|e| e.insert(id, NodeEngineRef(std::sync::Arc::new(engine))));
                 }
@@ -160,8 +220,33 @@ impl SwarmRuntime {
             })
     }
 
+    /// The engines that answered their last call or probe.
     fn reachable_engines(&self) -> Vec<(String, NodeEngineRef)> {
-        self.with_engines(|e| e.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        self.with_engines(|e| {
+            e.iter()
+                .filter(|(_, v)| v.0.answers())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    /// Probes every connected engine at once; returns the node IDs of those that answered.
+    async fn probe_engines(&self) -> Vec<String> {
+        let engines: Vec<(String, NodeEngineRef)> =
+            self.with_engines(|e| e.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        let probes = engines.into_iter().map(|(id, engine)| async move {
+            let answered = engine
+                .0
+                .call("node probe", PROBE_TIMEOUT, engine.0.runtime.ping())
+                .await
+                .is_ok();
+            answered.then_some(id)
+        });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     async fn tasks_of(&self, service_id: &str) -> Result<Vec<Task>> {
@@ -438,6 +523,7 @@ async fn connect_node(node: &SwarmNodeEngine) -> Result<(String, NodeEngine)> {
         NodeEngine {
             name: node.name.clone(),
             runtime,
+            answers: AtomicBool::new(true),
         },
     ))
 }
@@ -577,9 +663,20 @@ impl ContainerRuntime for SwarmRuntime {
         let engines = self.reachable_engines();
         let mut found = None;
         for (_, engine) in &engines {
-            match engine.0.runtime.image(image).await? {
-                Some(info) => found = Some(info),
-                None => return Ok(None),
+            let looked = engine
+                .0
+                .call(
+                    "image inspect",
+                    NODE_CALL_TIMEOUT,
+                    engine.0.runtime.image(image),
+                )
+                .await;
+            match looked {
+                Ok(Some(info)) => found = Some(info),
+                Ok(None) => return Ok(None),
+                // A node that stopped answering does not decide for the others.
+                Err(_) if !engine.0.answers() => continue,
+                Err(e) => return Err(e),
             }
         }
         Ok(found)
@@ -589,7 +686,13 @@ impl ContainerRuntime for SwarmRuntime {
         let nodes = self.nodes().await?;
         let usable: Vec<&NodeInfo> = nodes.iter().filter(|n| n.schedulable()).collect();
         let architecture = match self.reachable_engines().first() {
-            Some((_, engine)) => engine.0.runtime.host_info().await?.architecture,
+            Some((_, engine)) => {
+                engine
+                    .0
+                    .call("info", NODE_CALL_TIMEOUT, engine.0.runtime.host_info())
+                    .await?
+                    .architecture
+            }
             None => self.manager.host_info().await?.architecture,
         };
         Ok(HostInfo {
@@ -602,7 +705,15 @@ impl ContainerRuntime for SwarmRuntime {
     async fn images(&self) -> Result<Vec<String>> {
         let mut all: Option<Vec<String>> = None;
         for (_, engine) in self.reachable_engines() {
-            let tags = engine.0.runtime.images().await?;
+            let tags = match engine
+                .0
+                .call("image list", NODE_CALL_TIMEOUT, engine.0.runtime.images())
+                .await
+            {
+                Ok(tags) => tags,
+                Err(_) if !engine.0.answers() => continue,
+                Err(e) => return Err(e),
+            };
             all = Some(match all {
                 None => tags,
                 Some(before) => before.into_iter().filter(|t| tags.contains(t)).collect(),
@@ -658,7 +769,14 @@ impl ContainerRuntime for SwarmRuntime {
 
     async fn usage(&self, runtime_id: &str) -> Result<UsageReading> {
         let (engine, _, container) = self.running_container(runtime_id).await?;
-        engine.0.runtime.usage(&container).await
+        engine
+            .0
+            .call(
+                "stats",
+                NODE_CALL_TIMEOUT,
+                engine.0.runtime.usage(&container),
+            )
+            .await
     }
 
     /// Pulls the image on every reachable node that lacks it.
@@ -674,7 +792,15 @@ impl ContainerRuntime for SwarmRuntime {
     async fn run(&self, spec: &ContainerSpec) -> Result<String> {
         if let Some(node) = &spec.node {
             let engine = self.engine_of(node)?;
-            if engine.0.runtime.image(&spec.image).await?.is_none() {
+            let image = engine
+                .0
+                .call(
+                    "image inspect",
+                    NODE_CALL_TIMEOUT,
+                    engine.0.runtime.image(&spec.image),
+                )
+                .await?;
+            if image.is_none() {
                 return Err(RuntimeError::ImageUnavailable {
                     image: spec.image.clone(),
                     message: format!("node {} does not have it", engine.0.name),
@@ -780,7 +906,14 @@ impl ContainerRuntime for SwarmRuntime {
 
     async fn exec(&self, runtime_id: &str, spec: &ExecSpec) -> Result<ExecSession> {
         let (engine, node, container) = self.running_container(runtime_id).await?;
-        let mut session = engine.0.runtime.exec(&container, spec).await?;
+        let mut session = engine
+            .0
+            .call(
+                "exec",
+                NODE_CALL_TIMEOUT,
+                engine.0.runtime.exec(&container, spec),
+            )
+            .await?;
         session.exec_id = format!("{node}/{}", session.exec_id);
         Ok(session)
     }
@@ -790,12 +923,26 @@ impl ContainerRuntime for SwarmRuntime {
     /// node's engine does on one machine in the tests).
     async fn connect(&self, runtime_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
         let (engine, _node, container) = self.running_container(runtime_id).await?;
-        engine.0.runtime.connect(&container, port).await
+        engine
+            .0
+            .call(
+                "connect",
+                NODE_CALL_TIMEOUT,
+                engine.0.runtime.connect(&container, port),
+            )
+            .await
     }
 
     async fn filesystem(&self, runtime_id: &str) -> Result<crate::sftp::ContainerFs> {
         let (engine, _node, container) = self.running_container(runtime_id).await?;
-        engine.0.runtime.filesystem(&container).await
+        engine
+            .0
+            .call(
+                "open the container's filesystem",
+                NODE_CALL_TIMEOUT,
+                engine.0.runtime.filesystem(&container),
+            )
+            .await
     }
 
     /// The node's engine keeps the log of the service's task container. A stop and start
@@ -869,17 +1016,53 @@ impl ContainerRuntime for SwarmRuntime {
             .await
     }
 
+    /// The node's own engine lists what it runs: a task container stays there (and may
+    /// run) after the manager lost the node or deleted its service.
+    async fn node_containers(&self, node: &str, key: &str) -> Result<Vec<RuntimeContainer>> {
+        let engine = self.engine_of(node)?;
+        let mut found = engine
+            .0
+            .call(
+                "container list",
+                NODE_CALL_TIMEOUT,
+                engine.0.runtime.list_labelled(key),
+            )
+            .await?;
+        for container in &mut found {
+            container.node = Some(node.to_owned());
+        }
+        Ok(found)
+    }
+
+    async fn stop_on_node(&self, node: &str, container_id: &str, grace: Duration) -> Result<()> {
+        let engine = self.engine_of(node)?;
+        let stopped = engine
+            .0
+            .call(
+                "container stop",
+                grace + NODE_CALL_TIMEOUT,
+                engine.0.runtime.stop(container_id, grace),
+            )
+            .await;
+        match stopped {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeInfo>> {
         if self.with_engines(|e| e.len()) < self.configured.len() {
             self.connect_engines().await;
         }
+        let answering = self.probe_engines().await;
         let nodes = self
             .manager
             .client()
             .list_nodes(None::<ListNodesOptions>)
             .await
             .map_err(engine_err("node list"))?;
-        let engines = self.reachable_engines();
+        let engines: Vec<(String, NodeEngineRef)> =
+            self.with_engines(|e| e.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         Ok(nodes
             .into_iter()
             .filter_map(|n| {
@@ -916,7 +1099,7 @@ impl ContainerRuntime for SwarmRuntime {
                     memory_bytes: capacity
                         .memory_bytes
                         .unwrap_or(resources.memory_bytes.unwrap_or(0).max(0) as u64),
-                    reachable: engine.is_some(),
+                    reachable: answering.contains(&id),
                     id,
                 })
             })

@@ -136,6 +136,58 @@ async fn services_run_pinned_stop_start_and_go() {
     assert!(seen.running);
     assert_eq!(seen.node.as_deref(), Some(target.node_id()), "same node");
 
+    // The node's own engine lists the task container and stops it there, whatever the
+    // manager knows.
+    let on_node = rt
+        .node_containers(target.node_id(), "offload.id")
+        .await
+        .unwrap();
+    let copy = on_node.iter().find(|c| c.running).expect("a running copy");
+    assert_eq!(copy.labels["offload.generation"], "1");
+    assert_eq!(copy.node.as_deref(), Some(target.node_id()));
+    rt.stop_on_node(target.node_id(), &copy.runtime_id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let after = rt
+        .node_containers(target.node_id(), "offload.id")
+        .await
+        .unwrap();
+    assert!(after.iter().all(|c| !c.running), "{after:?}");
+    rt.stop_on_node(target.node_id(), &copy.runtime_id, Duration::from_secs(1))
+        .await
+        .expect("stopping a stopped copy succeeds");
+
+    // A frozen engine: the probe says so, and nothing waits on it.
+    let bound = Duration::from_secs(60);
+    swarm.freeze(target.name()).unwrap();
+    let nodes = tokio::time::timeout(bound, rt.nodes())
+        .await
+        .expect("listing nodes does not hang on a frozen engine")
+        .unwrap();
+    let frozen = nodes.iter().find(|n| n.id == target.node_id()).unwrap();
+    assert!(!frozen.reachable && !frozen.schedulable(), "{frozen:?}");
+    assert!(
+        tokio::time::timeout(bound, rt.image(IMAGE))
+            .await
+            .expect("image checks skip a frozen engine")
+            .unwrap()
+            .is_some()
+    );
+    let err = tokio::time::timeout(bound, rt.node_containers(target.node_id(), "offload.id"))
+        .await
+        .expect("a frozen engine's listing times out")
+        .unwrap_err();
+    assert!(err.to_string().contains("did not answer"), "{err}");
+    swarm.thaw(target.name()).unwrap();
+    let nodes = rt.nodes().await.unwrap();
+    assert!(
+        nodes
+            .iter()
+            .find(|n| n.id == target.node_id())
+            .is_some_and(|n| n.reachable),
+        "reachable again once thawed"
+    );
+
     rt.remove(&id).await.unwrap();
     assert!(rt.inspect(&id).await.unwrap().is_none());
     rt.remove(&id).await.expect("removing twice succeeds");

@@ -134,13 +134,26 @@ pub enum CloudMoves {
 }
 
 /// `[swarm]`: the manager and every node's own engine.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SwarmConfig {
     /// Docker Engine API endpoint of a swarm manager; `docker_host` when unset.
     pub manager: Option<String>,
     /// `[[swarm.nodes]]`: each node's engine, for commands and readings in its containers.
     pub nodes: Vec<SwarmNodeConfig>,
+    /// Seconds a node may be down (to the manager) or its engine out of reach (to offload)
+    /// before its containers start again on other nodes, at a new generation.
+    pub node_lost_grace_secs: f64,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig {
+            manager: None,
+            nodes: Vec::new(),
+            node_lost_grace_secs: 15.0,
+        }
+    }
 }
 
 /// One `[[swarm.nodes]]` entry.
@@ -350,6 +363,13 @@ impl ServerConfig {
                 "name each node's engine in [[swarm.nodes]] (name, docker_host)".into(),
             ));
         }
+        let grace = self.swarm.node_lost_grace_secs;
+        if !(grace.is_finite() && (0.0..=86_400.0).contains(&grace)) {
+            return Err(value(
+                "swarm.node_lost_grace_secs",
+                "must be a number of seconds from 0 to 86400".into(),
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for node in &self.swarm.nodes {
             if node.name.trim().is_empty() || node.docker_host.trim().is_empty() {
@@ -495,6 +515,11 @@ mod tests {
         .to_string();
         assert!(err.contains("swarm.manager"), "{err}");
         assert!(toml::from_str::<ServerConfig>("engine = \"k8s\"\n").is_err());
+        assert_eq!(cfg.swarm.node_lost_grace_secs, 15.0, "the default grace");
+        let mut negative = cfg.clone();
+        negative.swarm.node_lost_grace_secs = -1.0;
+        let err = negative.validate().unwrap_err().to_string();
+        assert!(err.contains("swarm.node_lost_grace_secs"), "{err}");
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct Controller {
     pub(crate) sizes: Arc<WorkspaceSizes>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) restarts: crate::reconciler::RestartBackoff,
+    /// Lost cluster nodes and the containers the node-loss step holds.
+    pub(crate) node_watch: crate::node_loss::NodeWatch,
+    /// Workspaces set aside from copies on lost nodes.
+    pub(crate) fences: crate::fenced::FencedWorkspaces,
     pub(crate) started_at: tokio::time::Instant,
     pub(crate) clock: Clock,
 }
@@ -92,6 +96,10 @@ impl Controller {
             Duration::from_secs_f64(config.monitor.query_deadline_secs),
         ));
         let monitor = Arc::new(MonitorStatus::new(config.monitor.source));
+        let node_watch = crate::node_loss::NodeWatch::new(Duration::from_secs_f64(
+            config.swarm.node_lost_grace_secs,
+        ));
+        let fences = crate::fenced::FencedWorkspaces::new(workspaces.clone());
         Ok(Controller {
             store,
             runtime,
@@ -110,6 +118,8 @@ impl Controller {
             sizes: Arc::new(WorkspaceSizes::new(Arc::new(DiskSizer::default()))),
             metrics,
             restarts: Default::default(),
+            node_watch,
+            fences,
             started_at: tokio::time::Instant::now(),
             clock,
         })

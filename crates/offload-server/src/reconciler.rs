@@ -4,7 +4,8 @@
 //! leaves whatever it could not lock to the next round, so a restart or a missed round
 //! loses no decision: cloud containers that stopped behind offload's back (an engine
 //! restart) are started again, interrupted and doubtful moves are settled, and edge
-//! containers' states follow their agents' reports.
+//! containers' states follow their agents' reports. On a cluster, each round first runs
+//! the node-loss step ([`crate::node_loss`]), which owns the containers of lost nodes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,8 @@ pub struct ReconcileReport {
     pub restarted: usize,
     pub missing: usize,
     pub duplicates_removed: usize,
+    /// Engine containers of an older generation than their record's: removed.
+    pub stale_removed: usize,
     pub unknown: usize,
     /// Records whose lock was taken: looked at again next round.
     pub busy: usize,
@@ -86,10 +89,12 @@ impl Controller {
         }
     }
 
-    /// One round: cloud containers, moves nobody runs, edge containers' states.
+    /// One round: lost cluster nodes, cloud containers, moves nobody runs, edge
+    /// containers' states.
     pub async fn reconcile_round(self: &Arc<Self>) {
-        // First, so a drained node's containers move rather than restart where Swarm
-        // stopped them.
+        // First: a lost node's containers are replaced (node loss), a drained node's move
+        // with their files, rather than restart where Swarm stopped them.
+        self.watch_nodes().await;
         self.move_off_drained_nodes().await;
         match self.reconcile().await {
             Ok(report) => tracing::trace!(?report, "reconciled the store with the engine"),
@@ -108,6 +113,7 @@ impl Controller {
     /// starts those the record wants running, never creates a duplicate, and records
     /// what vanished. Records whose lock is taken are left for the next round.
     pub async fn reconcile(&self) -> Result<ReconcileReport, ActionError> {
+        self.ensure_node_view().await;
         let engine = self.runtime().list_labelled(labels::ID).await?;
         let mut by_id: HashMap<String, Vec<RuntimeContainer>> = HashMap::new();
         // An agent's containers (on an engine that plays both sides) are not ours.
@@ -134,6 +140,11 @@ impl Controller {
                 // Moves in flight are settled by `settle_moves`.
                 continue;
             }
+            if self.left_to_node_watch(&record) {
+                // Its node is lost, or its fence is not finished: the node-loss step's.
+                report.busy += 1;
+                continue;
+            }
             self.reconcile_cloud(record, candidates, &mut report)
                 .await?;
         }
@@ -149,9 +160,30 @@ impl Controller {
     async fn reconcile_cloud(
         &self,
         mut record: ContainerRecord,
-        mut candidates: Vec<RuntimeContainer>,
+        candidates: Vec<RuntimeContainer>,
         report: &mut ReconcileReport,
     ) -> Result<(), ActionError> {
+        let before = (
+            record.state,
+            record.runtime_id.clone(),
+            record.reason.clone(),
+        );
+        // A copy of an older generation is stale (a node's copy that was replaced): it is
+        // never adopted.
+        let (stale, mut candidates): (Vec<_>, Vec<_>) = candidates.into_iter().partition(|c| {
+            c.labels
+                .get(labels::GENERATION)
+                .and_then(|g| g.parse::<u64>().ok())
+                .is_some_and(|g| Generation::new(g) < record.generation)
+        });
+        for old in stale {
+            tracing::warn!(id = %record.id, runtime_id = %old.runtime_id, "removing an engine container of an older generation");
+            self.runtime().remove(&old.runtime_id).await?;
+            if record.runtime_id.as_ref() == Some(&old.runtime_id) {
+                record.runtime_id = None;
+            }
+            report.stale_removed += 1;
+        }
         // Prefer the recorded engine container, then a running one.
         candidates.sort_by_key(|c| {
             (
@@ -160,14 +192,9 @@ impl Controller {
             )
         });
         let mut candidates = candidates.into_iter();
-        let before = (
-            record.state,
-            record.runtime_id.clone(),
-            record.reason.clone(),
-        );
         let wants_running = matches!(
             record.state,
-            State::Running | State::Starting | State::Creating
+            State::Running | State::Starting | State::Creating | State::Lost
         );
         match candidates.next() {
             Some(keep) => {
@@ -218,7 +245,7 @@ impl Controller {
                         }
                     }
                 }
-                State::Running | State::Stopped => {
+                State::Running | State::Stopped | State::Lost => {
                     record.state = State::Missing;
                     record.runtime_id = None;
                     record.reason = Some(

@@ -72,6 +72,9 @@
 //!   handles opened with `O_NOFOLLOW` from the root, so nothing is written outside it.
 //!   [`ApplyOptions::prefix`] applies below a subdirectory, e.g.
 //!   `.offload-conflicts/<name>/` for a fenced copy's late changes.
+//! - [`copy_tree`] copies a whole tree (or what changed in it since an instant) as it is,
+//!   through the same confined handles, hashing nothing: the server sets a lost cluster
+//!   copy's workspace aside with it and keeps that copy's late writes as a conflict set.
 //!
 //! # Rules worth knowing
 //!
@@ -86,6 +89,7 @@
 mod apply;
 mod binary;
 mod chunk;
+mod copy;
 mod delta;
 mod error;
 mod manifest;
@@ -104,6 +108,7 @@ pub use chunk::{
     AVG_CHUNK_SIZE, ChunkId, ChunkParams, ChunkRef, LARGE_FILE_SIZE, MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE, NORMALIZATION, SMALL_MAX_CHUNK_SIZE, chunk_bytes, cut_points, for_each_chunk,
 };
+pub use copy::{CopyReport, Select, copy_tree};
 pub use delta::{Delta, diff};
 pub use error::SyncError;
 pub use manifest::{Entry, EntryKind, Limits, MANIFEST_VERSION, Manifest};

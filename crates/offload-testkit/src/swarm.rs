@@ -308,6 +308,31 @@ impl Swarm {
         self.set_port(name, "up")
     }
 
+    /// Freezes node `name`'s `dockerd` (SIGSTOP), as a daemon that hangs: its engine's API
+    /// and its swarm agent fall silent, so the manager soon sees the node down, while its
+    /// containers (under containerd and their shims, which go on) keep running. Calls to
+    /// its engine hang until [`Swarm::thaw`]; dropping the swarm thaws it first.
+    pub fn freeze(&self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, rustix::process::Signal::STOP)
+    }
+
+    /// Lets a node frozen by [`Swarm::freeze`] run again.
+    pub fn thaw(&self, name: &str) -> anyhow::Result<()> {
+        self.signal(name, rustix::process::Signal::CONT)
+    }
+
+    fn signal(&self, name: &str, signal: rustix::process::Signal) -> anyhow::Result<()> {
+        let node = self
+            .node(name)
+            .with_context(|| format!("the swarm has no node {name:?}"))?;
+        let pid = i32::try_from(node.engine.pid())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .with_context(|| format!("node {name} has no dockerd PID"))?;
+        rustix::process::kill_process(pid, signal)
+            .with_context(|| format!("cannot signal the dockerd of node {name}"))
+    }
+
     fn set_port(&self, name: &str, state: &str) -> anyhow::Result<()> {
         let node = self
             .node(name)
@@ -318,6 +343,11 @@ impl Swarm {
 
 impl Drop for Swarm {
     fn drop(&mut self) {
+        // A frozen engine could not stop; thawing one that runs does nothing.
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        for name in names {
+            let _ = self.thaw(&name);
+        }
         if let Some(manager) = self.nodes.first()
             && let Ok(out) = manager.engine.docker_output(["service", "ls", "--quiet"])
         {

@@ -22,10 +22,11 @@ struct SwarmCloud {
 }
 
 impl SwarmCloud {
-    fn config(swarm: &Swarm, dir: &Path) -> String {
+    /// The server's configuration; `extra` is added to the `[swarm]` section.
+    fn config(swarm: &Swarm, dir: &Path, extra: &str) -> String {
         let mut config = format!(
             "engine = \"swarm\"\nnetwork = \"default\"\nstop_grace_secs = 1\n\
-             workspace_root = \"{}\"\n[swarm]\nmanager = \"{}\"\n",
+             workspace_root = \"{}\"\n[swarm]\nmanager = \"{}\"\n{extra}",
             dir.join("shared/workspaces").display(),
             swarm.manager().host()
         );
@@ -65,7 +66,7 @@ impl SwarmCloud {
     /// A server whose configuration is [`SwarmCloud::config`] changed by `edit`.
     fn start_with(swarm: &Swarm, edit: impl FnOnce(String) -> String) -> SwarmCloud {
         let dir = tempfile::tempdir().unwrap();
-        let config = edit(SwarmCloud::config(swarm, dir.path()));
+        let config = edit(SwarmCloud::config(swarm, dir.path(), ""));
         let mut server = SwarmCloud::server(dir.path(), &config).spawn().unwrap();
         let stdout = server.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -159,7 +160,7 @@ fn containers_run_as_services_on_the_node_with_most_room() {
 
     // A manager that does not answer: the server refuses to start, and says why.
     let dir = tempfile::tempdir().unwrap();
-    let bad = SwarmCloud::config(&swarm, dir.path()).replace(
+    let bad = SwarmCloud::config(&swarm, dir.path(), "").replace(
         swarm.manager().host(),
         &format!("unix://{}/absent.sock", dir.path().display()),
     );
@@ -407,6 +408,222 @@ fn a_busy_node_is_relieved_inside_the_cloud_and_drains_move_containers_with_thei
     );
 
     alice.ok(&["rm", &a]);
+    drop(cloud);
+    drop(swarm);
+}
+
+/// Running task containers of offload's container `id`, as each node's own engine reports
+/// them: (node ID, generation label). The node named `skip` (frozen) is not asked.
+fn running_copies(swarm: &Swarm, id: &str, skip: Option<&str>) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for node in swarm.nodes() {
+        if Some(node.name()) == skip {
+            continue;
+        }
+        let filter = format!("label=offload.id={id}");
+        let out = node
+            .engine()
+            .docker_output([
+                "ps",
+                "--filter",
+                &filter,
+                "--format",
+                "{{.Label \"offload.generation\"}}",
+            ])
+            .unwrap();
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            found.push((node.node_id().to_owned(), line.trim().to_owned()));
+        }
+    }
+    found
+}
+
+/// Lines of the file at `path` written by the copy whose hostname is `host`.
+fn lines_by(path: &Path, host: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some(host))
+        .count()
+}
+
+/// Appends "<hostname> <time>" to /workspace/ticks five times a second: each copy of the
+/// container signs what it writes.
+const TICKER: &str =
+    "while true; do echo \"$(cat /etc/hostname) $(date +%s)\" >> /workspace/ticks; sleep 0.2; done";
+
+/// A node lost while it runs a container: first cut off the swarm's network (the manager
+/// loses it, offload still reaches its engine), then frozen (nobody reaches it, and its
+/// copy runs on). Each time the container runs again on another node within a minute with
+/// its files, and the copy on the lost node is stopped and never runs beside the new one.
+#[test]
+fn a_lost_nodes_container_runs_again_elsewhere_and_its_stale_copy_is_stopped() {
+    let swarm = Swarm::start("loss", 3, IMAGE).expect("the swarm starts");
+    // The manager keeps the swarm going: containers run on the two workers.
+    swarm
+        .docker_output([
+            "node",
+            "update",
+            "--availability",
+            "pause",
+            swarm.manager().node_id(),
+        ])
+        .unwrap();
+    let cloud = SwarmCloud::start_with(&swarm, |config| {
+        config.replacen("[swarm]\n", "[swarm]\nnode_lost_grace_secs = 3\n", 1)
+    });
+    let alice = cloud.user("alice");
+    let start = |name: &str| {
+        alice
+            .ok(&["start", "--name", name, IMAGE, "--", "sh", "-c", TICKER])
+            .trim()
+            .to_owned()
+    };
+
+    // 1. Cut off: the old copy is stopped on its engine before the new one starts.
+    let a = start("a");
+    alice.ok(&[
+        "shell",
+        &a,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /workspace/precious",
+    ]);
+    let first = alice.show(&a)["node"].as_str().unwrap().to_owned();
+    let cut = swarm.node_by_id(&first).unwrap().name().to_owned();
+    swarm.cut_off(&cut).unwrap();
+    let mut most = 0;
+    eventually(60, "a to run again on another node", || {
+        most = most.max(running_copies(&swarm, &a, None).len());
+        let shown = alice.show(&a);
+        shown["state"] == "running" && shown["node"] != first.as_str() && shown["generation"] == 2
+    });
+    assert!(most <= 1, "two copies of a ran at once");
+    let second = alice.show(&a)["node"].as_str().unwrap().to_owned();
+    assert_eq!(
+        running_copies(&swarm, &a, None),
+        [(second.clone(), "2".to_owned())]
+    );
+    assert_eq!(
+        alice.ok(&["shell", &a, "--", "cat", "/workspace/precious"]),
+        "kept\n"
+    );
+    swarm.reconnect(&cut).unwrap();
+    // Back in the swarm, the node ends the task of the service offload removed.
+    eventually(90, "the returned node to drop a's old task", || {
+        let out = swarm
+            .node(&cut)
+            .unwrap()
+            .engine()
+            .docker_output([
+                "ps",
+                "--all",
+                "--quiet",
+                "--filter",
+                &format!("label=offload.id={a}"),
+            ])
+            .unwrap();
+        out.trim().is_empty()
+    });
+    assert_eq!(
+        running_copies(&swarm, &a, None),
+        [(second.clone(), "2".to_owned())]
+    );
+
+    // 2. Frozen: its copy goes on and nobody can stop it. The new copy starts from a copy
+    // of the workspace, so the lost one writes only into the set-aside directory.
+    let b = start("b");
+    alice.ok(&[
+        "shell",
+        &b,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /workspace/precious",
+    ]);
+    let first_b = alice.show(&b)["node"].as_str().unwrap().to_owned();
+    let frozen = swarm.node_by_id(&first_b).unwrap().name().to_owned();
+    let live = cloud.workspace(&b).join("ticks");
+    eventually(30, "b to write", || {
+        std::fs::read_to_string(&live).is_ok_and(|t| t.lines().count() >= 3)
+    });
+    let old_host = std::fs::read_to_string(&live)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    swarm.freeze(&frozen).unwrap();
+    eventually(60, "b to run again on another node", || {
+        let shown = alice.show(&b);
+        shown["state"] == "running" && shown["node"] != first_b.as_str() && shown["generation"] == 2
+    });
+    assert_eq!(
+        alice.ok(&["shell", &b, "--", "cat", "/workspace/precious"]),
+        "kept\n"
+    );
+    let aside = cloud
+        .dir
+        .path()
+        .join("shared/workspaces/.fenced")
+        .join(format!("{b}-g1"));
+    let seen = lines_by(&aside.join("ticks"), &old_host);
+    eventually(
+        30,
+        "the lost copy to write on, into the set-aside workspace",
+        || lines_by(&aside.join("ticks"), &old_host) >= seen + 5,
+    );
+    let in_live = lines_by(&live, &old_host);
+    assert!(in_live > 0);
+    assert_eq!(
+        running_copies(&swarm, &b, Some(&frozen)),
+        [(
+            alice.show(&b)["node"].as_str().unwrap().to_owned(),
+            "2".to_owned()
+        )],
+        "one copy on the nodes that answer"
+    );
+
+    swarm.thaw(&frozen).unwrap();
+    let frozen_id = swarm.node(&frozen).unwrap().node_id().to_owned();
+    let conflicts = cloud.workspace(&b).join(".offload-conflicts");
+    eventually(
+        90,
+        "the stale copy to be stopped and its late writes kept",
+        || {
+            !running_copies(&swarm, &b, None)
+                .iter()
+                .any(|(node, _)| *node == frozen_id)
+                && !aside.exists()
+        },
+    );
+    let sets: Vec<PathBuf> = std::fs::read_dir(&conflicts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let name = sets[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with(&format!("node-{frozen}-generation-1-")),
+        "{name}"
+    );
+    let kept = lines_by(&sets[0].join("ticks"), &old_host);
+    assert!(
+        kept > in_live,
+        "the conflict set has the lost copy's late lines ({kept} against {in_live})"
+    );
+    assert_eq!(
+        lines_by(&live, &old_host),
+        in_live,
+        "the lost copy never wrote into the new copy's files"
+    );
+    let shown = alice.show(&b);
+    assert_eq!(
+        running_copies(&swarm, &b, None),
+        [(shown["node"].as_str().unwrap().to_owned(), "2".to_owned())]
+    );
+    assert_eq!(running_copies(&swarm, &a, None), [(second, "2".to_owned())]);
     drop(cloud);
     drop(swarm);
 }
