@@ -5,9 +5,8 @@
 //! In the cloud the server serves it from its own engine's container; at the edge the
 //! owner's agent dials back and serves it, and the server splices the two sockets.
 
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocket;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::Location;
@@ -16,9 +15,9 @@ use offload_core::api::{ApiError, ErrorCode};
 use offload_runtime::relay::Frame;
 use offload_runtime::sftp;
 
-use crate::error::{ActionError, error_response};
-use crate::exec::{from_frame, splice, to_frame};
+use crate::error::ActionError;
 use crate::http::{AppState, Caller};
+use crate::ws::{self, from_frame, to_frame};
 
 /// Largest WebSocket message accepted: an SFTP packet is at most 256 KiB, and a client
 /// may pack several into one frame.
@@ -40,7 +39,7 @@ pub async fn sftp_socket(
     State(state): State<AppState>,
     caller: Result<Caller, ActionError>,
     Path(id): Path<String>,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: ws::Upgrade,
 ) -> Response {
     let who = match caller {
         Ok(Caller(who)) => who,
@@ -50,40 +49,16 @@ pub async fn sftp_socket(
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
-    let Ok(upgrade) = upgrade else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::WebsocketRequired,
-            "this endpoint speaks WebSocket; use `offload cp` or `offload ssh`",
-        );
+    let upgrade = match ws::websocket(upgrade, "offload cp` or `offload ssh") {
+        Ok(upgrade) => upgrade.max_message_size(MAX_MESSAGE),
+        Err(response) => return response,
     };
-    let upgrade = upgrade.max_message_size(MAX_MESSAGE);
     if record.location == Location::Edge {
-        let hub = state.ctl.hub.clone();
-        if hub.agent(&record.owner).is_none() {
-            return ActionError::Unavailable(format!(
-                "container {} runs at the edge and its agent is not connected",
-                record.id
-            ))
-            .into_response();
+        if let Err(e) = ws::edge_agent(&state.ctl, &record) {
+            return e.into_response();
         }
-        let channels = state.ctl.channels.clone();
-        return upgrade.on_upgrade(move |mut socket| async move {
-            match hub
-                .open_channel(&record.owner, &record.id, Channel::Sftp)
-                .await
-            {
-                Ok(agent) => {
-                    // Told before a move stops the copy it reaches, as exec and ports are.
-                    let mut open = channels.open(&record.id, Channel::Sftp);
-                    splice(socket, agent, &mut open).await
-                }
-                Err(e) => {
-                    let frame = sftp::error_frame(ErrorCode::Unavailable, e.to_string());
-                    let _ = socket.send(from_frame(frame)).await;
-                    let _ = socket.close().await;
-                }
-            }
+        return ws::splice_to_agent(upgrade, &state.ctl, record, Channel::Sftp, |error| {
+            from_frame(sftp::error_frame(ErrorCode::Unavailable, error))
         });
     }
     upgrade.on_upgrade(move |socket| async move { serve_on(socket, &state, &runtime_id).await })

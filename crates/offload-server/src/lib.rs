@@ -33,6 +33,7 @@ pub mod tls;
 mod tunnel;
 pub mod users;
 pub mod workspace;
+mod ws;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -12,9 +12,8 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
@@ -29,9 +28,9 @@ use offload_store::Principal;
 use serde::Deserialize;
 
 use crate::controller::Controller;
-use crate::error::{ActionError, error_response};
-use crate::exec::{from_frame, to_frame};
+use crate::error::ActionError;
 use crate::http::{ApiQuery, AppState, Caller};
+use crate::ws::{self, from_frame, to_frame};
 
 /// How often a follow that waits for its container (a move, an agent away) looks again.
 const WAIT_POLL: Duration = Duration::from_millis(250);
@@ -128,11 +127,8 @@ async fn logs_target(
             record.state.as_str()
         )));
     }
-    if record.location == Location::Edge && ctl.hub.agent(&record.owner).is_none() {
-        return Err(ActionError::Unavailable(format!(
-            "container {} runs at the edge and its agent is not connected",
-            record.name
-        )));
+    if record.location == Location::Edge {
+        ws::edge_agent(ctl, &record)?;
     }
     Ok(record)
 }
@@ -156,7 +152,7 @@ pub async fn logs_socket(
     caller: Result<Caller, ActionError>,
     Path(id): Path<String>,
     params: Result<ApiQuery<LogsParams>, Response>,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: ws::Upgrade,
 ) -> Response {
     let who = match caller {
         Ok(Caller(who)) => who,
@@ -171,12 +167,9 @@ pub async fn logs_socket(
         Ok(record) => record,
         Err(e) => return e.into_response(),
     };
-    let Ok(upgrade) = upgrade else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::WebsocketRequired,
-            "this endpoint speaks WebSocket; use `offload logs`",
-        );
+    let upgrade = match ws::websocket(upgrade, "offload logs") {
+        Ok(upgrade) => upgrade,
+        Err(response) => return response,
     };
     upgrade
         .max_message_size(64 << 10)

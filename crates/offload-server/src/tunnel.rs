@@ -7,9 +7,8 @@
 //! `port` channel and splices the two sockets. Either way the user's frames are the same:
 //! binary frames carry the TCP bytes, text frames `PortControl`.
 
-use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::ws::Message;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use offload_core::agent::Channel;
@@ -22,9 +21,9 @@ use offload_runtime::relay::{Frame, port_error, relay_port};
 use offload_store::Principal;
 
 use crate::controller::Controller;
-use crate::error::{ActionError, error_response};
-use crate::exec::{from_frame, splice, to_frame};
+use crate::error::ActionError;
 use crate::http::{AppState, Caller};
+use crate::ws::{self, from_frame, to_frame};
 
 /// Parses the port of the path: a number in 1–65535, nothing else.
 pub fn parse_port(text: &str) -> Result<u16, ActionError> {
@@ -120,7 +119,7 @@ pub async fn port_socket(
     State(state): State<AppState>,
     caller: Result<Caller, ActionError>,
     Path((id, port)): Path<(String, String)>,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: ws::Upgrade,
 ) -> Response {
     let who = match caller {
         Ok(Caller(who)) => who,
@@ -134,69 +133,51 @@ pub async fn port_socket(
         Ok(record) => record,
         Err(e) => return e.into_response(),
     };
-    let Ok(upgrade) = upgrade else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::WebsocketRequired,
-            "this endpoint speaks WebSocket; use `offload port-forward`",
-        );
+    let upgrade = match ws::websocket(upgrade, "offload port-forward") {
+        Ok(upgrade) => upgrade.max_message_size(4 << 20),
+        Err(response) => return response,
     };
     let channel = Channel::Port { port };
     let name = record.name.to_string();
     if record.location == Location::Edge {
-        let hub = state.ctl.hub.clone();
-        if hub.agent(&record.owner).is_none() {
-            return ActionError::Unavailable(format!(
-                "container {name} runs at the edge and its agent is not connected"
-            ))
-            .into_response();
+        if let Err(e) = ws::edge_agent(&state.ctl, &record) {
+            return e.into_response();
         }
-        return upgrade
-            .max_message_size(4 << 20)
-            .on_upgrade(move |mut socket| async move {
-                let mut open = state.ctl.channels.open(&record.id, channel);
-                match hub.open_channel(&record.owner, &record.id, channel).await {
-                    Ok(agent) => splice(socket, agent, &mut open).await,
-                    Err(e) => {
-                        let error = PortControl::Error {
-                            code: ErrorCode::Unavailable,
-                            error: format!("cannot reach {name} at the edge: {e}"),
-                        };
-                        let _ = socket.send(Message::Text(error.to_text().into())).await;
-                        let _ = socket.close().await;
-                    }
-                }
-            });
+        return ws::splice_to_agent(upgrade, &state.ctl, record, channel, move |e| {
+            let error = PortControl::Error {
+                code: ErrorCode::Unavailable,
+                error: format!("cannot reach {name} at the edge: {e}"),
+            };
+            Message::Text(error.to_text().into())
+        });
     }
     let Some(runtime_id) = record.runtime_id.clone() else {
         return ActionError::Conflict(format!("container {name} has no engine container"))
             .into_response();
     };
-    upgrade
-        .max_message_size(4 << 20)
-        .on_upgrade(move |socket| async move {
-            let mut open = state.ctl.channels.open(&record.id, channel);
-            let (sink, stream) = socket.split();
-            let stream = stream.filter_map(|m| async move { m.ok().and_then(to_frame) });
-            let sink = sink.with(|f: Frame| async move { Ok::<_, axum::Error>(from_frame(f)) });
-            match state.ctl.runtime().connect(&runtime_id, port).await {
-                Ok(tcp) => {
-                    let what = format!("port {port} in {name}");
-                    relay_port(
-                        Box::pin(stream),
-                        Box::pin(sink),
-                        tcp,
-                        open.notice_stream(),
-                        &what,
-                    )
-                    .await
-                }
-                Err(e) => {
-                    let (code, error) = connect_failure(&e, port, &name);
-                    port_error(&mut Box::pin(sink), code, error).await;
-                }
+    upgrade.on_upgrade(move |socket| async move {
+        let mut open = state.ctl.channels.open(&record.id, channel);
+        let (sink, stream) = socket.split();
+        let stream = stream.filter_map(|m| async move { m.ok().and_then(to_frame) });
+        let sink = sink.with(|f: Frame| async move { Ok::<_, axum::Error>(from_frame(f)) });
+        match state.ctl.runtime().connect(&runtime_id, port).await {
+            Ok(tcp) => {
+                let what = format!("port {port} in {name}");
+                relay_port(
+                    Box::pin(stream),
+                    Box::pin(sink),
+                    tcp,
+                    open.notice_stream(),
+                    &what,
+                )
+                .await
             }
-        })
+            Err(e) => {
+                let (code, error) = connect_failure(&e, port, &name);
+                port_error(&mut Box::pin(sink), code, error).await;
+            }
+        }
+    })
 }
 
 impl Controller {
@@ -238,6 +219,7 @@ mod tests {
     use crate::auth::{random_secret, token_hash};
     use crate::http::{AppState, router};
     use crate::testing::{Answer, Rig, Script, rig};
+    use axum::http::StatusCode;
 
     #[test]
     fn a_port_is_a_number_in_1_to_65535() {
