@@ -152,6 +152,9 @@ struct Forward {
     /// The container was removed: the forward ends.
     gone: tokio::sync::watch::Sender<bool>,
     said: Mutex<HashMap<String, Instant>>,
+    /// The generation whose copy this machine's agent was last seen to carry, so the user
+    /// is told once per arrival that the bytes no longer pass through the server.
+    local_generation: Mutex<Option<u64>>,
 }
 
 impl Forward {
@@ -169,6 +172,21 @@ impl Forward {
         said.retain(|_, at| now.duration_since(*at) < SAY_AGAIN);
         if said.insert(text.to_owned(), now).is_none() {
             eprintln!("offload port-forward: {text}");
+        }
+    }
+
+    /// Says once per generation that the container runs on this machine, once a
+    /// connection went through the local agent.
+    fn arrived_here(&self, generation: u64) {
+        let mut seen = self
+            .local_generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if seen.replace(generation) != Some(generation) {
+            eprintln!(
+                "offload port-forward: {} runs on this machine now; its connections stay on this machine",
+                self.name
+            );
         }
     }
 
@@ -270,7 +288,10 @@ impl Forward {
             && let Some(agent) = LocalAgent::find(&self.config_path, &self.api.config)
         {
             match self.open_local(&agent, port, snapshot.generation).await {
-                Ok(channel) => return Ok(Opened::Local(channel)),
+                Ok(channel) => {
+                    self.arrived_here(snapshot.generation);
+                    return Ok(Opened::Local(channel));
+                }
                 Err((Some(ErrorCode::NothingListens), error)) => {
                     return Err(Failure::NothingListens(error));
                 }
@@ -415,6 +436,7 @@ pub async fn run(
         }),
         gone,
         said: Mutex::new(HashMap::new()),
+        local_generation: Mutex::new(None),
     });
     for (listener, _, remote) in listeners {
         let forward = forward.clone();

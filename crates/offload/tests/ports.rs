@@ -338,6 +338,11 @@ fn a_forward_follows_its_container_through_three_round_trips() {
             prober.successes_since(at_edge) >= 5
         });
         if round == 1 {
+            eventually(10, "the forward to go through this machine's agent", || {
+                forward
+                    .log()
+                    .contains("web runs on this machine now; its connections stay on this machine")
+            });
             // At the edge on this machine the bytes stay here: with the server frozen,
             // requests through the forward still succeed.
             freeze_process(cloud.server.as_ref().expect("server").id(), true);
