@@ -221,13 +221,17 @@ impl SwarmRuntime {
     }
 
     /// The engines that answered their last call or probe.
+    /// The engines that answer, in node ID order, so that calls asking "the first node
+    /// that has it" (an image's inspect and its export) agree on the node.
     fn reachable_engines(&self) -> Vec<(String, NodeEngineRef)> {
-        self.with_engines(|e| {
+        let mut engines: Vec<(String, NodeEngineRef)> = self.with_engines(|e| {
             e.iter()
                 .filter(|(_, v)| v.0.answers())
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
-        })
+        });
+        engines.sort_by(|a, b| a.0.cmp(&b.0));
+        engines
     }
 
     /// Probes every connected engine at once; returns the node IDs of those that answered.
@@ -658,7 +662,9 @@ impl ContainerRuntime for SwarmRuntime {
         self.manager.ping().await
     }
 
-    /// The image as the nodes have it: `None` unless every reachable node has it.
+    /// The image as the first node has it, the one [`ContainerRuntime::export_image`]
+    /// exports (nodes that imported the same files hold it under different IDs): `None`
+    /// unless every reachable node has it.
     async fn image(&self, image: &str) -> Result<Option<ImageInfo>> {
         let engines = self.reachable_engines();
         let mut found = None;
@@ -672,7 +678,9 @@ impl ContainerRuntime for SwarmRuntime {
                 )
                 .await;
             match looked {
-                Ok(Some(info)) => found = Some(info),
+                Ok(Some(info)) => {
+                    found.get_or_insert(info);
+                }
                 Ok(None) => return Ok(None),
                 // A node that stopped answering does not decide for the others.
                 Err(_) if !engine.0.answers() => continue,

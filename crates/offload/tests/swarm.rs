@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{IMAGE, User, eventually, offload_bin, stderr};
+use common::{IMAGE, User, eventually, offload_bin, stderr, stdout};
 use offload_testkit::Swarm;
 
 /// An offload server on a swarm.
@@ -115,6 +115,23 @@ impl SwarmCloud {
 
     fn workspace(&self, id: &str) -> PathBuf {
         self.dir.path().join("shared/workspaces").join(id)
+    }
+
+    /// [`eventually`], and on a timeout the end of the server's log and what `top` says.
+    fn eventually(&self, user: &User, secs: u64, what: &str, f: impl FnMut() -> bool) {
+        let waited =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| eventually(secs, what, f)));
+        if let Err(panic) = waited {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("server log, last lines:");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            eprintln!("top:\n{}", stdout(&user.run(&["top"])));
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
@@ -624,6 +641,134 @@ fn a_lost_nodes_container_runs_again_elsewhere_and_its_stale_copy_is_stopped() {
         [(shown["node"].as_str().unwrap().to_owned(), "2".to_owned())]
     );
     assert_eq!(running_copies(&swarm, &a, None), [(second, "2".to_owned())]);
+    drop(cloud);
+    drop(swarm);
+}
+
+/// Pressure on every node, on nodes the operator sized at 40 MiB each: no move inside the
+/// cloud can help, so the owner with an agent is asked, accepts, and the container moves to
+/// the edge with its files; when the cloud is calm again it comes back to a node of the
+/// swarm, with the files it wrote at the edge. Bob has no agent and is never asked.
+#[test]
+fn pressure_on_every_node_asks_the_owner_and_the_container_goes_to_the_edge_and_back() {
+    let swarm = Swarm::start("full", 3, IMAGE).expect("the swarm starts");
+    let cloud = SwarmCloud::start_with(&swarm, |config| {
+        let config = config.replace("\ndocker_host = ", "\nmemory = \"40m\"\ndocker_host = ");
+        format!(
+            "{config}[monitor]\ninterval_secs = 1\nsustain_secs = 2\nhorizon_secs = 0\n\
+             mem_high = 0.7\nmem_low = 0.5\nquery_deadline_secs = 30\nask_cooldown_secs = 3\n\
+             return_after_secs = 3\n"
+        )
+    });
+    let alice = cloud.user("alice");
+    let bob = cloud.user("bob");
+    let ids: Vec<String> = swarm
+        .nodes()
+        .iter()
+        .map(|n| n.node_id().to_owned())
+        .collect();
+
+    // Each node gets its share, one node open at a time: A holds Bob's 25 MiB and Alice's
+    // 10 MiB (0.875), B and C Bob's 30 MiB each (0.75). Alice's 10 MiB fit on no other node.
+    let only = |open: &str| {
+        for id in &ids {
+            set_availability(&swarm, id, if id == open { "active" } else { "pause" });
+        }
+    };
+    only(&ids[0]);
+    let mut bobs = vec![start_filled(&bob, "b0", 25)];
+    let a = start_filled(&alice, "a", 10);
+    only(&ids[1]);
+    bobs.push(start_filled(&bob, "b1", 30));
+    only(&ids[2]);
+    bobs.push(start_filled(&bob, "b2", 30));
+    for id in &ids {
+        set_availability(&swarm, id, "active");
+    }
+    assert_eq!(alice.show(&a)["node"], ids[0].as_str());
+    let out = alice.run(&[
+        "shell",
+        &a,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /workspace/notes && head -c 200000 /dev/urandom > /workspace/data",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let files = common::tree(&cloud.workspace(&a));
+
+    // Alice's agent accepts; the container runs at the edge with the same files.
+    let edge = common::Edge::start_with("full-edge", &alice, &["--auto-accept", "--auto-return"]);
+    cloud.eventually(&alice, 120, "a's move to the edge", || {
+        let shown = alice.show(&a);
+        shown["location"] == "edge" && shown["state"] == "running"
+    });
+    let queries: Vec<serde_json::Value> =
+        serde_json::from_str(&alice.ok(&["queries", "-o", "json"])).unwrap();
+    assert!(
+        queries
+            .iter()
+            .any(|q| q["container_id"] == a.as_str() && q["state"] == "accepted"),
+        "{queries:?}"
+    );
+    let bobs_queries: Vec<serde_json::Value> =
+        serde_json::from_str(&bob.ok(&["queries", "-o", "json"])).unwrap();
+    assert!(
+        bobs_queries.is_empty(),
+        "bob has no agent: {bobs_queries:?}"
+    );
+    assert_eq!(common::tree(&edge.workspace(&a)), files);
+    assert!(
+        running_copies(&swarm, &a, None).is_empty(),
+        "no copy left on a node"
+    );
+    for id in &bobs {
+        assert_eq!(bob.show(id)["generation"], 1, "bob's containers stay");
+    }
+    let out = alice.run(&[
+        "shell",
+        &a,
+        "--",
+        "sh",
+        "-c",
+        "echo 'written at the edge' > /workspace/edge-notes",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Bob's containers go; the cloud is calm and the container comes back to a node.
+    for id in &bobs {
+        bob.ok(&["rm", id]);
+    }
+    cloud.eventually(&alice, 120, "a's return to the swarm", || {
+        let shown = alice.show(&a);
+        shown["location"] == "cloud" && shown["state"] == "running"
+    });
+    let shown = alice.show(&a);
+    let node = shown["node"].as_str().expect("a node").to_owned();
+    assert!(ids.contains(&node), "{shown}");
+    let running = running_copies(&swarm, &a, None);
+    assert_eq!(running.len(), 1, "one copy: {running:?}");
+    assert_eq!(running[0].0, node);
+    assert!(edge.running().is_empty(), "the edge copy stopped");
+    assert_eq!(
+        alice.ok(&[
+            "shell",
+            &a,
+            "--",
+            "cat",
+            "/workspace/edge-notes",
+            "/workspace/notes"
+        ]),
+        "written at the edge\nkept\n"
+    );
+    let back = common::tree(&cloud.workspace(&a));
+    assert_eq!(back.len(), files.len() + 1, "{back:?}");
+    for (path, sum) in &files {
+        assert_eq!(back.get(path), Some(sum), "{path}");
+    }
+
+    alice.ok(&["rm", &a]);
+    drop(edge);
     drop(cloud);
     drop(swarm);
 }
