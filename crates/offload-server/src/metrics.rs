@@ -30,6 +30,10 @@ pub struct Metrics {
     usage: Family<Labels, Gauge<f64, AtomicU64>>,
     forecast: Family<Labels, Gauge<f64, AtomicU64>>,
     pressure: Family<Labels, Gauge>,
+    node_usage: Family<Labels, Gauge<f64, AtomicU64>>,
+    node_pressure: Family<Labels, Gauge>,
+    node_capacity: Family<Labels, Gauge<f64, AtomicU64>>,
+    node_schedulable: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -85,8 +89,36 @@ impl Metrics {
             "1 while a resource is under pressure",
             pressure.clone(),
         );
+        let node_usage = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "node_usage_ratio",
+            "On a cluster: offload's containers on a node against its capacity, by node and resource",
+            node_usage.clone(),
+        );
+        let node_pressure = Family::<Labels, Gauge>::default();
+        registry.register(
+            "node_pressure",
+            "On a cluster: 1 while a node's resource is under pressure",
+            node_pressure.clone(),
+        );
+        let node_capacity = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "node_capacity",
+            "On a cluster: what a node's load is measured against (cpu in cores, memory in bytes)",
+            node_capacity.clone(),
+        );
+        let node_schedulable = Family::<Labels, Gauge>::default();
+        registry.register(
+            "node_schedulable",
+            "On a cluster: 1 while containers may be placed on a node",
+            node_schedulable.clone(),
+        );
         Metrics {
             registry,
+            node_usage,
+            node_pressure,
+            node_capacity,
+            node_schedulable,
             moves,
             downtime,
             queries,
@@ -121,6 +153,33 @@ impl Metrics {
         self.usage.get_or_create(&l).set(usage);
         self.forecast.get_or_create(&l).set(forecast);
         self.pressure.get_or_create(&l).set(i64::from(pressure));
+    }
+
+    /// The nodes of a cluster as the monitor last saw them; a node that left the cluster
+    /// leaves the metrics.
+    pub fn nodes(&self, nodes: &[offload_monitor::NodeStatus]) {
+        self.node_usage.clear();
+        self.node_pressure.clear();
+        self.node_capacity.clear();
+        self.node_schedulable.clear();
+        for node in nodes {
+            let name = node.name.as_str();
+            self.node_schedulable
+                .get_or_create(&labels(&[("node", name)]))
+                .set(i64::from(node.schedulable));
+            for (resource, capacity) in [("cpu", node.cpus), ("memory", node.mem_bytes as f64)] {
+                self.node_capacity
+                    .get_or_create(&labels(&[("node", name), ("resource", resource)]))
+                    .set(capacity);
+            }
+            for r in &node.resources {
+                let l = labels(&[("node", name), ("resource", &r.resource.to_string())]);
+                self.node_usage.get_or_create(&l).set(r.usage);
+                self.node_pressure
+                    .get_or_create(&l)
+                    .set(i64::from(r.pressure));
+            }
+        }
     }
 
     /// Renders the metrics, after setting the gauges read at scrape time.
@@ -162,5 +221,55 @@ mod tests {
         assert!(text.contains(r#"offload_monitor_pressure{resource="cpu"} 1"#));
         assert!(text.contains("offload_move_downtime_seconds_count 1"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    fn node(name: &str, memory: f64, pressure: bool) -> offload_monitor::NodeStatus {
+        use offload_monitor::{Resource, Watermark};
+        let status = |resource, usage, pressure| offload_monitor::ResourceStatus {
+            resource,
+            usage,
+            forecast: usage,
+            watermark: Watermark {
+                low: 0.5,
+                high: 0.7,
+            },
+            pressure,
+            trigger: None,
+            above_high_for: None,
+        };
+        offload_monitor::NodeStatus {
+            id: format!("{name}-id"),
+            name: name.to_owned(),
+            schedulable: !pressure,
+            cpus: 2.0,
+            mem_bytes: 40 << 20,
+            resources: vec![
+                status(Resource::Cpu, 0.1, false),
+                status(Resource::Memory, memory, pressure),
+            ],
+            under_pressure: pressure,
+            stuck: pressure,
+        }
+    }
+
+    #[test]
+    fn nodes_are_labelled_by_name_and_a_node_that_left_disappears() {
+        let metrics = Metrics::new();
+        metrics.nodes(&[node("n0", 0.875, true), node("n1", 0.25, false)]);
+        let text = metrics.render(&[], 0);
+        for line in [
+            r#"offload_node_usage_ratio{node="n0",resource="memory"} 0.875"#,
+            r#"offload_node_pressure{node="n0",resource="memory"} 1"#,
+            r#"offload_node_pressure{node="n1",resource="memory"} 0"#,
+            r#"offload_node_capacity{node="n1",resource="memory"} 41943040.0"#,
+            r#"offload_node_capacity{node="n1",resource="cpu"} 2.0"#,
+            r#"offload_node_schedulable{node="n0"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        metrics.nodes(&[node("n1", 0.25, false)]);
+        let text = metrics.render(&[], 0);
+        assert!(!text.contains(r#"node="n0""#), "{text}");
+        assert!(text.contains(r#"offload_node_schedulable{node="n1"} 1"#), "{text}");
     }
 }

@@ -261,6 +261,7 @@ impl MonitorLoop {
                 .metrics
                 .monitor(&r.resource.to_string(), r.usage, r.forecast, r.pressure);
         }
+        self.parts.metrics.nodes(&decision.status.nodes);
         self.parts.status.publish(decision.status.clone(), views);
         self.apply(decision, &records).await
     }
