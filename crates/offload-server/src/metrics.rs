@@ -270,6 +270,9 @@ mod tests {
         metrics.nodes(&[node("n1", 0.25, false)]);
         let text = metrics.render(&[], 0);
         assert!(!text.contains(r#"node="n0""#), "{text}");
-        assert!(text.contains(r#"offload_node_schedulable{node="n1"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"offload_node_schedulable{node="n1"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -162,6 +162,15 @@ fn containers_of(swarm: &Swarm, id: &str, running_only: bool) -> Vec<(String, St
     found
 }
 
+/// The swarm's node IDs, in the testkit's order.
+fn node_ids(swarm: &Swarm) -> Vec<String> {
+    swarm
+        .nodes()
+        .iter()
+        .map(|n| n.node_id().to_owned())
+        .collect()
+}
+
 fn services(swarm: &Swarm) -> Vec<String> {
     swarm
         .docker_output(["service", "ls", "--quiet", "--filter", "label=offload.id"])
@@ -194,11 +203,7 @@ fn containers_run_as_services_on_the_node_with_most_room() {
 
     let cloud = SwarmCloud::start(&swarm);
     let alice = cloud.user("alice");
-    let node_ids: Vec<String> = swarm
-        .nodes()
-        .iter()
-        .map(|n| n.node_id().to_owned())
-        .collect();
+    let node_ids = node_ids(&swarm);
 
     // `offload start` runs a service on one node, with its workspace from the shared root.
     let a = alice.start_sleeper("a");
@@ -309,11 +314,7 @@ fn a_busy_node_is_relieved_inside_the_cloud_and_drains_move_containers_with_thei
     let alice = cloud.user("alice");
     let bob = cloud.user("bob");
     let admin = cloud.joined("root", true);
-    let ids: Vec<String> = swarm
-        .nodes()
-        .iter()
-        .map(|n| n.node_id().to_owned())
-        .collect();
+    let ids = node_ids(&swarm);
     let node_a = ids[0].clone();
 
     // Everything lands on A: the other nodes take nothing while the containers start.
@@ -662,11 +663,7 @@ fn pressure_on_every_node_asks_the_owner_and_the_container_goes_to_the_edge_and_
     });
     let alice = cloud.user("alice");
     let bob = cloud.user("bob");
-    let ids: Vec<String> = swarm
-        .nodes()
-        .iter()
-        .map(|n| n.node_id().to_owned())
-        .collect();
+    let ids = node_ids(&swarm);
 
     // Each node gets its share, one node open at a time: A holds Bob's 25 MiB and Alice's
     // 10 MiB (0.875), B and C Bob's 30 MiB each (0.75). Alice's 10 MiB fit on no other node.
