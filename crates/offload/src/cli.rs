@@ -209,6 +209,14 @@ pub enum Command {
     },
     /// Show offload at work on this machine: server, user, container, move, cleanup.
     Demo(DemoArgs),
+    /// Print a completion script for a shell, e.g.
+    /// `offload completions bash > /etc/bash_completion.d/offload`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `offload man | man -l -`.
+    Man,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

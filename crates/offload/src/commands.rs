@@ -307,7 +307,92 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             output,
         } => crate::events::run(connect(config.as_deref())?, follow, tail, after, output).await,
         Command::Demo(args) => crate::demo::run(args).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "offload", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            man_page(&mut page)?;
+            print_bytes(&page)
+        }
     }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<i32> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The manual page: offload(1) with every subcommand (and theirs) as a section of it.
+fn man_page(out: &mut Vec<u8>) -> std::io::Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let man = clap_mangen::Man::new(command.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    fn subcommands(out: &mut Vec<u8>, parent: &clap::Command, path: &str) -> std::io::Result<()> {
+        for sub in parent.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("{path} {}", sub.get_name());
+            let about = sub
+                .get_long_about()
+                .or(sub.get_about())
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let usage = sub.clone().bin_name(&name).render_usage().to_string();
+            let usage = usage.trim_start_matches("Usage: ");
+            out.extend_from_slice(format!(".SH \"{}\"\n", name.to_uppercase()).as_bytes());
+            out.extend_from_slice(
+                format!(".B {}\n.PP\n{}\n", roff_text(usage), roff_text(&about)).as_bytes(),
+            );
+            for arg in sub
+                .get_arguments()
+                .filter(|a| !a.is_hide_set() && a.get_id() != "help")
+            {
+                let flag = match (arg.get_short(), arg.get_long()) {
+                    (Some(s), Some(l)) => format!("-{s}, --{l}"),
+                    (None, Some(l)) => format!("--{l}"),
+                    (Some(s), None) => format!("-{s}"),
+                    (None, None) => arg.get_id().to_string().to_uppercase(),
+                };
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                out.extend_from_slice(
+                    format!(".TP\n.B {}\n{}\n", roff_text(&flag), roff_text(&help)).as_bytes(),
+                );
+            }
+            subcommands(out, sub, &name)?;
+        }
+        Ok(())
+    }
+    subcommands(out, &command, "offload")?;
+    man.render_version_section(out)?;
+    Ok(())
+}
+
+/// Text safe in a roff line: backslashes escaped, and a leading `.` or `'` (a request)
+/// guarded.
+fn roff_text(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            let line = line.replace('\\', "\\e").replace('-', "\\-");
+            if line.starts_with('.') || line.starts_with('\'') {
+                format!("\\&{line}")
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `offload accept` / `offload decline`.
