@@ -163,6 +163,7 @@ impl Controller {
                 moves: Arc::new(self.clone()),
                 clock: self.clock,
                 cloud_moves: self.config.cloud_moves,
+                events: self.events.clone(),
             },
         )
     }

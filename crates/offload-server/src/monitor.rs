@@ -10,16 +10,17 @@
 //! through the queries service, the agents' hub, and a [`MoveStarter`] for the moves it
 //! decides on, so it depends on none of the controller.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use offload_core::api::{MonitorView, NodeView, ResourceView, UsageView};
+use offload_core::events::EventBody;
 use offload_core::{ContainerId, ContainerRecord, Location, State, UserName};
 use offload_monitor::{
     AgentReport, Answer, ContainerUsage, CpuReading, Decision, DefaultAction, HostSample,
-    HostSampler, MoveNeeds, NodeReport, Observation, Policy, PolicyConfig, PoolCapacity,
-    ProcHostSampler, SamplerSource, Status, container_cpu_cores,
+    HostSampler, MoveNeeds, NodeReport, NodeStatus, Observation, Policy, PolicyConfig,
+    PoolCapacity, ProcHostSampler, Resource, SamplerSource, Status, container_cpu_cores,
 };
 use offload_runtime::{ContainerRuntime, UsageReading};
 use offload_store::{QueryRecord, Store};
@@ -28,6 +29,7 @@ use crate::clock::Clock;
 use crate::config::CloudMoves;
 use crate::db;
 use crate::error::ActionError;
+use crate::events::EventLog;
 use crate::hub::AgentHub;
 use crate::metrics::Metrics;
 use crate::queries::{Closing, Queries};
@@ -149,6 +151,8 @@ pub struct MonitorParts {
     pub clock: Clock,
     /// On a cluster: whether moves between nodes are announced or asked.
     pub cloud_moves: CloudMoves,
+    /// Pressure starting and ending, for the event stream.
+    pub events: Arc<EventLog>,
 }
 
 /// How many containers' readings a tick takes at once.
@@ -174,6 +178,8 @@ pub struct MonitorLoop {
     /// The pending queries the policy has been told of: id, container, and whether it
     /// asks about a move to another node.
     known: HashMap<String, (ContainerId, bool)>,
+    /// On a cluster: (node name, resource) under pressure in the last round.
+    node_pressure: HashSet<(String, String)>,
 }
 
 impl MonitorLoop {
@@ -186,6 +192,7 @@ impl MonitorLoop {
             parts,
             tracker: Tracker::default(),
             known: HashMap::new(),
+            node_pressure: HashSet::new(),
         })
     }
 
@@ -491,6 +498,43 @@ impl MonitorLoop {
     }
 
     /// Carries out the policy's decision, all of it.
+    /// On a cluster: an event each time a node's resource comes under pressure or out of
+    /// it. A node that left the cluster is forgotten without one.
+    async fn publish_node_pressure(&mut self, nodes: &[NodeStatus]) {
+        let mut now = HashSet::new();
+        let mut changes = Vec::new();
+        for node in nodes {
+            for r in &node.resources {
+                let key = (node.name.clone(), r.resource.to_string());
+                let before = self.node_pressure.contains(&key);
+                if r.pressure != before {
+                    changes.push((key.clone(), r.pressure, r.usage));
+                }
+                if r.pressure {
+                    now.insert(key);
+                }
+            }
+        }
+        self.node_pressure = now;
+        for ((node, resource), started, usage) in changes {
+            let node = Some(node);
+            let body = if started {
+                EventBody::PressureStarted {
+                    resource,
+                    node,
+                    usage,
+                }
+            } else {
+                EventBody::PressureEnded {
+                    resource,
+                    node,
+                    usage,
+                }
+            };
+            self.parts.events.publish(None, body).await;
+        }
+    }
+
     async fn apply(
         &mut self,
         decision: Decision,
@@ -501,14 +545,35 @@ impl MonitorLoop {
         let moves = self.parts.moves.clone();
         let record_of = |id: &str| records.iter().find(|r| r.id.as_str() == id);
 
+        let usage_of = |resource: Resource| {
+            decision
+                .status
+                .resources
+                .iter()
+                .find(|r| r.resource == resource)
+                .map_or(0.0, |r| r.usage)
+        };
         for event in &decision.pressure_started {
             tracing::warn!(resource = %event.resource, reason = %event.reason, "pressure started");
             hub.notice_all(&format!("the cloud is under pressure: {}", event.reason));
+            let body = EventBody::PressureStarted {
+                resource: event.resource.to_string(),
+                node: None,
+                usage: usage_of(event.resource),
+            };
+            self.parts.events.publish(None, body).await;
         }
         for resource in &decision.pressure_ended {
             tracing::info!(%resource, "pressure ended");
             hub.notice_all(&format!("{resource} pressure in the cloud is over"));
+            let body = EventBody::PressureEnded {
+                resource: resource.to_string(),
+                node: None,
+                usage: usage_of(*resource),
+            };
+            self.parts.events.publish(None, body).await;
         }
+        self.publish_node_pressure(&decision.status.nodes).await;
         let pending = queries.pending().await?;
         for ask in &decision.ask {
             let Some(record) = record_of(&ask.container_id) else {
@@ -927,5 +992,125 @@ mod tests {
             other => panic!("{other:?}"),
         }
         drop((link, script));
+    }
+
+    /// Every event a user sees, from the start of the stream, without following.
+    async fn pressure_events(ctl: &Controller, who: &Principal) -> Vec<EventBody> {
+        let viewer = crate::events::Viewer::User(who.user.clone());
+        let mut rx = ctl.events.watch(viewer, 0, false);
+        let mut seen = Vec::new();
+        while let Some(event) = rx.recv().await {
+            if matches!(
+                event.body,
+                EventBody::PressureStarted { .. } | EventBody::PressureEnded { .. }
+            ) {
+                assert_eq!(event.user, None, "the cloud's pressure belongs to no user");
+                seen.push(event.body);
+            }
+        }
+        seen
+    }
+
+    fn node(name: &str, memory: f64, pressure: bool) -> NodeStatus {
+        let status = |resource, usage, pressure| offload_monitor::ResourceStatus {
+            resource,
+            usage,
+            forecast: usage,
+            watermark: offload_monitor::Watermark {
+                low: 0.5,
+                high: 0.7,
+            },
+            pressure,
+            trigger: None,
+            above_high_for: None,
+        };
+        NodeStatus {
+            id: format!("{name}-id"),
+            name: name.to_owned(),
+            schedulable: true,
+            cpus: 2.0,
+            mem_bytes: 40 << 20,
+            resources: vec![
+                status(Resource::Cpu, 0.1, false),
+                status(Resource::Memory, memory, pressure),
+            ],
+            under_pressure: pressure,
+            stuck: false,
+        }
+    }
+
+    /// Pressure starting and ending reaches every user's event stream once per crossing:
+    /// the cloud's as a whole (with its usage) and, on a cluster, each node's.
+    #[tokio::test]
+    async fn pressure_crossings_are_events_once_each_for_the_cloud_and_each_node() {
+        let rig = crate::testing::rig();
+        let mut monitor = rig.ctl.monitor_loop().unwrap();
+        tick(&mut monitor).await;
+        assert!(pressure_events(&rig.ctl, &rig.who).await.is_empty());
+
+        // The cloud as a whole: a round that starts memory pressure, then one that ends it.
+        let records = Vec::new();
+        let base = monitor
+            .policy
+            .evaluate(monitor.now(), &Observation::default());
+        let mut started = base.clone();
+        started.status.resources[1].usage = 0.93;
+        started.pressure_started = vec![offload_monitor::PressureEvent {
+            resource: Resource::Memory,
+            trigger: offload_monitor::Trigger::Sustained,
+            reason: "memory 93% for 20 s (high 90%)".into(),
+        }];
+        monitor.apply(started, &records).await.unwrap();
+        let mut ended = base.clone();
+        ended.status.resources[1].usage = 0.6;
+        ended.pressure_ended = vec![Resource::Memory];
+        monitor.apply(ended, &records).await.unwrap();
+
+        // Nodes: n0 comes under memory pressure and stays there a round, then leaves it;
+        // n1 is calm throughout; a node that left the cluster ends nothing.
+        monitor
+            .publish_node_pressure(&[node("n0", 0.875, true), node("n1", 0.2, false)])
+            .await;
+        monitor
+            .publish_node_pressure(&[node("n0", 0.9, true), node("n1", 0.2, false)])
+            .await;
+        monitor
+            .publish_node_pressure(&[node("n0", 0.4, false), node("n1", 0.8, true)])
+            .await;
+        monitor
+            .publish_node_pressure(&[node("n0", 0.4, false)])
+            .await;
+
+        let memory = || "memory".to_owned();
+        assert_eq!(
+            pressure_events(&rig.ctl, &rig.who).await,
+            vec![
+                EventBody::PressureStarted {
+                    resource: memory(),
+                    node: None,
+                    usage: 0.93
+                },
+                EventBody::PressureEnded {
+                    resource: memory(),
+                    node: None,
+                    usage: 0.6
+                },
+                EventBody::PressureStarted {
+                    resource: memory(),
+                    node: Some("n0".into()),
+                    usage: 0.875
+                },
+                EventBody::PressureEnded {
+                    resource: memory(),
+                    node: Some("n0".into()),
+                    usage: 0.4
+                },
+                EventBody::PressureStarted {
+                    resource: memory(),
+                    node: Some("n1".into()),
+                    usage: 0.8
+                },
+            ]
+        );
     }
 }
