@@ -202,6 +202,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::node_status;
 
     #[test]
     fn renders_counters_gauges_and_the_downtime_histogram() {
@@ -223,39 +224,13 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
     }
 
-    fn node(name: &str, memory: f64, pressure: bool) -> offload_monitor::NodeStatus {
-        use offload_monitor::{Resource, Watermark};
-        let status = |resource, usage, pressure| offload_monitor::ResourceStatus {
-            resource,
-            usage,
-            forecast: usage,
-            watermark: Watermark {
-                low: 0.5,
-                high: 0.7,
-            },
-            pressure,
-            trigger: None,
-            above_high_for: None,
-        };
-        offload_monitor::NodeStatus {
-            id: format!("{name}-id"),
-            name: name.to_owned(),
-            schedulable: !pressure,
-            cpus: 2.0,
-            mem_bytes: 40 << 20,
-            resources: vec![
-                status(Resource::Cpu, 0.1, false),
-                status(Resource::Memory, memory, pressure),
-            ],
-            under_pressure: pressure,
-            stuck: pressure,
-        }
-    }
-
     #[test]
     fn nodes_are_labelled_by_name_and_a_node_that_left_disappears() {
         let metrics = Metrics::new();
-        metrics.nodes(&[node("n0", 0.875, true), node("n1", 0.25, false)]);
+        metrics.nodes(&[
+            node_status("n0", 0.875, true),
+            node_status("n1", 0.25, false),
+        ]);
         let text = metrics.render(&[], 0);
         for line in [
             r#"offload_node_usage_ratio{node="n0",resource="memory"} 0.875"#,
@@ -267,7 +242,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
-        metrics.nodes(&[node("n1", 0.25, false)]);
+        metrics.nodes(&[node_status("n1", 0.25, false)]);
         let text = metrics.render(&[], 0);
         assert!(!text.contains(r#"node="n0""#), "{text}");
         assert!(

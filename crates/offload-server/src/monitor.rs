@@ -724,6 +724,7 @@ mod tests {
 
     use crate::controller::Controller;
     use crate::sizes::WorkspaceSizer;
+    use crate::testing::node_status;
 
     fn setup() -> (tempfile::TempDir, Controller, Principal) {
         let (dir, ctl, _, who) = crate::testing::controller();
@@ -1011,34 +1012,6 @@ mod tests {
         seen
     }
 
-    fn node(name: &str, memory: f64, pressure: bool) -> NodeStatus {
-        let status = |resource, usage, pressure| offload_monitor::ResourceStatus {
-            resource,
-            usage,
-            forecast: usage,
-            watermark: offload_monitor::Watermark {
-                low: 0.5,
-                high: 0.7,
-            },
-            pressure,
-            trigger: None,
-            above_high_for: None,
-        };
-        NodeStatus {
-            id: format!("{name}-id"),
-            name: name.to_owned(),
-            schedulable: true,
-            cpus: 2.0,
-            mem_bytes: 40 << 20,
-            resources: vec![
-                status(Resource::Cpu, 0.1, false),
-                status(Resource::Memory, memory, pressure),
-            ],
-            under_pressure: pressure,
-            stuck: false,
-        }
-    }
-
     /// Pressure starting and ending reaches every user's event stream once per crossing:
     /// the cloud's as a whole (with its usage) and, on a cluster, each node's.
     #[tokio::test]
@@ -1069,16 +1042,19 @@ mod tests {
         // Nodes: n0 comes under memory pressure and stays there a round, then leaves it;
         // n1 is calm throughout; a node that left the cluster ends nothing.
         monitor
-            .publish_node_pressure(&[node("n0", 0.875, true), node("n1", 0.2, false)])
+            .publish_node_pressure(&[
+                node_status("n0", 0.875, true),
+                node_status("n1", 0.2, false),
+            ])
             .await;
         monitor
-            .publish_node_pressure(&[node("n0", 0.9, true), node("n1", 0.2, false)])
+            .publish_node_pressure(&[node_status("n0", 0.9, true), node_status("n1", 0.2, false)])
             .await;
         monitor
-            .publish_node_pressure(&[node("n0", 0.4, false), node("n1", 0.8, true)])
+            .publish_node_pressure(&[node_status("n0", 0.4, false), node_status("n1", 0.8, true)])
             .await;
         monitor
-            .publish_node_pressure(&[node("n0", 0.4, false)])
+            .publish_node_pressure(&[node_status("n0", 0.4, false)])
             .await;
 
         let memory = || "memory".to_owned();

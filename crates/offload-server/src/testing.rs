@@ -219,3 +219,34 @@ impl Rig {
             .collect()
     }
 }
+
+/// A cluster node as the monitor reports it: 2 cores and 40 MiB, CPU calm, memory at
+/// `memory` (watermarks 0.5 / 0.7) and under pressure or not.
+pub(crate) fn node_status(name: &str, memory: f64, pressure: bool) -> offload_monitor::NodeStatus {
+    use offload_monitor::{Resource, ResourceStatus, Watermark};
+    let status = |resource, usage, pressure| ResourceStatus {
+        resource,
+        usage,
+        forecast: usage,
+        watermark: Watermark {
+            low: 0.5,
+            high: 0.7,
+        },
+        pressure,
+        trigger: None,
+        above_high_for: None,
+    };
+    offload_monitor::NodeStatus {
+        id: format!("{name}-id"),
+        name: name.to_owned(),
+        schedulable: !pressure,
+        cpus: 2.0,
+        mem_bytes: 40 << 20,
+        resources: vec![
+            status(Resource::Cpu, 0.1, false),
+            status(Resource::Memory, memory, pressure),
+        ],
+        under_pressure: pressure,
+        stuck: pressure,
+    }
+}

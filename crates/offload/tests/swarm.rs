@@ -219,8 +219,7 @@ fn containers_run_as_services_on_the_node_with_most_room() {
     assert_eq!(running.len(), 1, "one copy: {running:?}");
     assert_eq!(running[0].0, node_a, "it runs on the node the record names");
 
-    let out = alice.run(&["shell", &a, "--", "sh", "-c", "echo hi > /workspace/f"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    sh(&alice, &a, "echo hi > /workspace/f");
     assert_eq!(
         std::fs::read_to_string(cloud.workspace(&a).join("f")).unwrap(),
         "hi\n",
@@ -292,6 +291,12 @@ fn start_filled(user: &User, name: &str, mib: u32) -> String {
     .to_owned()
 }
 
+/// Runs a shell script in the container through `offload shell`; it must succeed.
+fn sh(user: &User, id: &str, script: &str) {
+    let out = user.run(&["shell", id, "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 fn set_availability(swarm: &Swarm, node_id: &str, availability: &str) {
     swarm
         .docker_output(["node", "update", "--availability", availability, node_id])
@@ -330,16 +335,12 @@ fn a_busy_node_is_relieved_inside_the_cloud_and_drains_move_containers_with_thei
     for (user, id) in [(&bob, &b1), (&bob, &b2), (&alice, &a)] {
         assert_eq!(user.show(id)["node"], node_a.as_str());
     }
-    let out = alice.run(&[
-        "shell",
+    sh(
+        &alice,
         &a,
-        "--",
-        "sh",
-        "-c",
         "echo kept > /workspace/notes && mkdir -p /workspace/src && \
          head -c 300000 /dev/urandom > /workspace/src/data",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    );
     let files = common::tree(&cloud.workspace(&a));
     assert_eq!(files.len(), 3, "{files:?}");
 
@@ -683,15 +684,11 @@ fn pressure_on_every_node_asks_the_owner_and_the_container_goes_to_the_edge_and_
         set_availability(&swarm, id, "active");
     }
     assert_eq!(alice.show(&a)["node"], ids[0].as_str());
-    let out = alice.run(&[
-        "shell",
+    sh(
+        &alice,
         &a,
-        "--",
-        "sh",
-        "-c",
         "echo kept > /workspace/notes && head -c 200000 /dev/urandom > /workspace/data",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    );
     let files = common::tree(&cloud.workspace(&a));
 
     // Alice's agent accepts; the container runs at the edge with the same files.
@@ -722,15 +719,11 @@ fn pressure_on_every_node_asks_the_owner_and_the_container_goes_to_the_edge_and_
     for id in &bobs {
         assert_eq!(bob.show(id)["generation"], 1, "bob's containers stay");
     }
-    let out = alice.run(&[
-        "shell",
+    sh(
+        &alice,
         &a,
-        "--",
-        "sh",
-        "-c",
         "echo 'written at the edge' > /workspace/edge-notes",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    );
 
     // Bob's containers go; the cloud is calm and the container comes back to a node.
     for id in &bobs {
