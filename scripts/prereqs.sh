@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # prereqs.sh: installs what offload's demo and tests need on Debian 12, if missing:
 # the Docker engine (docker.io), a static busybox for local images, rsync for benchmarks
-# and the ssh tests, mmdebstrap for the Debian test image, OpenSSH's client for the ssh tests.
+# and the ssh tests, mmdebstrap for the Debian test image, OpenSSH's client for the ssh tests,
+# Chromium and chromedriver for the dashboard's browser tests.
 set -euo pipefail
 
 need=()
@@ -15,6 +16,9 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 # a namespace (nsenter).
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+# The dashboard's browser tests: headless Chromium and its WebDriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

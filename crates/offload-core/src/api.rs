@@ -223,6 +223,32 @@ pub struct JoinResponse {
     pub token: String,
 }
 
+/// A one-time dashboard sign-in link (`POST /v1/dashboard/link`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DashboardLink {
+    /// The secret the link carries after `#link=`; it works once, until `expires_at`.
+    pub code: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// `POST /v1/dashboard/session`: a link's secret, exchanged for a session.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardSessionRequest {
+    pub link: String,
+}
+
+/// A dashboard session: an API token that stops working at `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DashboardSession {
+    pub user: String,
+    pub admin: bool,
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
 /// Who the caller is (`GET /v1/whoami`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmI {

@@ -51,9 +51,11 @@ fn action(method: &Method, route: &str) -> Option<&'static str> {
         ("GET", "/v1/containers/{id}/sftp") => "sftp",
         ("GET", "/v1/containers/{id}/ports/{port}") => "port",
         ("GET", "/v1/containers/{id}/logs") => "logs",
-        ("POST", "/v1/queries/{id}/accept") => "accept",
-        ("POST", "/v1/queries/{id}/decline") => "decline",
+        ("POST", "/v1/queries/{qid}/accept") => "accept",
+        ("POST", "/v1/queries/{qid}/decline") => "decline",
         ("POST", "/v1/join") => "join",
+        ("POST", "/v1/dashboard/link") => "dashboard_link",
+        ("POST", "/v1/dashboard/session") => "dashboard_sign_in",
         ("GET", "/v1/agent") => "agent",
         ("POST", "/v1/admin/pressure") => "admin_pressure",
         ("POST", "/v1/admin/drain") => "admin_drain",
@@ -70,7 +72,7 @@ fn action(method: &Method, route: &str) -> Option<&'static str> {
 fn target(route: &str, path: &str) -> Option<String> {
     let at = route
         .split('/')
-        .position(|s| s == "{id}" || s == "{name}")?;
+        .position(|s| s == "{id}" || s == "{qid}" || s == "{name}")?;
     let raw = path.split('/').nth(at)?;
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
     Some(decoded.chars().take(128).collect())

@@ -14,6 +14,11 @@ pub enum ActionError {
     Unauthenticated,
     #[error("the token is not valid on this server")]
     InvalidToken,
+    #[error(
+        "this sign-in link is not valid: it was used already, it expired, or it was never \
+         issued; run `offload dashboard` for a new one"
+    )]
+    InvalidLink,
     #[error("this needs an admin token")]
     Forbidden,
     #[error("user {0} is disabled by the operator of this server")]
@@ -36,7 +41,9 @@ impl ActionError {
     pub fn status(&self) -> StatusCode {
         match self {
             ActionError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ActionError::Unauthenticated | ActionError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ActionError::Unauthenticated | ActionError::InvalidToken | ActionError::InvalidLink => {
+                StatusCode::UNAUTHORIZED
+            }
             ActionError::Forbidden | ActionError::UserDisabled(_) => StatusCode::FORBIDDEN,
             ActionError::Quota(_) => StatusCode::CONFLICT,
             ActionError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -50,7 +57,7 @@ impl ActionError {
         match self {
             ActionError::BadRequest(_) => ErrorCode::BadRequest,
             ActionError::Unauthenticated => ErrorCode::Unauthenticated,
-            ActionError::InvalidToken => ErrorCode::InvalidToken,
+            ActionError::InvalidToken | ActionError::InvalidLink => ErrorCode::InvalidToken,
             ActionError::Forbidden => ErrorCode::Forbidden,
             ActionError::UserDisabled(_) => ErrorCode::UserDisabled,
             ActionError::Quota(_) => ErrorCode::QuotaExceeded,

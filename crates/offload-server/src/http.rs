@@ -71,7 +71,9 @@ pub const MAX_JSON_BODY: usize = 64 << 10;
         offload_core::agent::AgentErrorCode,
         offload_core::events::Event,
         offload_core::events::EventBody,
-        offload_core::api::AuditView
+        offload_core::api::AuditView,
+        offload_core::api::DashboardLink,
+        offload_core::api::DashboardSession
     ))
 )]
 struct ApiDoc;
@@ -101,6 +103,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::users::enable_user))
         .routes(routes!(crate::users::revoke_tokens))
         .routes(routes!(crate::users::all_containers))
+        .routes(routes!(crate::dashboard::create_link))
+        .routes(routes!(crate::dashboard::create_session))
 }
 
 /// The OpenAPI document of the whole API, as `/v1/openapi.json` serves it and
@@ -148,6 +152,11 @@ pub fn router(state: AppState) -> Router {
         // After the layer above: the sync routes check their own, larger limits.
         .nest("/v1/containers/{id}/workspace", sync_routes())
         .route("/metrics", axum::routing::get(metrics))
+        .route("/", axum::routing::get(crate::dashboard::index))
+        .route(
+            "/dashboard/{file}",
+            axum::routing::get(crate::dashboard::file),
+        )
         .fallback(|| async {
             error_response(
                 StatusCode::NOT_FOUND,

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod controller;
+mod dashboard;
 mod db;
 pub mod error;
 pub mod events;

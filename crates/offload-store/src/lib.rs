@@ -41,8 +41,10 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub enum TokenKind {
     /// Single-use secret exchanged by `offload join` for an API token.
     Join,
-    /// Bearer credential of a joined client.
+    /// Bearer credential of a joined client, or of a dashboard session (with an expiry).
     Api,
+    /// Single-use secret of a dashboard sign-in link, exchanged for a short-lived API token.
+    DashboardLink,
 }
 
 impl TokenKind {
@@ -50,6 +52,7 @@ impl TokenKind {
         match self {
             TokenKind::Join => "join",
             TokenKind::Api => "api",
+            TokenKind::DashboardLink => "link",
         }
     }
 }
@@ -164,6 +167,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE users ADD COLUMN last_seen_at INTEGER;",
     // 10: a query about a move to another cluster node (`cloud_moves = "ask"`) names it.
     "ALTER TABLE queries ADD COLUMN to_node TEXT;",
+    // 11: dashboard sign-in links, a third kind of token.
+    "CREATE TABLE tokens_new (
+        hash TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('join', 'api', 'link')),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        used_at INTEGER
+    );
+    INSERT INTO tokens_new SELECT hash, user, kind, created_at, expires_at, used_at FROM tokens;
+    DROP TABLE tokens;
+    ALTER TABLE tokens_new RENAME TO tokens;",
 ];
 
 /// A user as the operator sees them.
@@ -312,15 +327,25 @@ impl Store {
     /// Marks an unused, unexpired join token used and returns whose it was. A second use,
     /// an expired or an unknown token gives `None`.
     pub fn consume_join_token(&self, hash: &str, now: i64) -> Result<Option<Principal>> {
+        self.consume_single_use(hash, TokenKind::Join, now)
+    }
+
+    /// Marks an unused, unexpired single-use token of `kind` used and returns whose it was.
+    pub fn consume_single_use(
+        &self,
+        hash: &str,
+        kind: TokenKind,
+        now: i64,
+    ) -> Result<Option<Principal>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let found = tx
             .query_row(
                 "SELECT t.user, u.admin FROM tokens t JOIN users u ON u.name = t.user
-                 WHERE t.hash = ?1 AND t.kind = 'join' AND t.used_at IS NULL
+                 WHERE t.hash = ?1 AND t.kind = ?3 AND t.used_at IS NULL
                    AND u.disabled_at IS NULL
                    AND (t.expires_at IS NULL OR t.expires_at > ?2)",
-                params![hash, now],
+                params![hash, now, kind.as_str()],
                 |row| Ok((row.get::<_, String>(0)?, row.get::<_, bool>(1)?)),
             )
             .optional()?;
@@ -1274,6 +1299,30 @@ mod tests {
         assert_eq!(p.user.as_str(), "alice");
         assert_eq!(store.consume_join_token("h1", 51).unwrap(), None);
         assert_eq!(store.api_principal("h1", 51).unwrap(), None);
+    }
+
+    #[test]
+    fn dashboard_links_work_once_until_they_expire_and_are_not_join_tokens() {
+        let store = Store::open_in_memory().unwrap();
+        store.upsert_user(&user("alice"), false, 0).unwrap();
+        for hash in ["l1", "l2", "l3"] {
+            store
+                .insert_token(hash, &user("alice"), TokenKind::DashboardLink, 0, Some(300))
+                .unwrap();
+        }
+        store
+            .insert_token("j1", &user("alice"), TokenKind::Join, 0, None)
+            .unwrap();
+        let link = TokenKind::DashboardLink;
+        assert_eq!(store.consume_join_token("l1", 10).unwrap(), None);
+        assert_eq!(store.consume_single_use("j1", link, 10).unwrap(), None);
+        assert_eq!(store.api_principal("l1", 10).unwrap(), None);
+        let p = store.consume_single_use("l1", link, 10).unwrap().unwrap();
+        assert_eq!(p.user.as_str(), "alice");
+        assert_eq!(store.consume_single_use("l1", link, 11).unwrap(), None);
+        assert_eq!(store.consume_single_use("l2", link, 300).unwrap(), None);
+        store.set_user_disabled(&user("alice"), Some(20)).unwrap();
+        assert_eq!(store.consume_single_use("l3", link, 30).unwrap(), None);
     }
 
     #[test]

@@ -37,6 +37,7 @@
 //! `OFFLOAD_TESTKIT_CACHE` (the test cache directory), `OFFLOAD_TESTKIT_MMDEBSTRAP` and
 //! `OFFLOAD_TESTKIT_DEBIAN_MIRROR` (the Debian image's builder and mirror).
 
+mod browser;
 mod busybox;
 mod command;
 mod debian;
@@ -45,6 +46,7 @@ mod process;
 mod swarm;
 mod wait;
 
+pub use browser::{Browser, Element, chromium_paths};
 pub use busybox::{BUSYBOX_PATH, busybox_rootfs_tar};
 pub use debian::{DEBIAN_PACKAGES, DEBIAN_SUITE, cache_dir, debian_rootfs_tar};
 pub use engine::{Engine, EngineOptions};

@@ -202,6 +202,13 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Print a one-time link that signs a browser in to the dashboard (valid for five
+    /// minutes), and open it when this runs in a desktop session's terminal.
+    Dashboard {
+        /// Only print the link.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// The resource monitor: usage, forecast, watermarks, pressure, containers.
     Top {
         #[arg(short, long, value_enum, default_value_t)]

@@ -9,7 +9,7 @@ use offload_server::ServerConfig;
 
 use offload_core::Location;
 use offload_core::api::{
-    DrainReport, DrainRequest, MonitorView, MoveRequest, PressureRequest, QueryView,
+    DashboardLink, DrainReport, DrainRequest, MonitorView, MoveRequest, PressureRequest, QueryView,
 };
 
 use crate::cli::{AdminCommand, Cli, Command, Output, ServerArgs, Target, TokenCommand};
@@ -291,6 +291,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Accept { qid } => answer(config.as_deref(), &qid, "accept").await,
         Command::Decline { qid } => answer(config.as_deref(), &qid, "decline").await,
+        Command::Dashboard { no_open } => dashboard(config.as_deref(), no_open).await,
         Command::Top { output } => {
             let api = connect(config.as_deref())?;
             let view: MonitorView = api.get("/v1/monitor").await?;
@@ -405,6 +406,45 @@ async fn answer(config: Option<&Path>, qid: &str, verb: &str) -> anyhow::Result<
         )
         .await?;
     println!("{} {}", q.id, q.state);
+    Ok(0)
+}
+
+/// Prints a one-time dashboard link: the secret travels in the URL's fragment, which the
+/// browser never sends to any server, and the page exchanges it once for a session.
+async fn dashboard(config: Option<&Path>, no_open: bool) -> anyhow::Result<i32> {
+    use std::io::IsTerminal;
+
+    let api = connect(config)?;
+    let link: DashboardLink = api
+        .post("/v1/dashboard/link", &serde_json::json!({}))
+        .await?;
+    let url = format!(
+        "{}/#link={}",
+        api.config.server.trim_end_matches('/'),
+        link.code
+    );
+    let left = (link.expires_at - offload_server::controller::now()).max(0);
+    let server = api.config.server.trim_end_matches('/');
+    eprintln!(
+        "This link signs a browser in as you, once, in the next {} minutes. Browsers do not \
+         know this server's own certificate authority: import {server}/v1/ca into yours (the \
+         one `offload join` checked against your join token), or accept its certificate once.",
+        (left + 59) / 60
+    );
+    println!("{url}");
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !no_open && desktop && std::io::stdout().is_terminal() {
+        let opened = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !opened.is_ok_and(|s| s.success()) {
+            eprintln!("could not open a browser: open the link above yourself");
+        }
+    }
     Ok(0)
 }
 

@@ -31,6 +31,14 @@ fn a_scripted_session_leaves_each_action_and_denial_in_the_audit_log() {
     let id = alice.start_sleeper("box");
     let out = alice.run(&["shell", &id, "--", "true"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Asked by the operator, alice declines: who asked and who answered how.
+    let edge = Edge::start("audit-edge", &alice);
+    ops.ok(&["admin", "pressure", "--user", "alice"]);
+    let queries: Vec<Value> =
+        serde_json::from_str(&alice.ok(&["queries", "-o", "json"])).expect("queries json");
+    let qid = queries[0]["id"].as_str().expect("a query").to_owned();
+    alice.ok(&["decline", &qid]);
+    drop(edge);
     alice.ok(&["stop", &id]);
     // Bob cannot tell alice's container from a missing one; the log can.
     let out = bob.run(&["rm", &id]);
@@ -52,6 +60,9 @@ fn a_scripted_session_leaves_each_action_and_denial_in_the_audit_log() {
         ("bob", "join", "ok"),
         ("alice", "start", "ok"),
         ("alice", "shell", "ok"),
+        ("alice", "agent", "ok"),
+        ("ops", "admin_pressure", "ok"),
+        ("alice", "decline", "ok"),
         ("alice", "stop", "ok"),
         ("bob", "remove", "denied"),
         ("bob", "read", "denied"),
@@ -78,6 +89,11 @@ fn a_scripted_session_leaves_each_action_and_denial_in_the_audit_log() {
         .find(|e| e["action"] == "remove")
         .expect("bob's attempt");
     assert_eq!(denial["target"], id.as_str());
+    let decline = audit(&ops, &["--user", "alice"])
+        .into_iter()
+        .find(|e| e["action"] == "decline")
+        .expect("alice's answer");
+    assert_eq!(decline["target"], qid.as_str(), "{decline}");
     assert!(
         denial["detail"]
             .as_str()
