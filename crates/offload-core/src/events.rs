@@ -124,6 +124,22 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// Every `kind` there is, for filters that name kinds (webhooks).
+    pub const KINDS: &'static [&'static str] = &[
+        "container_created",
+        "container_started",
+        "container_stopped",
+        "container_removed",
+        "move_phase",
+        "move_ended",
+        "query_asked",
+        "query_closed",
+        "pressure_started",
+        "pressure_ended",
+        "agent_connected",
+        "agent_gone",
+    ];
+
     /// The `kind` tag, which is also the SSE `event:` field.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -66,6 +66,85 @@ pub struct ServerConfig {
     pub events_retention_hours: u64,
     /// The resource monitor: watermarks, sustain, forecast, queries, returns, pool.
     pub monitor: offload_monitor::PolicyConfig,
+    /// Receivers that get each event as a signed JSON POST (`[[webhooks]]`).
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook: every event (or the kinds named) is POSTed to `url` as JSON, with
+/// `X-Offload-Signature: sha256=HEX`, the HMAC-SHA256 of the body under the secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// An `http://` or `https://` URL.
+    pub url: String,
+    /// The shared secret, at least 16 characters; or `secret_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// A file whose content (trimmed) is the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// Only these event kinds (`move_ended`, `query_asked`, ...); every kind when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// The secret, read from `secret_file` when that is how it is given.
+    pub fn load_secret(&self) -> Result<String, ConfigError> {
+        let value = |message: String| ConfigError::Value {
+            key: "webhooks.secret",
+            message,
+        };
+        let secret = match (&self.secret, &self.secret_file) {
+            (Some(secret), None) => secret.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| value(format!("cannot read {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+            _ => {
+                return Err(value(format!(
+                    "give {} exactly one of secret and secret_file",
+                    self.url
+                )));
+            }
+        };
+        if secret.chars().count() < 16 {
+            return Err(value(format!(
+                "the secret of {} must be at least 16 characters",
+                self.url
+            )));
+        }
+        Ok(secret)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let value = |key, message: String| ConfigError::Value { key, message };
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| value("webhooks.url", format!("{:?} is not a URL: {e}", self.url)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(value(
+                "webhooks.url",
+                format!(
+                    "{:?} must be an http:// or https:// URL with a host",
+                    self.url
+                ),
+            ));
+        }
+        if let Some(kind) = self
+            .events
+            .iter()
+            .find(|k| !offload_core::events::EventBody::KINDS.contains(&k.as_str()))
+        {
+            return Err(value(
+                "webhooks.events",
+                format!(
+                    "{kind:?} is not an event kind; the kinds are {}",
+                    offload_core::events::EventBody::KINDS.join(", ")
+                ),
+            ));
+        }
+        self.load_secret().map(|_| ())
+    }
 }
 
 impl Default for ServerConfig {
@@ -96,6 +175,7 @@ impl Default for ServerConfig {
             max_connections_per_address: 64,
             events_retention_hours: 7 * 24,
             monitor: offload_monitor::PolicyConfig::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -285,6 +365,15 @@ impl ServerConfig {
         if limits.default_memory < MIN_MEMORY {
             return Err(value("default_memory", "must be at least 6m".to_owned()));
         }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            hook.validate()?;
+            if self.webhooks[..i].iter().any(|h| h.url == hook.url) {
+                return Err(value(
+                    "webhooks.url",
+                    format!("{} is configured twice", hook.url),
+                ));
+            }
+        }
         if offload_runtime::NetworkMode::parse(&self.network).is_none() {
             return Err(value(
                 "network",
@@ -456,6 +545,45 @@ mod tests {
         assert!(err.contains("monitor.cpu_"), "{err}");
         let err = toml::from_str::<ServerConfig>("[monitor]\nwatermark = 1\n").unwrap_err();
         assert!(err.to_string().contains("watermark"));
+    }
+
+    #[test]
+    fn webhooks_are_checked_naming_what_is_wrong() {
+        let parse = |toml: &str| -> String {
+            let cfg: ServerConfig = toml::from_str(toml).expect("parses");
+            match cfg.validate() {
+                Ok(_) => "ok".to_owned(),
+                Err(e) => e.to_string(),
+            }
+        };
+        let good =
+            "[[webhooks]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"0123456789abcdef\"\n";
+        assert_eq!(parse(good), "ok");
+        let err = parse(&good.replace("http://127.0.0.1:9/hook", "ftp://host/x"));
+        assert!(
+            err.contains("webhooks.url") && err.contains("http"),
+            "{err}"
+        );
+        let err = parse(&good.replace("http://127.0.0.1:9/hook", "not a url"));
+        assert!(err.contains("not a URL"), "{err}");
+        let err = parse(&good.replace("0123456789abcdef", "short"));
+        assert!(err.contains("at least 16"), "{err}");
+        let err = parse(&format!("{good}events = [\"move_ended\", \"moved\"]\n"));
+        assert!(err.contains("\"moved\" is not an event kind"), "{err}");
+        let err = parse(&format!("{good}secret_file = \"/nonexistent\"\n"));
+        assert!(err.contains("exactly one"), "{err}");
+        let err = parse(&good.replace(
+            "secret = \"0123456789abcdef\"",
+            "secret_file = \"/nonexistent\"",
+        ));
+        assert!(err.contains("cannot read /nonexistent"), "{err}");
+        let err = parse(&format!("{good}{good}"));
+        assert!(err.contains("configured twice"), "{err}");
+        assert!(
+            toml::from_str::<ServerConfig>("[[webhooks]]\nurl = \"http://h/\"\nsecert = \"x\"\n")
+                .is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

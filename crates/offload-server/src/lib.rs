@@ -33,6 +33,7 @@ mod testing;
 pub mod tls;
 mod tunnel;
 pub mod users;
+pub mod webhooks;
 pub mod workspace;
 mod ws;
 
@@ -121,6 +122,7 @@ pub async fn serve(
         ctl.config().events_retention_hours.saturating_mul(3600),
     ));
     tokio::spawn(ctl.monitor_loop()?.run());
+    webhooks::start(&ctl.events, ctl.store(), &ctl.config().webhooks);
 
     let state = http::AppState {
         ctl,

@@ -179,6 +179,11 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO tokens_new SELECT hash, user, kind, created_at, expires_at, used_at FROM tokens;
     DROP TABLE tokens;
     ALTER TABLE tokens_new RENAME TO tokens;",
+    // 12: how far each webhook has delivered the event stream.
+    "CREATE TABLE webhook_cursors (
+        url TEXT PRIMARY KEY,
+        last_id INTEGER NOT NULL
+    );",
 ];
 
 /// A user as the operator sees them.
@@ -811,6 +816,29 @@ impl Store {
             .query_row(sql, params![user, tail as i64], |row| row.get(0))
             .optional()?;
         Ok(id.unwrap_or(0) as u64)
+    }
+
+    /// The last event a webhook delivered (or gave up on), if it ever ran.
+    pub fn webhook_cursor(&self, url: &str) -> Result<Option<u64>> {
+        let id: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT last_id FROM webhook_cursors WHERE url = ?1",
+                params![url],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(id.map(|id| u64::try_from(id).unwrap_or(0)))
+    }
+
+    /// Notes that a webhook is done with every event up to `last_id`.
+    pub fn set_webhook_cursor(&self, url: &str, last_id: u64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO webhook_cursors (url, last_id) VALUES (?1, ?2)
+             ON CONFLICT (url) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
+            params![url, i64::try_from(last_id).unwrap_or(i64::MAX)],
+        )?;
+        Ok(())
     }
 
     /// The newest entry's id, 0 when the stream is empty.
