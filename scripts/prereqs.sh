@@ -2,7 +2,8 @@
 # prereqs.sh: installs what offload's demo and tests need on Debian 12, if missing:
 # the Docker engine (docker.io), a static busybox for local images, rsync for benchmarks
 # and the ssh tests, mmdebstrap for the Debian test image, OpenSSH's client for the ssh tests,
-# Chromium and chromedriver for the dashboard's browser tests.
+# Chromium and chromedriver for the dashboard's browser tests, dbus-daemon for the desktop
+# notification tests.
 set -euo pipefail
 
 need=()
@@ -19,6 +20,8 @@ command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 # The dashboard's browser tests: headless Chromium and its WebDriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+# The notification tests: a private D-Bus session bus.
+command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

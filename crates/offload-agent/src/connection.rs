@@ -77,7 +77,8 @@ pub async fn run(edge: Arc<Edge>, preferences: Preferences) {
 
 /// [`run`] with explicit ping timings (tests use short ones).
 pub async fn run_with(edge: Arc<Edge>, preferences: Preferences, timings: LinkTimings) {
-    let prompter = Prompter::new(edge.api.clone(), preferences.auto_accept);
+    let desktop = crate::desktop::Desktop::connect().await;
+    let prompter = Prompter::new(edge.api.clone(), preferences.auto_accept, desktop);
     let mut backoff = Duration::from_millis(500);
     let mut told = None;
     loop {
@@ -239,6 +240,7 @@ async fn session(
             }
             Ok(ServerMessage::Notice { text }) => {
                 eprintln!("offload: {text}");
+                prompter.notice(&text);
             }
             Ok(ServerMessage::Query {
                 query,

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod desktop;
 pub mod edge;
 mod files;
 mod logs;

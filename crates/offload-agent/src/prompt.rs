@@ -1,5 +1,6 @@
-//! Asking the user at the agent's terminal: a query from the server, answered y/N before
-//! its deadline, with the time left counting down.
+//! Asking the user at the agent's terminal, and on the desktop where there is one: a query
+//! from the server, answered y/N before its deadline with the time left counting down, or
+//! with the notification's Accept and Decline buttons, whichever comes first.
 
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
@@ -10,18 +11,20 @@ use offload_core::api::QueryView;
 use tokio::sync::mpsc;
 
 use crate::client::Api;
+use crate::desktop::Desktop;
 
 /// The agent's side of queries.
 pub struct Prompter {
     api: Api,
     auto_accept: bool,
     interactive: bool,
+    desktop: Option<Desktop>,
     lines: tokio::sync::Mutex<Option<mpsc::Receiver<String>>>,
     closed: Mutex<HashSet<String>>,
 }
 
 impl Prompter {
-    pub fn new(api: Api, auto_accept: bool) -> Arc<Self> {
+    pub fn new(api: Api, auto_accept: bool, desktop: Option<Desktop>) -> Arc<Self> {
         let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
         let lines = interactive.then(|| {
             let (tx, rx) = mpsc::channel(4);
@@ -39,9 +42,17 @@ impl Prompter {
             api,
             auto_accept,
             interactive,
+            desktop,
             lines: tokio::sync::Mutex::new(lines),
             closed: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// A notice from the server, on the desktop too.
+    pub fn notice(&self, text: &str) {
+        if let Some(desktop) = &self.desktop {
+            desktop.notice("offload", text);
+        }
     }
 
     /// The server closed a query (answered elsewhere, expired, withdrawn).
@@ -90,20 +101,35 @@ impl Prompter {
         );
         if self.auto_accept {
             eprintln!("offload: accepting (--auto-accept)");
+            if let Some(desktop) = &self.desktop {
+                desktop.notice(
+                    "offload",
+                    &format!("Moving {} {whither} (--auto-accept)", query.container_name),
+                );
+            }
             self.answer(&query.id, true).await;
             return;
         }
+        let mut clicked = self.desktop.as_ref().map(|d| d.ask(&query, deadline_secs));
+        let deadline = Instant::now() + Duration::from_secs(deadline_secs);
         if !self.interactive {
             eprintln!(
                 "offload: answer with `offload accept {id}` or `offload decline {id}` within {deadline_secs} s",
                 id = query.id
             );
+            if let Some(clicked) = clicked {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Ok(Ok(yes)) = tokio::time::timeout(left, clicked).await
+                    && !self.is_closed(&query.id)
+                {
+                    self.answer(&query.id, yes).await;
+                }
+            }
             return;
         }
         // One prompt at a time: the terminal has one line to type on.
         let mut lines = self.lines.lock().await;
         let Some(lines) = lines.as_mut() else { return };
-        let deadline = Instant::now() + Duration::from_secs(deadline_secs);
         loop {
             if self.is_closed(&query.id) {
                 return;
@@ -118,7 +144,28 @@ impl Prompter {
                 left.as_secs()
             );
             let _ = std::io::stderr().flush();
-            match tokio::time::timeout(Duration::from_secs(1).min(left), lines.recv()).await {
+            let button = async {
+                match clicked.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let typed = tokio::select! {
+                yes = button => match yes {
+                    Some(yes) => {
+                        eprintln!();
+                        self.answer(&query.id, yes).await;
+                        return;
+                    }
+                    // The notification went away without an answer: the terminal remains.
+                    None => {
+                        clicked = None;
+                        continue;
+                    }
+                },
+                typed = tokio::time::timeout(Duration::from_secs(1).min(left), lines.recv()) => typed,
+            };
+            match typed {
                 Ok(Some(line)) => {
                     let yes = matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes");
                     self.answer(&query.id, yes).await;

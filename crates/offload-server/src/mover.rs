@@ -19,7 +19,7 @@ use offload_core::moves::{
 };
 use offload_core::{
     ContainerId, ContainerRecord, Generation, Location, MoveDirection, MoveOutcome, MovePhase,
-    MoveRecord, MoveReport, State,
+    MoveRecord, MoveReport, MoveStep, State,
 };
 use offload_store::Principal;
 
@@ -272,6 +272,17 @@ impl Controller {
             },
         )
         .await;
+        // The owner's agent shows it (on the desktop too); a move between nodes has its
+        // own notice.
+        let name = &run.record.name;
+        let notice = match run.mv.phase.step() {
+            MoveStep::Preparing => Some(format!("{name} is moving to this machine")),
+            MoveStep::StoppingEdge => Some(format!("{name} is moving back to the cloud")),
+            _ => None,
+        };
+        if let Some(text) = notice {
+            self.hub.notice(&run.record.owner, text);
+        }
     }
 
     async fn enter(&self, mv: &MoveRecord) -> Result<(), ActionError> {
@@ -661,6 +672,9 @@ impl Controller {
             },
         )
         .await;
+        if let Some(text) = end_notice(record, mv, label) {
+            self.hub.notice(&record.owner, text);
+        }
         tracing::info!(id = %record.id, direction = mv.direction().as_str(), outcome = label, reason = ?record.reason, "move ended");
     }
 
@@ -915,3 +929,27 @@ impl Controller {
 
 #[cfg(test)]
 mod tests;
+
+/// What the owner is told when a move to or from their machine ends.
+fn end_notice(record: &ContainerRecord, mv: &MoveRecord, label: &str) -> Option<String> {
+    let name = &record.name;
+    let whither = match mv.direction() {
+        MoveDirection::ToEdge => "to this machine",
+        MoveDirection::ToCloud => "to the cloud",
+        MoveDirection::ToNode => return None,
+    };
+    let down = mv
+        .timings
+        .downtime_ms
+        .map(|ms| format!(" ({:.1} s without it)", ms as f64 / 1000.0))
+        .unwrap_or_default();
+    Some(match (label, mv.direction()) {
+        ("done", MoveDirection::ToEdge) => format!("{name} now runs on this machine{down}"),
+        ("done", _) => format!("{name} runs in the cloud again{down}"),
+        (other, _) => format!(
+            "the move of {name} {whither} {}: {}",
+            other.replace('_', " "),
+            record.reason.as_deref().unwrap_or("no reason given")
+        ),
+    })
+}

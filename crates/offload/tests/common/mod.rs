@@ -240,6 +240,8 @@ pub fn stdout(out: &Output) -> String {
 pub struct Edge {
     pub agent: Option<Child>,
     pub flags: Vec<String>,
+    /// Extra environment of the agent (a session bus address).
+    pub env: Vec<(String, String)>,
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub dir: tempfile::TempDir,
@@ -254,6 +256,11 @@ impl Edge {
 
     /// Likewise, with extra `offload agent` flags (`--auto-accept`, `--auto-return`).
     pub fn start_with(name: &str, user: &User, flags: &[&str]) -> Edge {
+        Edge::start_with_env(name, user, flags, &[])
+    }
+
+    /// Likewise, with extra environment variables for the agent.
+    pub fn start_with_env(name: &str, user: &User, flags: &[&str], env: &[(&str, &str)]) -> Edge {
         let engine = Engine::start(name).expect("edge engine starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let mut edge = Edge {
@@ -263,6 +270,10 @@ impl Edge {
             dir,
             engine,
             flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         edge.start_agent();
         edge
@@ -296,6 +307,7 @@ impl Edge {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.flags)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("OFFLOAD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
