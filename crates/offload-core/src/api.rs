@@ -427,6 +427,18 @@ pub struct DrainReport {
     pub staying: Vec<DrainStay>,
 }
 
+/// What `POST /v1/admin/cloud/drain` did: the cloud starts nothing new until the drain
+/// ends, and every owner whose agent is connected was asked to take their containers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CloudDrainReport {
+    /// Unix seconds since when the cloud drains.
+    pub since: i64,
+    /// The queries asked now.
+    pub asked: Vec<QueryView>,
+    /// Containers still in the cloud that were not asked, each with why.
+    pub not_asked: Vec<DrainStay>,
+}
+
 /// A container a drain could not move yet.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DrainStay {
@@ -446,6 +458,9 @@ pub struct PressureRequest {
 /// The monitor as `offload top` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MonitorView {
+    /// Set while the operator drains the cloud (Unix seconds since): nothing new starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<i64>,
     /// `host` or `pool`; `nodes` on a cluster, where each node is measured on its own and
     /// `resources` are the cloud's as a whole (the least busy node's use, or a node's that
     /// no move between nodes can relieve).

@@ -59,6 +59,8 @@ fn action(method: &Method, route: &str) -> Option<&'static str> {
         ("GET", "/v1/agent") => "agent",
         ("POST", "/v1/admin/pressure") => "admin_pressure",
         ("POST", "/v1/admin/drain") => "admin_drain",
+        ("POST", "/v1/admin/cloud/drain") => "admin_drain",
+        ("DELETE", "/v1/admin/cloud/drain") => "admin_drain_end",
         ("POST", "/v1/admin/users/{name}/disable") => "admin_disable",
         ("POST", "/v1/admin/users/{name}/enable") => "admin_enable",
         ("POST", "/v1/admin/tokens/revoke") => "admin_revoke",

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use offload_core::MoveRecord;
 use offload_core::api::{
-    ContainerView, MonitorView, MoveRequest, MoveStatus, QueryView, StartRequest,
+    CloudDrainReport, ContainerView, DrainStay, MonitorView, MoveRequest, MoveStatus, QueryView,
+    StartRequest,
 };
 use offload_core::events::EventBody;
 use offload_core::{
@@ -95,7 +96,11 @@ impl Controller {
             clock,
             Duration::from_secs_f64(config.monitor.query_deadline_secs),
         ));
-        let monitor = Arc::new(MonitorStatus::new(config.monitor.source));
+        let draining = store
+            .setting(CLOUD_DRAIN)
+            .map_err(|e| ActionError::Internal(e.to_string()))?
+            .and_then(|since| since.parse::<i64>().ok());
+        let monitor = Arc::new(MonitorStatus::new(config.monitor.source, draining));
         let node_watch = crate::node_loss::NodeWatch::new(Duration::from_secs_f64(
             config.swarm.node_lost_grace_secs,
         ));
@@ -224,18 +229,97 @@ impl Controller {
         user: Option<UserName>,
     ) -> Result<Vec<QueryView>, ActionError> {
         require_admin(who)?;
+        let reason = "the operator asked for room on the cloud host now";
+        Ok(self.ask_owners(user, reason).await?.0)
+    }
+
+    /// Drains the whole cloud (admin only): from now on nothing new starts there and
+    /// nothing returns to it, and every owner whose agent is connected is asked now to
+    /// take their running containers. Until [`Controller::end_cloud_drain`]; a repeated
+    /// drain asks again whoever was not asked.
+    pub async fn drain_cloud(&self, who: &Principal) -> Result<CloudDrainReport, ActionError> {
+        require_admin(who)?;
+        let since = match self.monitor.draining() {
+            Some(since) => since,
+            None => {
+                let since = now();
+                let value = since.to_string();
+                self.db(move |s| s.set_setting(CLOUD_DRAIN, Some(&value)))
+                    .await?;
+                self.monitor.set_draining(Some(since));
+                since
+            }
+        };
+        tracing::warn!(by = %who.user, "the cloud is draining: nothing new starts");
+        self.hub.notice_all(
+            "the operator is draining the cloud: no new containers start there for now",
+        );
+        let reason =
+            "the operator is draining the cloud: please take this container to your machine";
+        let (asked, not_asked) = self.ask_owners(None, reason).await?;
+        Ok(CloudDrainReport {
+            since,
+            asked,
+            not_asked,
+        })
+    }
+
+    /// Ends a drain of the cloud (admin only); `false` if there was none.
+    pub async fn end_cloud_drain(&self, who: &Principal) -> Result<bool, ActionError> {
+        require_admin(who)?;
+        let was = self.monitor.draining().is_some();
+        self.db(|s| s.set_setting(CLOUD_DRAIN, None)).await?;
+        self.monitor.set_draining(None);
+        if was {
+            tracing::info!(by = %who.user, "the cloud drain ended");
+        }
+        Ok(was)
+    }
+
+    /// Refuses what would add to a drained cloud.
+    pub(crate) fn refuse_while_draining(&self, what: &str) -> Result<(), ActionError> {
+        match self.monitor.draining() {
+            None => Ok(()),
+            Some(_) => Err(ActionError::Conflict(format!(
+                "the operator is draining the cloud: {what} until the drain ends"
+            ))),
+        }
+    }
+
+    /// Asks the owners of running cloud containers (of `user`, or everyone's) whose agent
+    /// is connected; the queries asked, and the containers not asked with why.
+    async fn ask_owners(
+        &self,
+        user: Option<UserName>,
+        reason: &str,
+    ) -> Result<(Vec<QueryView>, Vec<DrainStay>), ActionError> {
         let records = self.db(|s| s.containers(None)).await?;
         let pending = self.queries.pending().await?;
         let cooldown = Duration::from_secs_f64(self.config.monitor.decline_cooldown_secs);
         let mut asked = Vec::new();
+        let mut not_asked = Vec::new();
         for record in records {
-            let eligible = record.location == Location::Cloud
-                && record.state == State::Running
-                && self.hub.agent(&record.owner).is_some()
-                && user.as_ref().is_none_or(|u| *u == record.owner)
-                && !pending.iter().any(|q| q.container_id == record.id)
-                && !self.queries.declined_recently(&record, cooldown).await?;
-            if !eligible {
+            if record.location != Location::Cloud
+                || user.as_ref().is_some_and(|u| *u != record.owner)
+            {
+                continue;
+            }
+            let why = if record.state != State::Running {
+                Some(format!("it is {}", record.state.as_str()))
+            } else if self.hub.agent(&record.owner).is_none() {
+                Some(format!("{}'s agent is not connected", record.owner))
+            } else if pending.iter().any(|q| q.container_id == record.id) {
+                Some("a query about it is open".to_owned())
+            } else if self.queries.declined_recently(&record, cooldown).await? {
+                Some(format!("{} declined a move recently", record.owner))
+            } else {
+                None
+            };
+            if let Some(reason) = why {
+                not_asked.push(DrainStay {
+                    id: record.id.to_string(),
+                    reason,
+                });
                 continue;
             }
             let bytes = self
@@ -243,11 +327,10 @@ impl Controller {
                 .last(&record.id)
                 .or_else(|| self.sync.cached_bytes(&record.id))
                 .unwrap_or(0);
-            let reason = "the operator asked for room on the cloud host now";
             let query = self.queries.ask(&record, reason, bytes, None).await?;
             asked.push(crate::queries::view(&query, record.name.as_str()));
         }
-        Ok(asked)
+        Ok((asked, not_asked))
     }
 
     /// The Prometheus exposition.
@@ -265,6 +348,11 @@ impl Controller {
     }
 
     /// The monitor's last view, for `offload top`.
+    /// Since when the operator drains the cloud, if they do.
+    pub fn draining(&self) -> Option<i64> {
+        self.monitor.draining()
+    }
+
     pub async fn monitor_view(&self) -> Result<MonitorView, ActionError> {
         let pending = self.queries.pending().await?.len();
         Ok(self.monitor.view(pending))
@@ -463,6 +551,7 @@ impl Controller {
         req: StartRequest,
     ) -> Result<ContainerRecord, ActionError> {
         let (image, name, cpus, memory_bytes) = self.validate_start(who, &req)?;
+        self.refuse_while_draining("no new containers start")?;
         let owner = who.user.clone();
         let theirs = self.db(move |s| s.containers(Some(&owner))).await?;
         self.check_quota(&theirs, cpus, memory_bytes)?;
@@ -605,6 +694,9 @@ impl Controller {
         let mut record = self.reload(&found.id).await?;
         if record.state == State::Running {
             return Ok(record);
+        }
+        if record.location == Location::Cloud {
+            self.refuse_while_draining("stopped containers do not start in the cloud")?;
         }
         if record.location != Location::Cloud
             || !matches!(record.state, State::Stopped | State::Missing)
@@ -977,6 +1069,9 @@ pub(crate) fn create_workspace(path: &std::path::Path) -> std::io::Result<()> {
     // the container any user the image runs as must be able to write its workspace.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
 }
+
+/// The setting that holds since when the cloud drains.
+const CLOUD_DRAIN: &str = "cloud_drain_since";
 
 /// Whether `principal` is allowed admin actions.
 pub fn require_admin(principal: &Principal) -> Result<(), ActionError> {

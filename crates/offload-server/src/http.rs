@@ -11,8 +11,8 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use offload_core::api::{
-    ApiError, ContainerView, DrainReport, DrainRequest, JoinRequest, JoinResponse, MonitorView,
-    MoveRequest, PressureRequest, QueryView, StartRequest, WhoAmI,
+    ApiError, CloudDrainReport, ContainerView, DrainReport, DrainRequest, JoinRequest,
+    JoinResponse, MonitorView, MoveRequest, PressureRequest, QueryView, StartRequest, WhoAmI,
 };
 use offload_store::{Principal, TokenKind, TokenLookup};
 use offload_sync::protocol::{PushReport, PushRequest};
@@ -92,6 +92,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(decline_query))
         .routes(routes!(admin_pressure))
         .routes(routes!(admin_drain))
+        .routes(routes!(admin_drain_cloud, admin_end_cloud_drain))
         .routes(routes!(monitor_status))
         .routes(routes!(join))
         .routes(routes!(ca_certificate))
@@ -740,6 +741,31 @@ async fn admin_drain(
         ));
     }
     Ok(Json(state.ctl.drain(&who, &req.node).await?))
+}
+
+/// Drains the whole cloud (admin only): nothing new starts or returns there until the
+/// drain ends, and every owner whose agent is connected is asked now.
+#[utoipa::path(post, path = "/v1/admin/cloud/drain", tag = "admin",
+    responses((status = 200, body = CloudDrainReport), (status = 403, body = ApiError)))]
+async fn admin_drain_cloud(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<CloudDrainReport>, ActionError> {
+    Ok(Json(state.ctl.drain_cloud(&who).await?))
+}
+
+/// Ends a drain of the cloud (admin only); 409 if the cloud was not draining.
+#[utoipa::path(delete, path = "/v1/admin/cloud/drain", tag = "admin",
+    responses((status = 204), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+async fn admin_end_cloud_drain(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<StatusCode, ActionError> {
+    if state.ctl.end_cloud_drain(&who).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ActionError::Conflict("the cloud is not draining".into()))
+    }
 }
 
 /// The resource monitor's view: usage, forecast, watermarks, pressure, and the caller's

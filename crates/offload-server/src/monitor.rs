@@ -44,14 +44,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct MonitorStatus {
     source: SamplerSource,
     last: Mutex<Option<(Status, Vec<UsageView>)>>,
+    /// Since when the operator drains the whole cloud (Unix seconds): nothing new starts
+    /// there and nothing returns.
+    draining: Mutex<Option<i64>>,
 }
 
 impl MonitorStatus {
-    pub fn new(source: SamplerSource) -> Self {
+    pub fn new(source: SamplerSource, draining: Option<i64>) -> Self {
         MonitorStatus {
             source,
             last: Mutex::new(None),
+            draining: Mutex::new(draining),
         }
+    }
+
+    /// Since when the cloud drains, if it does.
+    pub fn draining(&self) -> Option<i64> {
+        *lock(&self.draining)
+    }
+
+    pub fn set_draining(&self, since: Option<i64>) {
+        *lock(&self.draining) = since;
     }
 
     fn publish(&self, status: Status, containers: Vec<UsageView>) {
@@ -66,6 +79,7 @@ impl MonitorStatus {
         };
         match lock(&self.last).clone() {
             Some((status, containers)) => MonitorView {
+                draining_since: self.draining(),
                 // On a cluster each node is measured as a pool of offload's containers.
                 source: if status.nodes.is_empty() {
                     source.to_owned()
@@ -105,6 +119,7 @@ impl MonitorStatus {
                 containers,
             },
             None => MonitorView {
+                draining_since: self.draining(),
                 source: source.to_owned(),
                 under_pressure: false,
                 reason: "no sample yet".to_owned(),
@@ -665,7 +680,9 @@ impl MonitorLoop {
                 }
             }
         }
-        for ret in &decision.return_moves {
+        // A drained cloud takes nothing back.
+        let draining = self.parts.status.draining().is_some();
+        for ret in decision.return_moves.iter().filter(|_| !draining) {
             let Some(record) = record_of(&ret.container_id) else {
                 continue;
             };
@@ -684,7 +701,7 @@ impl MonitorLoop {
                 tracing::warn!(id = %record.id, error = %e, "cannot start the return");
             }
         }
-        for ret in &decision.return_notices {
+        for ret in decision.return_notices.iter().filter(|_| !draining) {
             if let Ok(owner) = UserName::parse(&ret.owner) {
                 hub.notice(
                     &owner,

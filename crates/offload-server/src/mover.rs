@@ -80,6 +80,11 @@ impl Controller {
         req: MoveRequest,
     ) -> Result<ContainerRecord, ActionError> {
         let found = self.find(who, id_or_name).await?;
+        if req.to == Location::Cloud && !req.force {
+            self.refuse_while_draining(
+                "containers do not move back (`--force` does, for a machine that is gone)",
+            )?;
+        }
         let Some(guard) = self.try_lock(&found.id) else {
             return Err(ActionError::Conflict(format!(
                 "container {} is busy (a move or another action is in progress)",

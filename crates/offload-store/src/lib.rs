@@ -184,6 +184,11 @@ const MIGRATIONS: &[&str] = &[
         url TEXT PRIMARY KEY,
         last_id INTEGER NOT NULL
     );",
+    // 13: the server's own switches (a drain of the whole cloud).
+    "CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
 ];
 
 /// A user as the operator sees them.
@@ -816,6 +821,33 @@ impl Store {
             .query_row(sql, params![user, tail as i64], |row| row.get(0))
             .optional()?;
         Ok(id.unwrap_or(0) as u64)
+    }
+
+    /// A switch of the server's, if set.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Sets (`Some`) or clears (`None`) a switch.
+    pub fn set_setting(&self, key: &str, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(value) => self.conn().execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?,
+            None => self
+                .conn()
+                .execute("DELETE FROM settings WHERE key = ?1", params![key])?,
+        };
+        Ok(())
     }
 
     /// The last event a webhook delivered (or gave up on), if it ever ran.

@@ -338,12 +338,17 @@ pub enum AdminCommand {
         #[arg(long)]
         user: Option<String>,
     },
-    /// Drain a node of the cloud's swarm: nothing more is placed there, and its
+    /// Drain the cloud: nothing new starts or returns there, and every owner whose agent
+    /// is connected is asked now to take their containers; `--end` ends it. With `--node`,
+    /// drain one node of the cloud's swarm instead: nothing more is placed there, and its
     /// containers move to other nodes with their workspaces (needs an admin token).
     Drain {
         /// The node: its name or its ID.
-        #[arg(long, required = true)]
-        node: String,
+        #[arg(long, conflicts_with = "end")]
+        node: Option<String>,
+        /// End the drain of the cloud: containers start and return again.
+        #[arg(long)]
+        end: bool,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },

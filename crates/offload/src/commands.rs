@@ -9,7 +9,8 @@ use offload_server::ServerConfig;
 
 use offload_core::Location;
 use offload_core::api::{
-    DashboardLink, DrainReport, DrainRequest, MonitorView, MoveRequest, PressureRequest, QueryView,
+    CloudDrainReport, DashboardLink, DrainReport, DrainRequest, MonitorView, MoveRequest,
+    PressureRequest, QueryView,
 };
 
 use crate::cli::{AdminCommand, Cli, Command, Output, ServerArgs, Target, TokenCommand};
@@ -237,7 +238,45 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Admin(AdminCommand::Ls { output }) => {
             crate::admin::ls(&connect(config.as_deref())?, output).await
         }
-        Command::Admin(AdminCommand::Drain { node, output }) => {
+        Command::Admin(AdminCommand::Drain {
+            node: None,
+            end,
+            output,
+        }) => {
+            let api = connect(config.as_deref())?;
+            if end {
+                api.delete("/v1/admin/cloud/drain").await?;
+                println!("the cloud drain ended: containers start and return again");
+                return Ok(0);
+            }
+            let report: CloudDrainReport = api
+                .post("/v1/admin/cloud/drain", &serde_json::json!({}))
+                .await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => {
+                    println!(
+                        "the cloud is draining: nothing new starts or returns there until \
+                         `offload admin drain --end`"
+                    );
+                    for q in &report.asked {
+                        println!(
+                            "{}  {}'s owner {} is asked (query {})",
+                            q.container_id, q.container_name, q.owner, q.id
+                        );
+                    }
+                    for stay in &report.not_asked {
+                        println!("{}  not asked: {}", stay.id, stay.reason);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Admin(AdminCommand::Drain {
+            node: Some(node),
+            output,
+            ..
+        }) => {
             let api = connect(config.as_deref())?;
             let report: DrainReport = api.post("/v1/admin/drain", &DrainRequest { node }).await?;
             match output {
@@ -503,6 +542,10 @@ fn print_monitor(v: &MonitorView) {
         }
     );
     println!("{}", v.reason);
+    if let Some(since) = v.draining_since {
+        let ago = (offload_server::controller::now() - since).max(0);
+        println!("the operator drains the cloud (for {ago} s): nothing new starts there");
+    }
     println!(
         "{:<8}  {:>6}  {:>8}  {:>5}  {:>5}  PRESSURE",
         "RESOURCE", "USAGE", "FORECAST", "LOW", "HIGH"

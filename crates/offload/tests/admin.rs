@@ -231,3 +231,67 @@ fn revoked_tokens_never_work_again_and_quotas_refuse_a_start_that_would_pass_the
     let bob = cloud.user("bob");
     assert_eq!(bob.ls().len(), 1);
 }
+
+#[test]
+fn draining_the_cloud_asks_every_owner_now_and_starts_nothing_new_until_it_ends() {
+    let mut cloud = Cloud::start("drain-all");
+    let ops = cloud.admin("ops");
+    let alice = cloud.user("alice");
+    let bob = cloud.user("bob");
+    let _edge = Edge::start("drain-all-edge", &alice);
+    let a = alice.start_sleeper("a");
+    let idle = alice.start_sleeper("idle");
+    alice.ok(&["stop", &idle]);
+    let b = bob.start_sleeper("b");
+    let refused = |user: &User, args: &[&str], what: &str| {
+        let out = user.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} must be refused");
+        assert!(stderr(&out).contains(what), "{args:?}: {}", stderr(&out));
+    };
+
+    refused(&alice, &["admin", "drain"], "admin");
+    let report: Value =
+        serde_json::from_str(&ops.ok(&["admin", "drain", "-o", "json"])).expect("report json");
+    let asked = report["asked"].as_array().expect("asked");
+    assert_eq!(asked.len(), 1, "{report}");
+    assert_eq!(asked[0]["container_id"], a.as_str());
+    let why = |id: &str| {
+        report["not_asked"]
+            .as_array()
+            .expect("not asked")
+            .iter()
+            .find(|s| s["id"] == id)
+            .map(|s| s["reason"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    assert!(why(&b).contains("bob's agent is not connected"), "{report}");
+    assert!(why(&idle).contains("stopped"), "{report}");
+
+    // Nothing new starts, nothing stopped starts again, nothing returns.
+    let start = ["start", "--name", "new", IMAGE, "--", "sleep", "60"];
+    refused(&bob, &start, "draining the cloud");
+    refused(&alice, &["restart", &idle], "draining the cloud");
+    let top: Value = serde_json::from_str(&ops.ok(&["top", "-o", "json"])).expect("top");
+    assert!(top["draining_since"].as_i64().is_some(), "{top}");
+    let qid = asked[0]["id"].as_str().expect("qid");
+    alice.ok(&["accept", qid]);
+    eventually(90, "a at the edge", || alice.show(&a)["location"] == "edge");
+    refused(&alice, &["move", &a, "--to", "cloud"], "draining the cloud");
+    assert_eq!(alice.show(&a)["location"], "edge");
+
+    // The drain outlives a restart of the server.
+    cloud.kill_server();
+    cloud.start_server();
+    refused(&bob, &start, "draining the cloud");
+
+    ops.ok(&["admin", "drain", "--end"]);
+    refused(&ops, &["admin", "drain", "--end"], "not draining");
+    bob.ok(&start);
+    alice.ok(&["restart", &idle]);
+    let entries = audit(&ops, &["--user", "ops"]);
+    let drains = entries
+        .iter()
+        .filter(|e| e["action"] == "admin_drain" || e["action"] == "admin_drain_end")
+        .count();
+    assert_eq!(drains, 3, "{entries:?}");
+}
