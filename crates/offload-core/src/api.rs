@@ -150,6 +150,10 @@ pub struct ContainerView {
     /// On a cluster: the node (its ID) the cloud copy is placed on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// At the edge, the recovery point: how many seconds of its work the cloud may not
+    /// have yet (0 while its agent reports every change synced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_lag_secs: Option<u64>,
 }
 
 /// A move in flight, as `show` reports it.
@@ -203,6 +207,7 @@ impl From<&ContainerRecord> for ContainerView {
             moving: None,
             last_move: r.last_move.clone(),
             node: r.node.clone(),
+            sync_lag_secs: None,
         }
     }
 }

@@ -121,6 +121,23 @@ pub enum EventBody {
         hostname: String,
     },
     AgentGone,
+    /// A container at the edge has work the cloud does not have, for longer than the
+    /// operator's threshold (its recovery point is that far behind).
+    RecoveryPointBehind {
+        #[schema(value_type = String)]
+        container_id: ContainerId,
+        #[schema(value_type = String)]
+        name: Name,
+        lag_secs: u64,
+        threshold_secs: u64,
+    },
+    /// It caught up again: the cloud has all of its work.
+    RecoveryPointCaughtUp {
+        #[schema(value_type = String)]
+        container_id: ContainerId,
+        #[schema(value_type = String)]
+        name: Name,
+    },
 }
 
 impl EventBody {
@@ -138,6 +155,8 @@ impl EventBody {
         "pressure_ended",
         "agent_connected",
         "agent_gone",
+        "recovery_point_behind",
+        "recovery_point_caught_up",
     ];
 
     /// The `kind` tag, which is also the SSE `event:` field.
@@ -155,6 +174,8 @@ impl EventBody {
             EventBody::PressureEnded { .. } => "pressure_ended",
             EventBody::AgentConnected { .. } => "agent_connected",
             EventBody::AgentGone => "agent_gone",
+            EventBody::RecoveryPointBehind { .. } => "recovery_point_behind",
+            EventBody::RecoveryPointCaughtUp { .. } => "recovery_point_caught_up",
         }
     }
 
@@ -168,7 +189,9 @@ impl EventBody {
             | EventBody::MovePhase { container_id, .. }
             | EventBody::MoveEnded { container_id, .. }
             | EventBody::QueryAsked { container_id, .. }
-            | EventBody::QueryClosed { container_id, .. } => Some(container_id),
+            | EventBody::QueryClosed { container_id, .. }
+            | EventBody::RecoveryPointBehind { container_id, .. }
+            | EventBody::RecoveryPointCaughtUp { container_id, .. } => Some(container_id),
             EventBody::PressureStarted { .. }
             | EventBody::PressureEnded { .. }
             | EventBody::AgentConnected { .. }
@@ -238,6 +261,17 @@ impl Event {
             EventBody::QueryClosed {
                 query_id, state, ..
             } => format!("query {query_id} {state}"),
+            EventBody::RecoveryPointBehind {
+                name,
+                lag_secs,
+                threshold_secs,
+                ..
+            } => format!(
+                "{name}: the cloud lacks its last {lag_secs} s of work (warning past {threshold_secs} s)"
+            ),
+            EventBody::RecoveryPointCaughtUp { name, .. } => {
+                format!("{name}: the cloud has all of its work again")
+            }
             EventBody::PressureStarted {
                 resource,
                 node,

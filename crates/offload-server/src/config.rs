@@ -66,6 +66,9 @@ pub struct ServerConfig {
     pub events_retention_hours: u64,
     /// The resource monitor: watermarks, sustain, forecast, queries, returns, pool.
     pub monitor: offload_monitor::PolicyConfig,
+    /// Seconds of an edge container's work the cloud may lack before a
+    /// `recovery_point_behind` event warns of it.
+    pub recovery_point_warn_secs: u64,
     /// Receivers that get each event as a signed JSON POST (`[[webhooks]]`).
     pub webhooks: Vec<WebhookConfig>,
 }
@@ -175,6 +178,7 @@ impl Default for ServerConfig {
             max_connections_per_address: 64,
             events_retention_hours: 7 * 24,
             monitor: offload_monitor::PolicyConfig::default(),
+            recovery_point_warn_secs: 300,
             webhooks: Vec::new(),
         }
     }

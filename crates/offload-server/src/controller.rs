@@ -169,6 +169,7 @@ impl Controller {
                 clock: self.clock,
                 cloud_moves: self.config.cloud_moves,
                 events: self.events.clone(),
+                recovery_warn_secs: self.config.recovery_point_warn_secs,
             },
         )
     }
@@ -344,15 +345,23 @@ impl Controller {
         }
         let counts: Vec<(String, String, i64)> =
             counts.into_iter().map(|((l, s), n)| (l, s, n)).collect();
+        let points: Vec<(String, String, u64)> = records
+            .iter()
+            .filter_map(|r| {
+                self.recovery_point(r)
+                    .map(|secs| (r.id.to_string(), r.owner.to_string(), secs))
+            })
+            .collect();
+        self.metrics.set_recovery_points(&points);
         Ok(self.metrics.render(&counts, self.hub.agents().len()))
     }
 
-    /// The monitor's last view, for `offload top`.
     /// Since when the operator drains the cloud, if they do.
     pub fn draining(&self) -> Option<i64> {
         self.monitor.draining()
     }
 
+    /// The monitor's last view, for `offload top`.
     pub async fn monitor_view(&self) -> Result<MonitorView, ActionError> {
         let pending = self.queries.pending().await?.len();
         Ok(self.monitor.view(pending))
@@ -934,6 +943,7 @@ impl Controller {
 
     fn view_with(&self, record: &ContainerRecord, mv: Option<&MoveRecord>) -> ContainerView {
         let mut view = ContainerView::from(record);
+        view.sync_lag_secs = self.recovery_point(record);
         view.moving = mv.map(|m| MoveStatus {
             direction: m.direction(),
             step: m.phase.step(),
@@ -1027,7 +1037,22 @@ impl Controller {
             let _ = self.save(&record, "conflict", &detail).await;
             return Ok(report);
         }
-        self.sync.apply(&record.id, req.plan, None).await
+        let applied = self.sync.apply(&record.id, req.plan, None).await?;
+        self.hub.note_synced(&record.id, self.clock.unix());
+        Ok(applied)
+    }
+
+    /// For a container at the edge, how many seconds of its work the cloud may not have
+    /// (see [`AgentHub::recovery_point`]); `None` elsewhere.
+    pub fn recovery_point(&self, record: &ContainerRecord) -> Option<u64> {
+        (record.location == Location::Edge && record.state != State::Moving).then(|| {
+            self.hub.recovery_point(
+                &record.owner,
+                &record.id,
+                record.updated_at,
+                self.clock.unix(),
+            )
+        })
     }
 }
 

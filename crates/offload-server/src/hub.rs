@@ -89,6 +89,9 @@ pub struct AgentHub {
     commands: Arc<Mutex<HashMap<ContainerId, (UserName, usize)>>>,
     progress: Mutex<HashMap<ContainerId, Progress>>,
     next: AtomicU64,
+    /// When the cloud last had every change of each edge container (Unix seconds): the
+    /// agent said so, or a push of it was applied.
+    synced_at: Mutex<HashMap<ContainerId, i64>>,
 }
 
 /// How long the server waits for an agent to dial back a channel it was asked to open.
@@ -121,6 +124,29 @@ pub struct Hello {
 impl AgentHub {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Notes that the cloud has every change of `id` as of `at`.
+    pub fn note_synced(&self, id: &ContainerId, at: i64) {
+        let mut synced = lock(&self.synced_at);
+        let entry = synced.entry(id.clone()).or_insert(at);
+        *entry = (*entry).max(at);
+    }
+
+    /// The recovery point of an edge container at `now`: how many seconds of its work the
+    /// cloud may not have. Zero while its agent is connected and reports it synced; else
+    /// the time since the cloud last had all of it (`since` when that is not known here,
+    /// the end of its move).
+    pub fn recovery_point(&self, owner: &UserName, id: &ContainerId, since: i64, now: i64) -> u64 {
+        let synced_now = self
+            .agent(owner)
+            .is_some_and(|a| a.containers().iter().any(|c| c.id == *id && c.synced));
+        if synced_now {
+            self.note_synced(id, now);
+            return 0;
+        }
+        let last = lock(&self.synced_at).get(id).copied().unwrap_or(since);
+        u64::try_from(now - last.max(since)).unwrap_or(0)
     }
 
     /// Registers a connection; a newer connection of the same user replaces the older.

@@ -34,6 +34,7 @@ pub struct Metrics {
     node_pressure: Family<Labels, Gauge>,
     node_capacity: Family<Labels, Gauge<f64, AtomicU64>>,
     node_schedulable: Family<Labels, Gauge>,
+    recovery_point: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -71,6 +72,12 @@ impl Metrics {
         );
         let agents = Gauge::default();
         registry.register("agents_connected", "Connected edge agents", agents.clone());
+        let recovery_point = Family::<Labels, Gauge>::default();
+        registry.register(
+            "recovery_point_seconds",
+            "For each container at the edge, seconds of its work the cloud may not have yet",
+            recovery_point.clone(),
+        );
         let usage = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "monitor_usage_ratio",
@@ -124,6 +131,7 @@ impl Metrics {
             queries,
             containers,
             agents,
+            recovery_point,
             usage,
             forecast,
             pressure,
@@ -182,6 +190,16 @@ impl Metrics {
         }
     }
 
+    /// Sets each edge container's recovery point: (container, owner, seconds).
+    pub fn set_recovery_points(&self, points: &[(String, String, u64)]) {
+        self.recovery_point.clear();
+        for (container, owner, secs) in points {
+            self.recovery_point
+                .get_or_create(&labels(&[("container", container), ("owner", owner)]))
+                .set(i64::try_from(*secs).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Renders the metrics, after setting the gauges read at scrape time.
     pub fn render(&self, containers: &[(String, String, i64)], agents: usize) -> String {
         self.containers.clear();
@@ -211,7 +229,12 @@ mod tests {
         metrics.move_ended("to_edge", "rolled_back", None);
         metrics.query("asked");
         metrics.monitor("cpu", 0.9, 0.95, true);
+        metrics.set_recovery_points(&[("c1".into(), "alice".into(), 42)]);
         let text = metrics.render(&[("cloud".into(), "running".into(), 3)], 1);
+        assert!(
+            text.contains(r#"offload_recovery_point_seconds{container="c1",owner="alice"} 42"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"offload_moves_total{direction="to_edge",outcome="done"} 1"#),
             "{text}"

@@ -168,6 +168,8 @@ pub struct MonitorParts {
     pub cloud_moves: CloudMoves,
     /// Pressure starting and ending, for the event stream.
     pub events: Arc<EventLog>,
+    /// The recovery point past which an edge container is reported behind.
+    pub recovery_warn_secs: u64,
 }
 
 /// How many containers' readings a tick takes at once.
@@ -195,6 +197,8 @@ pub struct MonitorLoop {
     known: HashMap<String, (ContainerId, bool)>,
     /// On a cluster: (node name, resource) under pressure in the last round.
     node_pressure: HashSet<(String, String)>,
+    /// Edge containers whose recovery point was past the threshold in the last round.
+    behind: HashSet<ContainerId>,
 }
 
 impl MonitorLoop {
@@ -208,7 +212,52 @@ impl MonitorLoop {
             tracker: Tracker::default(),
             known: HashMap::new(),
             node_pressure: HashSet::new(),
+            behind: HashSet::new(),
         })
+    }
+
+    /// Publishes an edge container's recovery point crossing the threshold, either way.
+    async fn watch_recovery_points(&mut self, records: &[ContainerRecord]) {
+        let threshold = self.parts.recovery_warn_secs;
+        let now = self.parts.clock.unix();
+        let mut behind_now = HashSet::new();
+        for record in records
+            .iter()
+            .filter(|r| r.location == Location::Edge && r.state != State::Moving)
+        {
+            let lag =
+                self.parts
+                    .hub
+                    .recovery_point(&record.owner, &record.id, record.updated_at, now);
+            if lag < threshold {
+                continue;
+            }
+            behind_now.insert(record.id.clone());
+            if !self.behind.contains(&record.id) {
+                tracing::warn!(id = %record.id, lag, "the cloud lacks this edge container's recent work");
+                let body = EventBody::RecoveryPointBehind {
+                    container_id: record.id.clone(),
+                    name: record.name.clone(),
+                    lag_secs: lag,
+                    threshold_secs: threshold,
+                };
+                self.parts.events.publish(Some(&record.owner), body).await;
+            }
+        }
+        for id in self.behind.difference(&behind_now) {
+            // Caught up, or no longer at the edge: only a container still there says so.
+            if let Some(record) = records
+                .iter()
+                .find(|r| r.id == *id && r.location == Location::Edge)
+            {
+                let body = EventBody::RecoveryPointCaughtUp {
+                    container_id: record.id.clone(),
+                    name: record.name.clone(),
+                };
+                self.parts.events.publish(Some(&record.owner), body).await;
+            }
+        }
+        self.behind = behind_now;
     }
 
     /// Runs the loop forever.
@@ -285,6 +334,7 @@ impl MonitorLoop {
         }
         self.parts.metrics.nodes(&decision.status.nodes);
         self.parts.status.publish(decision.status.clone(), views);
+        self.watch_recovery_points(&records).await;
         self.apply(decision, &records).await
     }
 

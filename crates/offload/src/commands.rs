@@ -617,13 +617,16 @@ pub(crate) fn print_table(views: &[ContainerView], owners: bool) {
     // The NODE column appears only on a cluster, so single-engine output is unchanged.
     let nodes = views.iter().any(|v| v.node.is_some());
     let node_header = if nodes { "  NODE" } else { "" };
+    // Likewise the recovery point, only when a container runs at the edge.
+    let lags = views.iter().any(|v| v.sync_lag_secs.is_some());
+    let lag_header = if lags { "  RECOVERY POINT" } else { "" };
     let owner_header = if owners {
         format!("{:<16}  ", "OWNER")
     } else {
         String::new()
     };
     println!(
-        "{owner_header}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node_header}",
+        "{owner_header}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node_header}{lag_header}",
         "ID", "NAME", "IMAGE", "LOCATION", "STATE", "GEN", "RUNTIME ID"
     );
     for v in views {
@@ -637,8 +640,13 @@ pub(crate) fn print_table(views: &[ContainerView], owners: bool) {
         } else {
             String::new()
         };
+        let lag = match (lags, v.sync_lag_secs) {
+            (true, Some(secs)) => format!("  {}", recovery_point(secs)),
+            (true, None) => "  -".to_owned(),
+            (false, _) => String::new(),
+        };
         println!(
-            "{owner}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node}",
+            "{owner}{:<12}  {:<20}  {:<28}  {:<8}  {:<11}  {:>3}  {:<12}{node}{lag}",
             v.id,
             v.name,
             v.image,
@@ -647,6 +655,16 @@ pub(crate) fn print_table(views: &[ContainerView], owners: bool) {
             v.generation,
             short(v.runtime_id.as_deref())
         );
+    }
+}
+
+/// A recovery point for people: "up to date", or how far behind the cloud's copy is.
+fn recovery_point(secs: u64) -> String {
+    match secs {
+        0 => "up to date".to_owned(),
+        s if s < 120 => format!("{s} s behind"),
+        s if s < 7200 => format!("{} min behind", s / 60),
+        s => format!("{} h behind", s / 3600),
     }
 }
 
@@ -673,6 +691,12 @@ fn print_details(v: &ContainerView) {
     println!("runtime id:  {}", v.runtime_id.as_deref().unwrap_or("-"));
     if let Some(node) = &v.node {
         println!("node:        {node}");
+    }
+    if let Some(secs) = v.sync_lag_secs {
+        println!(
+            "recovery:    {} (the work of this container the cloud may not have yet)",
+            recovery_point(secs)
+        );
     }
     println!(
         "limits:      {} cpus, {}",

@@ -291,6 +291,8 @@ function describe(event) {
     case 'pressure_ended': return `${event.resource} pressure ended${event.node ? ` on ${event.node}` : ''}`;
     case 'agent_connected': return `agent connected from ${event.hostname}`;
     case 'agent_gone': return 'agent gone';
+    case 'recovery_point_behind': return `${name}: the cloud lacks its last ${event.lag_secs} s of work`;
+    case 'recovery_point_caught_up': return `${name}: the cloud has all of its work again`;
     default: return event.kind.replace(/_/g, ' ');
   }
 }
