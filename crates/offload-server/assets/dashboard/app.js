@@ -555,6 +555,9 @@ function drawChart() {
     chart.append(svg('polyline', { class: `line ${resource}`, points: points.join(' ') }));
     const last = state.samples[state.samples.length - 1][resource];
     if (!last) continue;
+    chart.append(svg('circle', {
+      class: `now ${resource}`, cx: x(SAMPLES - 1), cy: y(last.usage), r: 3.5,
+    }));
     chart.append(svg('line', {
       class: `high ${resource}`, x1: left, x2: width - right, y1: y(last.high), y2: y(last.high),
     }));
