@@ -18,7 +18,7 @@ use offload_core::{
 };
 use offload_monitor::Answer;
 use offload_runtime::{ContainerRuntime, ContainerSpec, NetworkMode, RuntimeContainer};
-use offload_store::{Principal, Store, StoreError};
+use offload_store::{Principal, Store, StoreError, TokenKind};
 use offload_sync::protocol::{PushReport, PushRequest};
 
 pub use crate::clock::{Clock, now};
@@ -277,6 +277,21 @@ impl Controller {
         Ok(was)
     }
 
+    /// Makes a new API token for `user`, valid until `expires_at` (for good when `None`),
+    /// and returns it; the store keeps only its hash.
+    pub async fn issue_api_token(
+        &self,
+        user: &UserName,
+        expires_at: Option<i64>,
+    ) -> Result<String, ActionError> {
+        let token = crate::auth::random_secret();
+        let stored = crate::auth::token_hash(&token);
+        let user = user.clone();
+        self.db(move |s| s.insert_token(&stored, &user, TokenKind::Api, now(), expires_at))
+            .await?;
+        Ok(token)
+    }
+
     /// Refuses what would add to a drained cloud.
     pub(crate) fn refuse_while_draining(&self, what: &str) -> Result<(), ActionError> {
         match self.monitor.draining() {
@@ -354,11 +369,6 @@ impl Controller {
             .collect();
         self.metrics.set_recovery_points(&points);
         Ok(self.metrics.render(&counts, self.hub.agents().len()))
-    }
-
-    /// Since when the operator drains the cloud, if they do.
-    pub fn draining(&self) -> Option<i64> {
-        self.monitor.draining()
     }
 
     /// The monitor's last view, for `offload top`.

@@ -128,14 +128,10 @@ pub async fn create_session(
         .db(move |s| s.consume_single_use(&hash, TokenKind::DashboardLink, now()))
         .await?
         .ok_or(ActionError::InvalidLink)?;
-    let token = random_secret();
-    let stored = token_hash(&token);
-    let user = principal.user.clone();
-    let created = now();
-    let expires_at = created + SESSION_LIFETIME_SECS;
-    state
+    let expires_at = now() + SESSION_LIFETIME_SECS;
+    let token = state
         .ctl
-        .db(move |s| s.insert_token(&stored, &user, TokenKind::Api, created, Some(expires_at)))
+        .issue_api_token(&principal.user, Some(expires_at))
         .await?;
     if let Some(axum::Extension(slot)) = audit {
         slot.set(&principal);

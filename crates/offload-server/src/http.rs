@@ -14,14 +14,14 @@ use offload_core::api::{
     ApiError, CloudDrainReport, ContainerView, DrainReport, DrainRequest, JoinRequest,
     JoinResponse, MonitorView, MoveRequest, PressureRequest, QueryView, StartRequest, WhoAmI,
 };
-use offload_store::{Principal, TokenKind, TokenLookup};
+use offload_store::{Principal, TokenLookup};
 use offload_sync::protocol::{PushReport, PushRequest};
 use serde::Deserialize;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{random_secret, token_hash};
+use crate::auth::token_hash;
 use crate::controller::{Controller, now};
 use crate::error::{ActionError, error_response};
 use offload_core::api::ErrorCode;
@@ -395,13 +395,7 @@ async fn join(
         .db(move |s| s.consume_join_token(&hash, now()))
         .await?
         .ok_or(ActionError::InvalidToken)?;
-    let token = random_secret();
-    let stored = token_hash(&token);
-    let user = principal.user.clone();
-    state
-        .ctl
-        .db(move |s| s.insert_token(&stored, &user, TokenKind::Api, now(), None))
-        .await?;
+    let token = state.ctl.issue_api_token(&principal.user, None).await?;
     tracing::info!(user = %principal.user, "client joined");
     if let Some(axum::Extension(slot)) = audit {
         slot.set(&principal);
