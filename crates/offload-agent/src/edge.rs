@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use offload_core::agent::{
-    AgentMessage, Command, EdgeCapacity, EdgeContainer, EdgeSpec, Reply, Timings,
+    AgentMessage, Command, EdgeCapacity, EdgeContainer, EdgeSpec, Reply, Timings, WorkspaceEstimate,
 };
 use offload_core::{ContainerId, ImageRef, Name, UserName, WORKSPACE_MOUNT, labels};
 use offload_runtime::{ContainerRuntime, ContainerSpec, NetworkMode};
@@ -155,7 +155,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub fn check_command(command: &Command) -> anyhow::Result<()> {
     // Ids, names, owner and image reference are validated as the message is read.
     let spec = match command {
-        Command::Prepare { spec } | Command::Finalize { spec, .. } => spec,
+        Command::Estimate { spec } | Command::Prepare { spec } | Command::Finalize { spec, .. } => {
+            spec
+        }
         _ => return Ok(()),
     };
     if !spec.image_id.is_empty() {
@@ -565,6 +567,7 @@ impl Edge {
         // Commands about one container run one at a time.
         let _guard = self.lock(command.container_id()).await;
         match command {
+            Command::Estimate { spec } => self.estimate(&spec).await,
             Command::Prepare { spec } => self.prepare(&spec).await,
             Command::Finalize { spec, generation } => self.finalize(spec, generation).await,
             Command::Abort { container_id } => self.abort(&container_id).await,
@@ -593,6 +596,34 @@ impl Edge {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_owned(), Arc::new(manifest.clone()));
+    }
+
+    /// What a move here would bring: the workspace's diff against this machine's copy
+    /// (kept from an earlier move, or none), and whether the image is here. Nothing is
+    /// written.
+    async fn estimate(&self, spec: &EdgeSpec) -> anyhow::Result<Reply> {
+        let image_present = self
+            .runtime
+            .image(spec.image.as_str())
+            .await?
+            .is_some_and(|i| i.id == spec.image_id);
+        let found = sync::estimate(
+            &self.api,
+            &spec.id,
+            &self.workspace(&spec.id),
+            self.last_pull(&spec.id),
+        )
+        .await
+        .context("comparing the workspace with the cloud's failed")?;
+        Ok(Reply::Estimated {
+            estimate: WorkspaceEstimate {
+                bytes: found.bytes.saturating_add(found.manifest_bytes),
+                files: found.files,
+                deletes: found.deletes,
+                tree_bytes: found.tree_bytes,
+                image_present,
+            },
+        })
     }
 
     /// Image present (by id), then the workspace pre-copied.

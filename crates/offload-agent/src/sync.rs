@@ -182,6 +182,31 @@ pub async fn pull(
     })
 }
 
+/// What a [`pull`] of `id` into `dir` would fetch now, writing nothing.
+pub async fn estimate(
+    api: &Api,
+    id: &ContainerId,
+    dir: &Path,
+    previous: Option<Arc<Manifest>>,
+) -> anyhow::Result<session::PullEstimate> {
+    let transport = ServerTransport::new(api, id);
+    let dir = dir.to_owned();
+    let estimate = tokio::task::spawn_blocking(move || {
+        session::estimate_pull(
+            &transport,
+            &Pull {
+                root: &dir,
+                previous: previous.as_deref(),
+                base: previous.as_deref(),
+                progress: None,
+            },
+        )
+        .map_err(anyhow::Error::from)
+    })
+    .await??;
+    Ok(estimate)
+}
+
 /// Why a push did not land.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {

@@ -183,6 +183,8 @@ pub struct EdgeSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
+    /// Say what a move to the edge would bring, changing nothing.
+    Estimate { spec: EdgeSpec },
     /// Make the image present and pre-copy the workspace while the cloud copy runs.
     Prepare { spec: EdgeSpec },
     /// The cloud copy has stopped: fetch the final delta and start at `generation`.
@@ -217,7 +219,9 @@ impl Command {
     /// The container the command is about.
     pub fn container_id(&self) -> &ContainerId {
         match self {
-            Command::Prepare { spec } | Command::Finalize { spec, .. } => &spec.id,
+            Command::Estimate { spec }
+            | Command::Prepare { spec }
+            | Command::Finalize { spec, .. } => &spec.id,
             Command::Abort { container_id }
             | Command::StopForReturn { container_id, .. }
             | Command::Release { container_id }
@@ -250,12 +254,55 @@ pub struct Timings {
     /// How the image got there: `present`, `pulled` or `streamed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// What the server predicted when the move began, to set beside what happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<Box<Prediction>>,
+}
+
+/// A move's bytes and times foretold, from the workspace's diff and the link rate of
+/// recent moves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Prediction {
+    /// Workspace bytes that would cross.
+    pub bytes: u64,
+    /// Image bytes the server would stream (0 when the edge holds the image or pulls it).
+    #[serde(default)]
+    pub image_bytes: u64,
+    /// The link's rate in bytes per second, measured on recent moves to the same machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bytes_per_sec: Option<u64>,
+    /// The time the image and the pre-copy would take, the container still running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precopy_ms: Option<u64>,
+    /// What the user would wait: the stop, the final sync and the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// How many recent moves the rate and the downtime come from.
+    #[serde(default)]
+    pub samples: u32,
+}
+
+/// What the agent finds a move to the edge would bring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceEstimate {
+    /// Chunk bytes the edge's copy of the workspace lacks.
+    pub bytes: u64,
+    /// Files that would be written, and paths removed.
+    pub files: u64,
+    pub deletes: u64,
+    /// Bytes of every file of the cloud's workspace.
+    pub tree_bytes: u64,
+    /// Whether the edge's engine already holds the cloud's image.
+    pub image_present: bool,
 }
 
 /// Answers to commands.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reply {
+    Estimated {
+        estimate: WorkspaceEstimate,
+    },
     Prepared {
         timings: Timings,
     },
@@ -273,6 +320,7 @@ impl Reply {
     /// How logs and reasons name it.
     pub fn kind(&self) -> &'static str {
         match self {
+            Reply::Estimated { .. } => "estimated",
             Reply::Prepared { .. } => "prepared",
             Reply::Started { .. } => "started",
             Reply::Stopped { .. } => "stopped",

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::agent::Prediction;
 use crate::{ContainerRecord, Location, MoveDirection, MoveReport, MoveStep, State};
 
 /// Every error the API returns: one sentence and a stable machine-readable code.
@@ -184,6 +185,23 @@ pub struct MoveRequest {
     /// fenced and its late changes kept as a conflict set when it returns.
     #[serde(default)]
     pub force: bool,
+}
+
+/// Answer of `POST /v1/containers/{id}/move/estimate`: what `offload move --to edge`
+/// would do now, with nothing moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MoveEstimate {
+    pub container_id: String,
+    pub direction: MoveDirection,
+    /// Files the edge would write, and paths it would remove.
+    pub files: u64,
+    pub deletes: u64,
+    /// Bytes of every file of the workspace.
+    pub tree_bytes: u64,
+    /// How the image would get there: `present`, `pull` (from its registry) or `stream`
+    /// (from the server).
+    pub image: String,
+    pub prediction: Prediction,
 }
 
 impl From<&ContainerRecord> for ContainerView {

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use offload_core::api::{
     ApiError, CloudDrainReport, ContainerView, DrainReport, DrainRequest, JoinRequest,
-    JoinResponse, MonitorView, MoveRequest, PressureRequest, QueryView, StartRequest, WhoAmI,
+    JoinResponse, MonitorView, MoveEstimate, MoveRequest, PressureRequest, QueryView, StartRequest,
+    WhoAmI,
 };
 use offload_store::{Principal, TokenLookup};
 use offload_sync::protocol::{PushReport, PushRequest};
@@ -86,6 +87,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(stop_container))
         .routes(routes!(restart_container))
         .routes(routes!(move_container))
+        .routes(routes!(estimate_move))
         .routes(routes!(container_image))
         .routes(routes!(list_queries))
         .routes(routes!(accept_query))
@@ -442,6 +444,23 @@ async fn move_container(
 ) -> Result<(StatusCode, Json<ContainerView>), ActionError> {
     let record = state.ctl.request_move(&who, &id, req).await?;
     Ok((StatusCode::ACCEPTED, Json(state.ctl.view(&record).await?)))
+}
+
+/// What a move to the edge would do now: the bytes that would cross (from the agent's
+/// diff of its copy of the workspace) and the predicted times (from the owner's recent
+/// moves). Nothing moves.
+#[utoipa::path(post, path = "/v1/containers/{id}/move/estimate", tag = "moves",
+    request_body = MoveRequest,
+    params(("id" = String, Path, description = "container id or name")),
+    responses((status = 200, body = MoveEstimate), (status = 400, body = ApiError),
+        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn estimate_move(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<MoveRequest>,
+) -> Result<Json<MoveEstimate>, ActionError> {
+    Ok(Json(state.ctl.estimate_move(&who, &id, &req).await?))
 }
 
 /// The workspace sync endpoints the agent uses (see `offload_sync::protocol`). Their

@@ -12,6 +12,7 @@ pub mod controller;
 mod dashboard;
 mod db;
 pub mod error;
+mod estimate;
 pub mod events;
 mod exec;
 mod fenced;

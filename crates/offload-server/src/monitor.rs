@@ -1036,13 +1036,18 @@ mod tests {
         tokio::time::advance(Duration::from_secs(deadline as u64 + 1)).await;
         tick(&mut monitor).await;
         assert_eq!(query_state(&rig.ctl, &q.id).await, "expired");
-        // The accepted move asks the agent to prepare (the first container, asked again,
-        // expires as accepted too).
-        let prepare = tokio::time::timeout(Duration::from_secs(5), async {
+        // The accepted move asks the agent to prepare, after asking for an estimate which
+        // this link leaves unanswered (the first container, asked again, expires as
+        // accepted too).
+        let prepare = tokio::time::timeout(Duration::from_secs(120), async {
             loop {
                 match outbox.recv().await {
                     Some(ServerMessage::Request { command, .. })
-                        if *command.container_id() == second.id =>
+                        if *command.container_id() == second.id
+                            && !matches!(
+                                command,
+                                offload_core::agent::Command::Estimate { .. }
+                            ) =>
                     {
                         return command;
                     }

@@ -305,6 +305,13 @@ impl Controller {
                     Err(e) => return PhaseEvent::Failed(e.to_string()),
                 };
                 run.spec = Some(spec.clone());
+                // What the move should cost, to set beside what it did.
+                match self.forecast(&run.record, &spec).await {
+                    Ok((_, _, prediction)) => run.mv.timings.predicted = Some(Box::new(prediction)),
+                    Err(e) => {
+                        tracing::info!(id = %run.record.id, error = %e, "no prediction for this move")
+                    }
+                }
                 let result = self
                     .hub
                     .request(&owner, Command::Prepare { spec }, PREPARE_TIMEOUT)
@@ -684,7 +691,10 @@ impl Controller {
     }
 
     /// What the edge needs to run the container.
-    async fn edge_spec(&self, record: &ContainerRecord) -> Result<EdgeSpec, ActionError> {
+    pub(crate) async fn edge_spec(
+        &self,
+        record: &ContainerRecord,
+    ) -> Result<EdgeSpec, ActionError> {
         let image = self
             .runtime()
             .image(record.image.as_str())

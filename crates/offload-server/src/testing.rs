@@ -37,6 +37,7 @@ pub(crate) struct Script {
 
 fn kind(command: &Command) -> &'static str {
     match command {
+        Command::Estimate { .. } => "estimate",
         Command::Prepare { .. } => "prepare",
         Command::Finalize { .. } => "finalize",
         Command::Abort { .. } => "abort",

@@ -785,6 +785,31 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` of `user`'s own entries of kind `kind`, newest first.
+    pub fn stream_recent(
+        &self,
+        user: &UserName,
+        kind: &str,
+        limit: usize,
+    ) -> Result<Vec<StreamEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at_ms, body FROM stream
+             WHERE user = ?1
+               AND CASE WHEN json_valid(body) THEN json_extract(body, '$.kind') END = ?2
+             ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![user.as_str(), kind, limit as i64], |row| {
+            Ok(StreamEntry {
+                id: row.get::<_, i64>(0)? as u64,
+                at_ms: row.get(1)?,
+                user: Some(user.clone()),
+                body: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Whether `audience` may resume after entry `id`: it is still kept and is theirs to
     /// see. Another user's entry answers as an unknown one does.
     pub fn stream_visible(&self, audience: Audience<'_>, id: u64) -> Result<bool> {
@@ -1265,6 +1290,27 @@ mod tests {
         // Ids are never reused, even after the newest entries went.
         assert_eq!(store.prune_stream(100).unwrap(), 1);
         assert!(store.append_stream(13, None, "c").unwrap() > b);
+    }
+
+    #[test]
+    fn recent_entries_of_a_kind_are_the_users_own_newest_first() {
+        let store = Store::open_in_memory().unwrap();
+        let (alice, bob) = (user("alice"), user("bob"));
+        let ended = |n: u32| format!(r#"{{"kind":"move_ended","n":{n}}}"#);
+        store.append_stream(1, Some(&alice), &ended(1)).unwrap();
+        store
+            .append_stream(2, Some(&alice), r#"{"kind":"move_phase"}"#)
+            .unwrap();
+        store.append_stream(3, Some(&bob), &ended(2)).unwrap();
+        store.append_stream(4, None, &ended(3)).unwrap();
+        store.append_stream(5, Some(&alice), &ended(4)).unwrap();
+        store.append_stream(6, Some(&alice), "not json").unwrap();
+        let bodies = |limit| -> Vec<String> {
+            let found = store.stream_recent(&alice, "move_ended", limit).unwrap();
+            found.into_iter().map(|e| e.body).collect()
+        };
+        assert_eq!(bodies(10), [ended(4), ended(1)]);
+        assert_eq!(bodies(1), [ended(4)]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::apply::{ApplyOptions, ApplyReport, apply};
 use crate::chunk::ChunkId;
 use crate::delta::{Delta, diff};
 use crate::error::SyncError;
-use crate::manifest::{Limits, Manifest};
+use crate::manifest::{EntryKind, Limits, Manifest};
 use crate::path::RelPath;
 use crate::protocol::{
     PushReport, Wanted, decode_plan, decode_reply, decode_update, encode_plan, encode_request,
@@ -193,27 +193,7 @@ fn pull_once<T: Transport>(
         requests: 1,
         ..PullStats::default()
     };
-    let base = pull.base.map(Manifest::digest);
-    stats.to_sender += base.map_or(0, |d| d.len() as u64);
-    // The receiver rescans its tree while the sender rescans its own.
-    let (update, scanned) = thread::scope(|s| {
-        let scanning = s.spawn(|| {
-            let t = Instant::now();
-            scan(pull.root, &ScanOptions::default(), pull.previous).map(|r| (r, t.elapsed()))
-        });
-        let update = transport.manifest(base);
-        stats.manifest_at = start.elapsed();
-        (update, joined(scanning))
-    });
-    let update = update.map_err(SessionError::Transport)?;
-    let (scanned, scan_time) = scanned?;
-    stats.local_scan = scanned.stats;
-    stats.local_scan_time = scan_time;
-    stats.manifest_bytes = update.len() as u64;
-    stats.to_receiver += update.len() as u64;
-    let remote = decode_update(&update, pull.base, &limits).map_err(invalid("a manifest"))?;
-    drop(update);
-    let own = scanned.manifest;
+    let (remote, own) = compare(transport, pull, &mut stats, start)?;
     let delta = diff(&own, &remote);
     stats.delta_at = start.elapsed();
     if delta.is_empty() {
@@ -297,6 +277,111 @@ fn pull_once<T: Transport>(
         manifest: remote,
         stats,
     })
+}
+
+/// The first half of a pull: the sender's manifest, fetched while the receiver rescans its
+/// own tree. Returns (the sender's, the receiver's).
+fn compare<T: Transport>(
+    transport: &T,
+    pull: &Pull<'_>,
+    stats: &mut PullStats,
+    start: Instant,
+) -> Result<(Manifest, Manifest), SessionError<T::Error>> {
+    let limits = limits();
+    let base = pull.base.map(Manifest::digest);
+    stats.to_sender += base.map_or(0, |d| d.len() as u64);
+    // The receiver rescans its tree while the sender rescans its own.
+    let (update, scanned) = thread::scope(|s| {
+        let scanning = s.spawn(|| {
+            let t = Instant::now();
+            scan(pull.root, &ScanOptions::default(), pull.previous).map(|r| (r, t.elapsed()))
+        });
+        let update = transport.manifest(base);
+        stats.manifest_at = start.elapsed();
+        (update, joined(scanning))
+    });
+    let update = update.map_err(SessionError::Transport)?;
+    let (scanned, scan_time) = scanned?;
+    stats.local_scan = scanned.stats;
+    stats.local_scan_time = scan_time;
+    stats.manifest_bytes = update.len() as u64;
+    stats.to_receiver += update.len() as u64;
+    let remote = decode_update(&update, pull.base, &limits).map_err(invalid("a manifest"))?;
+    drop(update);
+    let own = scanned.manifest;
+    Ok((remote, own))
+}
+
+/// What a pull would bring, found without bringing it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PullEstimate {
+    /// Chunk bytes the receiver lacks (before patching, which may send fewer).
+    pub bytes: u64,
+    /// The manifest update, which crosses in any case.
+    pub manifest_bytes: u64,
+    /// Files that would be written.
+    pub files: u64,
+    /// Paths that would be removed.
+    pub deletes: u64,
+    /// Bytes of every file of the sender's tree.
+    pub tree_bytes: u64,
+}
+
+/// What a [`pull`] would fetch: the sender's manifest and the receiver's rescan, diffed,
+/// and the chunks the receiver's tree lacks summed. Nothing is written.
+pub fn estimate_pull<T: Transport>(
+    transport: &T,
+    pull: &Pull<'_>,
+) -> Result<PullEstimate, SessionError<T::Error>> {
+    let mut stats = PullStats::default();
+    if !pull.root.exists() {
+        // Nothing here yet: everything would cross.
+        let update = transport.manifest(None).map_err(SessionError::Transport)?;
+        let remote = decode_update(&update, None, &limits()).map_err(invalid("a manifest"))?;
+        let delta = diff(&Manifest::empty(), &remote);
+        return Ok(PullEstimate {
+            bytes: unique_chunk_bytes(&delta),
+            manifest_bytes: update.len() as u64,
+            files: file_count(&delta),
+            deletes: 0,
+            tree_bytes: remote.total_file_bytes(),
+        });
+    }
+    let (remote, own) = compare(transport, pull, &mut stats, Instant::now())?;
+    let delta = diff(&own, &remote);
+    let local = TreeChunks::new(pull.root, &own)?;
+    let wanted = wanted_chunks(&delta, &own, |c| local.contains(c), &local, 0);
+    Ok(PullEstimate {
+        bytes: wanted.iter().map(|w| u64::from(w.len)).sum(),
+        manifest_bytes: stats.manifest_bytes,
+        files: file_count(&delta),
+        deletes: delta.deletes.len() as u64,
+        tree_bytes: remote.total_file_bytes(),
+    })
+}
+
+fn file_count(delta: &Delta) -> u64 {
+    delta
+        .upserts
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+        .count() as u64
+}
+
+/// Bytes of the distinct chunks a delta's files are made of.
+fn unique_chunk_bytes(delta: &Delta) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut bytes = 0u64;
+    for entry in &delta.upserts {
+        if let EntryKind::File { chunks, .. } = &entry.kind {
+            for chunk in chunks {
+                if seen.insert(chunk.id) {
+                    bytes += u64::from(chunk.len);
+                }
+            }
+        }
+    }
+    bytes
 }
 
 /// The outcome of a push.

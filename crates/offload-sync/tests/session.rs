@@ -370,3 +370,61 @@ fn a_file_with_a_whole_second_mtime_just_before_a_scan_is_read_again() {
     let again = scan(&root, &ScanOptions::default(), Some(&first.manifest)).unwrap();
     assert_eq!(again.stats.hashed_bytes, 6);
 }
+
+#[test]
+fn an_estimate_counts_what_a_pull_would_fetch_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    make_tree(&src, 3);
+    fs::create_dir(&dst).unwrap();
+    let sender = InProcess::new(&src, None);
+    let ask = |previous: Option<&Manifest>| {
+        session::estimate_pull(
+            &sender,
+            &Pull {
+                root: &dst,
+                previous,
+                base: previous,
+                progress: None,
+            },
+        )
+        .unwrap()
+    };
+
+    // Into an empty tree: every file, and nothing written.
+    let fresh = ask(None);
+    let tree = scan_of(&src).total_file_bytes();
+    assert_eq!(fresh.tree_bytes, tree);
+    assert!(fresh.bytes <= tree && fresh.bytes > 9 << 20, "{fresh:?}");
+    assert_eq!(fresh.files, 42);
+    assert_eq!(fresh.deletes, 0);
+    assert!(fs::read_dir(&dst).unwrap().next().is_none());
+    // Into no tree at all: the same, and no directory made.
+    let none = tmp.path().join("none");
+    let missing = session::estimate_pull(
+        &sender,
+        &Pull {
+            root: &none,
+            previous: None,
+            base: None,
+            progress: None,
+        },
+    )
+    .unwrap();
+    assert_eq!((missing.bytes, missing.files), (fresh.bytes, fresh.files));
+    assert!(!none.exists());
+
+    // The estimate matches what the pull then fetches.
+    let pulled = pull_into(&sender, &dst, None);
+    let crossed: u64 = pulled.stats.to_receiver - pulled.stats.manifest_bytes;
+    assert!(crossed >= fresh.bytes, "{crossed} < {}", fresh.bytes);
+
+    // After the pull, one small file changed and one removed: that file alone.
+    write_file(&src.join("src/f03.rs"), b"changed", 0o644, OLD_NS + 7);
+    fs::remove_file(src.join("src/f04.rs")).unwrap();
+    let before = snapshot(&dst);
+    let after = ask(Some(&pulled.manifest));
+    assert_eq!((after.files, after.deletes), (1, 1), "{after:?}");
+    assert_eq!(after.bytes, 7);
+    assert_same_tree(&before, &snapshot(&dst));
+}

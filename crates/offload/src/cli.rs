@@ -169,6 +169,13 @@ pub enum Command {
         /// Return at once instead of following the move.
         #[arg(long)]
         detach: bool,
+        /// Say what the move would do (the bytes that would cross, the predicted
+        /// downtime) without moving anything.
+        #[arg(long, conflicts_with_all = ["force", "detach"])]
+        dry_run: bool,
+        /// How a dry run prints its estimate.
+        #[arg(short, long, value_enum, default_value_t, requires = "dry_run")]
+        output: Output,
     },
     /// List the server's requests to move your containers to your machine.
     Queries {

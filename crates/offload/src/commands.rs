@@ -9,8 +9,8 @@ use offload_server::ServerConfig;
 
 use offload_core::Location;
 use offload_core::api::{
-    CloudDrainReport, DashboardLink, DrainReport, DrainRequest, MonitorView, MoveRequest,
-    PressureRequest, QueryView,
+    CloudDrainReport, DashboardLink, DrainReport, DrainRequest, MonitorView, MoveEstimate,
+    MoveRequest, PressureRequest, QueryView,
 };
 
 use crate::cli::{AdminCommand, Cli, Command, Output, ServerArgs, Target, TokenCommand};
@@ -184,6 +184,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             to,
             force,
             detach,
+            dry_run,
+            output,
         } => {
             let api = connect(config.as_deref())?;
             let request = MoveRequest {
@@ -193,6 +195,19 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 },
                 force,
             };
+            if dry_run {
+                let estimate: MoveEstimate = api
+                    .post(
+                        &format!("/v1/containers/{}/move/estimate", urlencode(&id)),
+                        &request,
+                    )
+                    .await?;
+                match output {
+                    Output::Table => println!("{}", crate::progress::describe_estimate(&estimate)),
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&estimate)?),
+                }
+                return Ok(0);
+            }
             let view: ContainerView = api
                 .post(&format!("/v1/containers/{}/move", urlencode(&id)), &request)
                 .await?;
@@ -729,5 +744,8 @@ fn print_details(v: &ContainerView) {
             "             {}",
             crate::progress::describe_timings(&m.timings)
         );
+        if let Some(p) = &m.timings.predicted {
+            println!("predicted:   {}", crate::progress::describe_prediction(p));
+        }
     }
 }

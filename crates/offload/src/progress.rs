@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use anyhow::bail;
 use offload_agent::client::Api;
-use offload_core::agent::Timings;
-use offload_core::api::ContainerView;
+use offload_core::agent::{Prediction, Timings};
+use offload_core::api::{ContainerView, MoveEstimate};
 use offload_core::size::format_bytes;
 
 /// One line on the phases of a move.
 pub fn describe_timings(t: &Timings) -> String {
-    let s = |ms: Option<u64>| ms.map_or("-".to_owned(), |ms| format!("{:.2}s", ms as f64 / 1000.0));
+    let s = seconds;
     let mut parts = Vec::new();
     if t.image_ms.is_some() {
         parts.push(format!(
@@ -30,6 +30,57 @@ pub fn describe_timings(t: &Timings) -> String {
     parts.push(format!("total {}", s(t.total_ms)));
     parts.push(format!("{} transferred", format_bytes(t.bytes)));
     parts.join(", ")
+}
+
+fn seconds(ms: Option<u64>) -> String {
+    ms.map_or("-".to_owned(), |ms| format!("{:.2}s", ms as f64 / 1000.0))
+}
+
+/// One line on what a move was predicted to cost.
+pub fn describe_prediction(p: &Prediction) -> String {
+    let mut parts = vec![format!("{} to cross", format_bytes(p.bytes))];
+    if p.image_bytes > 0 {
+        parts.push(format!("image {} streamed", format_bytes(p.image_bytes)));
+    }
+    match p.rate_bytes_per_sec {
+        Some(rate) => parts.push(format!(
+            "pre-copy {} at {}/s",
+            seconds(p.precopy_ms),
+            format_bytes(rate)
+        )),
+        None => parts.push("pre-copy - (no recent transfer large enough to time the link)".into()),
+    }
+    parts.push(format!("downtime {}", seconds(p.downtime_ms)));
+    parts.push(match p.samples {
+        0 => "no earlier move to learn from".to_owned(),
+        1 => "from 1 recent move".to_owned(),
+        n => format!("from {n} recent moves"),
+    });
+    parts.join(", ")
+}
+
+/// What `offload move --dry-run` prints.
+pub fn describe_estimate(e: &MoveEstimate) -> String {
+    let image = match e.image.as_str() {
+        "present" => "already at the edge".to_owned(),
+        "pull" => "pulled by the edge from its registry".to_owned(),
+        _ => format!(
+            "streamed from the server ({})",
+            format_bytes(e.prediction.image_bytes)
+        ),
+    };
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "dry run: nothing moved\n\
+         workspace:  {} to write, {} to remove; {} of {} would cross\n\
+         image:      {image}\n\
+         predicted:  {}",
+        plural(e.files, "file", "files"),
+        e.deletes,
+        format_bytes(e.prediction.bytes),
+        format_bytes(e.tree_bytes),
+        describe_prediction(&e.prediction)
+    )
 }
 
 /// Polls the container until its move ends; draws progress when stderr is a terminal.

@@ -64,7 +64,7 @@ async fn a_move_to_the_edge_stops_the_cloud_copy_and_records_the_new_generation(
     );
     assert_eq!(done.runtime_id.as_deref(), Some("edge-rid"));
     assert!(rig.cloud_copies(&rec.id).is_empty(), "no cloud copy runs");
-    assert_eq!(script.seen(), ["prepare", "finalize"]);
+    assert_eq!(script.seen(), ["estimate", "prepare", "finalize"]);
     assert!(rig.in_flight(&rec.id).await.is_none());
 }
 
@@ -91,7 +91,7 @@ async fn a_failed_preparation_leaves_the_cloud_copy_untouched() {
             .iter()
             .any(|c| matches!(c, offload_runtime::fake::Call::Stop(_)))
     );
-    assert_eq!(script.seen(), ["prepare", "abort"]);
+    assert_eq!(script.seen(), ["estimate", "prepare", "abort"]);
 }
 
 #[tokio::test]
