@@ -8,7 +8,7 @@ use std::time::Duration;
 use offload_core::agent::{Command, EdgeSpec, Prediction, Reply, Timings, WorkspaceEstimate};
 use offload_core::api::{MoveEstimate, MoveRequest};
 use offload_core::events::EventBody;
-use offload_core::{ContainerRecord, Location, MoveDirection, MoveOutcome, State};
+use offload_core::{ContainerRecord, Location, MoveDirection, MoveOutcome};
 use offload_store::{Principal, StreamEntry};
 
 use crate::controller::Controller;
@@ -145,19 +145,8 @@ impl Controller {
                 record.id
             )));
         }
-        if !matches!(record.state, State::Running | State::Stopped) {
-            return Err(ActionError::Conflict(format!(
-                "container {} is {}; only a running or stopped container can move",
-                record.id,
-                record.state.as_str()
-            )));
-        }
-        if self.hub.agent(&record.owner).is_none() {
-            return Err(ActionError::Conflict(format!(
-                "{}'s agent is not connected; start `offload agent` on the edge machine first",
-                record.owner
-            )));
-        }
+        crate::mover::require_movable(&record)?;
+        self.require_agent(&record, Location::Edge)?;
         let spec = self.edge_spec(&record).await?;
         let (found, route, prediction) = self.forecast(&record, &spec).await?;
         Ok(MoveEstimate {

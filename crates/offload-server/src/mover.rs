@@ -55,6 +55,18 @@ struct Run {
     target_node: Option<String>,
 }
 
+/// A move to the edge starts only from a running or stopped container.
+pub(crate) fn require_movable(record: &ContainerRecord) -> Result<(), ActionError> {
+    if matches!(record.state, State::Running | State::Stopped) {
+        return Ok(());
+    }
+    Err(ActionError::Conflict(format!(
+        "container {} is {}; only a running or stopped container can move",
+        record.id,
+        record.state.as_str()
+    )))
+}
+
 /// How an agent's answer bears on the phase that asked.
 fn event_of(result: Result<Reply, HubError>, accept: impl FnOnce(Reply) -> bool) -> PhaseEvent {
     match result {
@@ -125,27 +137,10 @@ impl Controller {
                 }
             )));
         }
-        if self.hub.agent(&record.owner).is_none() {
-            return Err(ActionError::Conflict(match req.to {
-                Location::Edge => format!(
-                    "{}'s agent is not connected; start `offload agent` on the edge machine first",
-                    record.owner
-                ),
-                Location::Cloud => format!(
-                    "{}'s agent is not connected; `offload move {} --to cloud --force` starts the cloud copy from the last synced files",
-                    record.owner, record.id
-                ),
-            }));
-        }
+        self.require_agent(&record, req.to)?;
         let direction = match req.to {
             Location::Edge => {
-                if !matches!(record.state, State::Running | State::Stopped) {
-                    return Err(ActionError::Conflict(format!(
-                        "container {} is {}; only a running or stopped container can move",
-                        record.id,
-                        record.state.as_str()
-                    )));
-                }
+                require_movable(&record)?;
                 MoveDirection::ToEdge
             }
             Location::Cloud => MoveDirection::ToCloud,
@@ -167,6 +162,27 @@ impl Controller {
             ctl.drive(run).await;
         });
         Ok(record)
+    }
+
+    /// Refuses a move of `record` to `to` while its owner's agent is not connected.
+    pub(crate) fn require_agent(
+        &self,
+        record: &ContainerRecord,
+        to: Location,
+    ) -> Result<(), ActionError> {
+        if self.hub.agent(&record.owner).is_some() {
+            return Ok(());
+        }
+        Err(ActionError::Conflict(match to {
+            Location::Edge => format!(
+                "{}'s agent is not connected; start `offload agent` on the edge machine first",
+                record.owner
+            ),
+            Location::Cloud => format!(
+                "{}'s agent is not connected; `offload move {} --to cloud --force` starts the cloud copy from the last synced files",
+                record.owner, record.id
+            ),
+        }))
     }
 
     /// Records a new move and the record as `moving`, in one transaction.

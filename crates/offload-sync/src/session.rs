@@ -334,54 +334,30 @@ pub fn estimate_pull<T: Transport>(
     pull: &Pull<'_>,
 ) -> Result<PullEstimate, SessionError<T::Error>> {
     let mut stats = PullStats::default();
-    if !pull.root.exists() {
+    let (remote, own, local): (_, _, Box<dyn ChunkSource>) = if pull.root.exists() {
+        let (remote, own) = compare(transport, pull, &mut stats, Instant::now())?;
+        let local = TreeChunks::new(pull.root, &own)?;
+        (remote, own, Box::new(local))
+    } else {
         // Nothing here yet: everything would cross.
         let update = transport.manifest(None).map_err(SessionError::Transport)?;
+        stats.manifest_bytes = update.len() as u64;
         let remote = decode_update(&update, None, &limits()).map_err(invalid("a manifest"))?;
-        let delta = diff(&Manifest::empty(), &remote);
-        return Ok(PullEstimate {
-            bytes: unique_chunk_bytes(&delta),
-            manifest_bytes: update.len() as u64,
-            files: file_count(&delta),
-            deletes: 0,
-            tree_bytes: remote.total_file_bytes(),
-        });
-    }
-    let (remote, own) = compare(transport, pull, &mut stats, Instant::now())?;
+        (remote, Manifest::empty(), Box::new(MemoryChunks::new()))
+    };
     let delta = diff(&own, &remote);
-    let local = TreeChunks::new(pull.root, &own)?;
-    let wanted = wanted_chunks(&delta, &own, |c| local.contains(c), &local, 0);
+    let wanted = wanted_chunks(&delta, &own, |c| local.contains(c), local.as_ref(), 0);
     Ok(PullEstimate {
         bytes: wanted.iter().map(|w| u64::from(w.len)).sum(),
         manifest_bytes: stats.manifest_bytes,
-        files: file_count(&delta),
+        files: delta
+            .upserts
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+            .count() as u64,
         deletes: delta.deletes.len() as u64,
         tree_bytes: remote.total_file_bytes(),
     })
-}
-
-fn file_count(delta: &Delta) -> u64 {
-    delta
-        .upserts
-        .iter()
-        .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-        .count() as u64
-}
-
-/// Bytes of the distinct chunks a delta's files are made of.
-fn unique_chunk_bytes(delta: &Delta) -> u64 {
-    let mut seen = std::collections::HashSet::new();
-    let mut bytes = 0u64;
-    for entry in &delta.upserts {
-        if let EntryKind::File { chunks, .. } = &entry.kind {
-            for chunk in chunks {
-                if seen.insert(chunk.id) {
-                    bytes += u64::from(chunk.len);
-                }
-            }
-        }
-    }
-    bytes
 }
 
 /// The outcome of a push.
