@@ -114,6 +114,10 @@ impl Controller {
     /// what vanished. Records whose lock is taken are left for the next round.
     pub async fn reconcile(&self) -> Result<ReconcileReport, ActionError> {
         self.ensure_node_view().await;
+        // The records are read before the engine is listed: a record that changes after
+        // this read (a move ended meanwhile) is told apart below, and left for the next
+        // round, rather than compared with a listing older than it.
+        let records = self.db(|s| s.containers(None)).await?;
         let engine = self.runtime().list_labelled(labels::ID).await?;
         let mut by_id: HashMap<String, Vec<RuntimeContainer>> = HashMap::new();
         // An agent's containers (on an engine that plays both sides) are not ours.
@@ -125,7 +129,6 @@ impl Controller {
                 by_id.entry(id.clone()).or_default().push(c);
             }
         }
-        let records = self.db(|s| s.containers(None)).await?;
         let mut report = ReconcileReport::default();
         for found in records {
             let candidates = by_id.remove(found.id.as_str()).unwrap_or_default();
@@ -136,6 +139,10 @@ impl Controller {
             let Ok(record) = self.reload(&found.id).await else {
                 continue;
             };
+            if changed_since_read(&found, &record) {
+                report.busy += 1;
+                continue;
+            }
             if record.location != Location::Cloud || record.state == State::Moving {
                 // Moves in flight are settled by `settle_moves`.
                 continue;
@@ -392,4 +399,22 @@ impl Controller {
             }
         }
     }
+}
+
+/// The record changed in a way the engine listing may not show yet: it moved, was
+/// replaced, or changed state since it was read.
+fn changed_since_read(read: &ContainerRecord, now: &ContainerRecord) -> bool {
+    (
+        read.location,
+        read.state,
+        read.generation,
+        &read.runtime_id,
+        &read.node,
+    ) != (
+        now.location,
+        now.state,
+        now.generation,
+        &now.runtime_id,
+        &now.node,
+    )
 }

@@ -440,16 +440,24 @@ fn running_copies(swarm: &Swarm, id: &str, skip: Option<&str>) -> Vec<(String, S
             continue;
         }
         let filter = format!("label=offload.id={id}");
+        let args = [
+            "ps",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.Label \"offload.generation\"}}",
+        ];
+        // A node's engine busy with its own swarm work can fail one call; a second one
+        // says what the node runs.
         let out = node
             .engine()
-            .docker_output([
-                "ps",
-                "--filter",
-                &filter,
-                "--format",
-                "{{.Label \"offload.generation\"}}",
-            ])
-            .unwrap();
+            .docker_output(args)
+            .or_else(|first| {
+                eprintln!("listing on node {} failed once: {first:#}", node.name());
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                node.engine().docker_output(args)
+            })
+            .unwrap_or_else(|e| panic!("cannot list node {}: {e:#}", node.name()));
         for line in out.lines().filter(|l| !l.trim().is_empty()) {
             found.push((node.node_id().to_owned(), line.trim().to_owned()));
         }
