@@ -3,7 +3,7 @@
 # the Docker engine (docker.io), a static busybox for local images, rsync for benchmarks
 # and the ssh tests, mmdebstrap for the Debian test image, OpenSSH's client for the ssh tests,
 # Chromium and chromedriver for the dashboard's browser tests, dbus-daemon for the desktop
-# notification tests.
+# notification tests, Podman with runc and catatonit for the Podman tests.
 set -euo pipefail
 
 need=()
@@ -22,6 +22,11 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 # The notification tests: a private D-Bus session bus.
 command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
+# The Podman tests: Podman's Docker-compatible service with runc, and catatonit, the
+# init Podman runs a container's processes under (left out without recommends).
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v catatonit >/dev/null 2>&1 || need+=(catatonit)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

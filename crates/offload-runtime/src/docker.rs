@@ -7,7 +7,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ImportImageOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptions, LogsOptionsBuilder,
@@ -22,11 +22,23 @@ use crate::{
     OutputStream, Result, RuntimeContainer, RuntimeError, UsageReading,
 };
 
+/// Which engine answers on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineFlavor {
+    Docker,
+    /// Podman's Docker-compatible service.
+    Podman,
+}
+
 /// A Docker Engine API endpoint.
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
     host: String,
+    flavor: EngineFlavor,
+    /// Limits every user container gets, where the engine's defaults may not start on
+    /// this host (Podman's).
+    ulimits: Option<Vec<ResourcesUlimits>>,
     /// Network namespaces opened for [`ContainerRuntime::connect`], by engine id, so a
     /// connection costs no engine call while the container's init process lives.
     namespaces: Arc<Mutex<HashMap<String, Arc<NetNs>>>>,
@@ -57,9 +69,26 @@ impl DockerRuntime {
         // Image loads and stops with a grace period can take longer than the default.
         .with_timeout(Duration::from_secs(600));
         let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        let flavor = match docker.version().await {
+            Ok(version)
+                if version
+                    .components
+                    .iter()
+                    .flatten()
+                    .any(|c| c.name.starts_with("Podman")) =>
+            {
+                EngineFlavor::Podman
+            }
+            _ => EngineFlavor::Docker,
+        };
         Ok(DockerRuntime {
             docker,
             host: shown,
+            flavor,
+            // Podman gives containers a million open files and processes unless told
+            // otherwise, and runc cannot set that above the host's own hard limits: the
+            // container would not start. Docker's containers inherit its daemon's.
+            ulimits: (flavor == EngineFlavor::Podman).then(own_ulimits),
             namespaces: Arc::new(Mutex::new(HashMap::new())),
         })
     }
@@ -122,6 +151,11 @@ impl DockerRuntime {
         &self.host
     }
 
+    /// Which engine it is.
+    pub fn flavor(&self) -> EngineFlavor {
+        self.flavor
+    }
+
     /// The bollard client, for the cluster backend in this crate.
     pub(crate) fn client(&self) -> &Docker {
         &self.docker
@@ -162,9 +196,53 @@ fn is_not_modified(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// This process's hard limits on open files and processes, for containers of an engine
+/// that does not bring its own within them. Processes are also held to the kernel's
+/// `pid_max`: no more can exist, and Podman's service, whose limits its containers
+/// cannot exceed, runs with no more than that.
+fn own_ulimits() -> Vec<ResourcesUlimits> {
+    use rustix::process::{Resource, getrlimit};
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    [
+        ("nofile", Resource::Nofile, None),
+        ("nproc", Resource::Nproc, pid_max),
+    ]
+    .into_iter()
+    .filter_map(|(name, resource, cap)| {
+        let hard = getrlimit(resource).maximum?;
+        let hard = i64::try_from(cap.map_or(hard, |cap| hard.min(cap))).ok()?;
+        Some(ResourcesUlimits {
+            name: Some(name.to_owned()),
+            soft: Some(hard),
+            hard: Some(hard),
+        })
+    })
+    .collect()
+}
+
+/// What a failed create or start means, with what to do where the engine's own words
+/// do not say it: Podman without `catatonit` cannot run a container with an init, and
+/// every user container has one.
+fn create_failure(action: &'static str, e: &bollard::errors::Error) -> RuntimeError {
+    let message = describe(e);
+    if message.contains("container-init binary not found") {
+        return RuntimeError::Engine {
+            action,
+            message: format!(
+                "{message}: Podman runs a container's init from the catatonit package, \
+                 which offload needs (every container runs under an init); install it with \
+                 `apt-get install catatonit`"
+            ),
+        };
+    }
+    RuntimeError::Engine { action, message }
+}
+
 /// The HostConfig of a user container: limits, the workspace mount, the
 /// [`CONFINEMENT`] and nothing else.
-fn host_config(spec: &ContainerSpec) -> HostConfig {
+fn host_config(spec: &ContainerSpec, ulimits: Option<&[ResourcesUlimits]>) -> HostConfig {
     let network_mode = match &spec.network {
         NetworkMode::Default => None,
         NetworkMode::None => Some("none".to_owned()),
@@ -185,6 +263,7 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
             .then(|| vec!["no-new-privileges".to_owned()]),
         cap_drop: Some(rules.cap_drop.iter().map(|c| (*c).to_owned()).collect()),
         network_mode,
+        ulimits: ulimits.map(<[ResourcesUlimits]>::to_vec),
         mounts: Some(vec![Mount {
             target: Some(spec.workspace_target.clone()),
             source: Some(spec.workspace.to_string_lossy().into_owned()),
@@ -358,7 +437,7 @@ impl ContainerRuntime for DockerRuntime {
             working_dir: Some(spec.workspace_target.clone()),
             tty: Some(false),
             open_stdin: Some(false),
-            host_config: Some(host_config(spec)),
+            host_config: Some(host_config(spec, self.ulimits.as_deref())),
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::new()
@@ -375,12 +454,12 @@ impl ContainerRuntime for DockerRuntime {
                         message: describe(&e),
                     }
                 } else {
-                    engine_err("container create")(e)
+                    create_failure("container create", &e)
                 }
             })?;
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = self.remove(&created.id).await;
-            return Err(engine_err("container start")(e));
+            return Err(create_failure("container start", &e));
         }
         Ok(created.id)
     }
@@ -392,7 +471,7 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if is_not_found(&e) => Err(RuntimeError::NotFound {
                 id: runtime_id.to_owned(),
             }),
-            Err(e) => Err(engine_err("container start")(e)),
+            Err(e) => Err(create_failure("container start", &e)),
         }
     }
 
@@ -813,7 +892,11 @@ mod tests {
     /// reads), is never privileged, gains no privileges and mounts only its workspace.
     #[test]
     fn user_containers_are_confined() {
-        let config = host_config(&spec());
+        let config = host_config(&spec(), None);
+        assert!(
+            config.ulimits.is_none(),
+            "Docker's containers keep its limits"
+        );
         assert_eq!(config.cap_drop, Some(vec!["MKNOD".to_owned()]));
         assert_eq!(config.privileged, Some(false));
         assert_eq!(
@@ -832,5 +915,52 @@ mod tests {
         );
         assert_eq!(mounts[0].target.as_deref(), Some("/workspace"));
         assert_eq!(config.network_mode.as_deref(), Some("none"));
+    }
+
+    /// On Podman, a user container's open files and processes are limited to what this
+    /// host lets its own processes have, so runc can set them.
+    #[test]
+    fn podman_containers_get_limits_the_host_allows() {
+        let limits = own_ulimits();
+        let config = host_config(&spec(), Some(&limits));
+        let set = config.ulimits.unwrap();
+        let limit = |name: &str| set.iter().find(|u| u.name.as_deref() == Some(name));
+        let own = |resource| rustix::process::getrlimit(resource).maximum;
+        if let Some(hard) = own(rustix::process::Resource::Nofile) {
+            let nofile = limit("nofile").unwrap();
+            assert_eq!(
+                (nofile.soft, nofile.hard),
+                (Some(hard as i64), Some(hard as i64))
+            );
+        }
+        if let Some(hard) = own(rustix::process::Resource::Nproc) {
+            let pid_max: i64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let nproc = limit("nproc").unwrap();
+            assert_eq!(nproc.hard, Some((hard as i64).min(pid_max)));
+            assert_eq!(nproc.soft, nproc.hard);
+        }
+    }
+
+    /// Podman without catatonit: the error says what to install.
+    #[test]
+    fn a_missing_catatonit_says_what_to_install() {
+        let e = bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "container-init binary not found on the host: stat /usr/libexec/podman/catatonit: no such file or directory".into(),
+        };
+        let message = create_failure("container create", &e).to_string();
+        assert!(message.contains("apt-get install catatonit"), "{message}");
+        let other = bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "no space left on device".into(),
+        };
+        assert_eq!(
+            create_failure("container create", &other).to_string(),
+            "container engine refused container create: no space left on device"
+        );
     }
 }

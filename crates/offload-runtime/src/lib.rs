@@ -23,7 +23,7 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::io::AsyncWrite;
 
-pub use docker::DockerRuntime;
+pub use docker::{DockerRuntime, EngineFlavor};
 pub use offload_core::logs::{LogEntry, OutputStream};
 pub use swarm::{NodeCapacity, SwarmNodeEngine, SwarmRuntime};
 

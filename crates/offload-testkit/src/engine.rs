@@ -37,10 +37,12 @@ const LOG_TAIL_LINES: usize = 40;
 /// from a test runner's timeout). Its stdin is a pipe whose only writer is the test process:
 /// a "stop" line means the test cleans up itself, end of file means the test process is gone.
 /// It lives in its own process group so a runner's group-wide signal does not kill it first.
+/// Processes left behind (containerd's shims, Podman's conmons) are found by `leftover` in
+/// their command lines; their children, the containers' inits, go first.
 const WATCHDOG: &str = r#"
 trap '' HUP INT TERM
 if read -r line && [ "$line" = stop ]; then exit 0; fi
-dockerd=$1 dir=$2 keep=$3
+dockerd=$1 dir=$2 keep=$3 leftover=$4
 alive() {
     s=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
     [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
@@ -56,7 +58,7 @@ fi
 for p in /proc/[0-9]*; do
     pid=${p#/proc/}
     [ "$pid" = "$$" ] && continue
-    grep -q "$dir/exec/containerd/containerd.sock" "$p/cmdline" 2>/dev/null || continue
+    grep -q "$leftover" "$p/cmdline" 2>/dev/null || continue
     for c in /proc/[0-9]*; do
         ppid=$(sed 's/^.*) . //' "$c/stat" 2>/dev/null | cut -d' ' -f1)
         [ "$ppid" = "$pid" ] && kill -KILL "${c#/proc/}" 2>/dev/null
@@ -68,13 +70,37 @@ umount -l "$dir" 2>/dev/null
 [ "$keep" = 1 ] || rm -rf "$dir"
 "#;
 
-/// How [`Engine::start_with`] starts `dockerd`.
+/// How [`Engine::start_with`] starts the engine.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
-    /// A network namespace file (`/run/netns/NAME`) for `dockerd` to run in.
+    /// Docker (`dockerd`) or Podman (`podman system service`).
+    pub kind: EngineKind,
+    /// A network namespace file (`/run/netns/NAME`) for the engine to run in.
     pub netns: Option<PathBuf>,
-    /// More `dockerd` flags, after the testkit's own.
+    /// More daemon flags, after the testkit's own (`dockerd` flags, or global `podman`
+    /// flags).
     pub extra_args: Vec<String>,
+}
+
+/// Which engine serves the Docker Engine API on the socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    #[default]
+    Docker,
+    /// Podman's Docker-compatible service, with runc (crun fails on hosts with hybrid
+    /// cgroups), cgroupfs, file locks and events, and no network but `none` by default.
+    /// It is started without default ulimits: what it runs must set `nofile` and
+    /// `nproc` itself where the host's limits are below Podman's defaults.
+    Podman,
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineKind::Docker => "dockerd",
+            EngineKind::Podman => "podman",
+        })
+    }
 }
 
 /// A private Docker engine: its own `dockerd` (which starts its own `containerd`) with data
@@ -89,12 +115,13 @@ pub struct EngineOptions {
 /// process dies without dropping it, a small watchdog process does the same.
 pub struct Engine {
     name: String,
+    kind: EngineKind,
     dir: Option<TempDir>,
     root: PathBuf,
     socket: PathBuf,
     host: String,
     log_path: PathBuf,
-    dockerd: Child,
+    daemon: Child,
     watchdog: Option<(Child, ChildStdin)>,
 }
 
@@ -105,70 +132,53 @@ impl Engine {
         Engine::start_with(name, &EngineOptions::default())
     }
 
-    /// Like [`Engine::start`], with `dockerd` entered into a network namespace and given
-    /// extra flags (see [`EngineOptions`]).
+    /// A Podman engine (see [`EngineKind::Podman`]) named `name`, its API on a socket of
+    /// its own. Fails with what to install if `podman`, `conmon`, `runc` or `catatonit`
+    /// is missing.
+    pub fn start_podman(name: &str) -> anyhow::Result<Engine> {
+        Engine::start_with(
+            name,
+            &EngineOptions {
+                kind: EngineKind::Podman,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Like [`Engine::start`], with the engine chosen, entered into a network namespace
+    /// and given extra flags (see [`EngineOptions`]).
     pub fn start_with(name: &str, options: &EngineOptions) -> anyhow::Result<Engine> {
         let started = Instant::now();
         let dir = engine_dir(name)?;
         let root = dir.path().to_path_buf();
         let socket = root.join("docker.sock");
         let host = format!("unix://{}", socket.display());
-        let log_path = root.join("dockerd.log");
-
-        // Its own trust key: by default every dockerd writes /etc/docker/key.json, so engines
-        // would race to create it and then report the same engine ID.
-        let config_path = root.join("daemon.json");
-        let key_path = root.join("key.json");
-        fs::write(
-            &config_path,
-            format!(
-                "{{\"deprecated-key-path\": \"{}\"}}\n",
-                json_escape(&key_path.to_string_lossy())
-            ),
-        )
-        .with_context(|| format!("failed to write {}", config_path.display()))?;
-
+        let log_path = root.join(format!("{}.log", options.kind));
         let log = File::create(&log_path)
             .with_context(|| format!("failed to create {}", log_path.display()))?;
         let log_err = log
             .try_clone()
             .with_context(|| format!("failed to open {} twice", log_path.display()))?;
-
-        // `nsenter --net` (not `ip netns exec`, which remounts /sys and hides the cgroup
-        // mounts dockerd needs) and then exec: the child's PID stays dockerd's.
+        let launch = match options.kind {
+            EngineKind::Docker => dockerd_launch(&root, &host, name)?,
+            EngineKind::Podman => podman_launch(&root)?,
+        };
         let mut cmd = match &options.netns {
+            // `nsenter --net` (not `ip netns exec`, which remounts /sys and hides the
+            // cgroup mounts the engine needs) and then exec: the child's PID stays the
+            // engine's.
             Some(netns) => {
                 let mut cmd = Command::new(nsenter_program());
                 cmd.arg(format!("--net={}", netns.display()))
                     .arg("--")
-                    .arg(dockerd_program());
+                    .arg(&launch.program);
                 cmd
             }
-            None => Command::new(dockerd_program()),
+            None => Command::new(&launch.program),
         };
-        cmd.arg("--config-file")
-            .arg(&config_path)
-            .arg("--data-root")
-            .arg(root.join("data"))
-            .arg("--exec-root")
-            .arg(root.join("exec"))
-            .arg("--pidfile")
-            .arg(root.join("dockerd.pid"))
-            .arg("--host")
-            .arg(&host)
-            .args([
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-masq=false",
-                "--ip-forward=false",
-                "--userland-proxy=false",
-                "--shutdown-timeout=5",
-                "--log-level=info",
-            ])
-            .arg("--label")
-            .arg(format!("offload.testkit.engine={name}"))
+        cmd.args(&launch.args)
             .args(&options.extra_args)
+            .envs(launch.env)
             .env("PATH", daemon_search_path())
             // Neither systemd nor a client configuration of the caller must leak in.
             .env_remove("NOTIFY_SOCKET")
@@ -178,18 +188,22 @@ impl Engine {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        let dockerd = cmd
+        if options.kind == EngineKind::Podman {
+            cmd.args(["system", "service", "--time=0", &host]);
+        }
+        let daemon = cmd
             .spawn()
             .with_context(|| format!("failed to spawn `{}`", command::describe(&cmd)))?;
 
         let mut engine = Engine {
             name: name.to_owned(),
+            kind: options.kind,
             dir: Some(dir),
             root,
             socket,
             host,
             log_path,
-            dockerd,
+            daemon,
             watchdog: None,
         };
         engine.watchdog = match engine.spawn_watchdog() {
@@ -202,6 +216,163 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Which engine this is.
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+}
+
+/// The engine's program, its arguments before the caller's, and its environment.
+struct Launch {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(&'static str, PathBuf)>,
+}
+
+/// `dockerd` with everything of its own in `root`: data root, exec root, pidfile, trust
+/// key, config file and socket.
+fn dockerd_launch(root: &Path, host: &str, name: &str) -> anyhow::Result<Launch> {
+    // Its own trust key: by default every dockerd writes /etc/docker/key.json, so engines
+    // would race to create it and then report the same engine ID.
+    let config_path = root.join("daemon.json");
+    let key_path = root.join("key.json");
+    fs::write(
+        &config_path,
+        format!(
+            "{{\"deprecated-key-path\": \"{}\"}}\n",
+            json_escape(&key_path.to_string_lossy())
+        ),
+    )
+    .with_context(|| format!("failed to write {}", config_path.display()))?;
+    let mut args: Vec<OsString> = vec!["--config-file".into(), config_path.into()];
+    for (flag, dir) in [
+        ("--data-root", "data"),
+        ("--exec-root", "exec"),
+        ("--pidfile", "dockerd.pid"),
+    ] {
+        args.push(flag.into());
+        args.push(root.join(dir).into());
+    }
+    args.extend(
+        [
+            "--host",
+            host,
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-masq=false",
+            "--ip-forward=false",
+            "--userland-proxy=false",
+            "--shutdown-timeout=5",
+            "--log-level=info",
+            "--label",
+        ]
+        .map(OsString::from),
+    );
+    args.push(format!("offload.testkit.engine={name}").into());
+    Ok(Launch {
+        program: dockerd_program(),
+        args,
+        env: Vec::new(),
+    })
+}
+
+/// `podman` (the caller adds `system service`) with its storage, run root, temporary
+/// files, file locks, events and network configuration in `root`, and configuration
+/// files of its own, so neither the host's `/etc/containers` nor a registry is read.
+fn podman_launch(root: &Path) -> anyhow::Result<Launch> {
+    let mut found = Vec::new();
+    for (program, package) in [
+        ("podman", "podman"),
+        ("conmon", "conmon"),
+        ("runc", "runc"),
+        ("catatonit", "catatonit"),
+    ] {
+        match find_program(program) {
+            Some(path) => found.push(path),
+            None => bail!(
+                "Podman engines need `{program}`, which is not installed: \
+                 apt-get install --no-install-recommends {package}"
+            ),
+        }
+    }
+    let quoted = |p: &Path| toml_quote(&p.to_string_lossy());
+    let containers_conf = root.join("containers.conf");
+    fs::write(
+        &containers_conf,
+        format!(
+            "[containers]\nnetns = \"none\"\ninit_path = {init}\n\n\
+             [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\n\
+             lock_type = \"file\"\nevents_logger = \"file\"\nevents_logfile_path = {events}\n\
+             tmp_dir = {tmp}\nvolume_path = {volumes}\n\n\
+             [network]\nnetwork_config_dir = {networks}\n",
+            init = quoted(&found[3]),
+            events = quoted(&root.join("events.log")),
+            tmp = quoted(&root.join("tmp")),
+            volumes = quoted(&root.join("volumes")),
+            networks = quoted(&root.join("networks")),
+        ),
+    )
+    .with_context(|| format!("failed to write {}", containers_conf.display()))?;
+    let storage_conf = root.join("storage.conf");
+    fs::write(
+        &storage_conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = {data}\nrunroot = {run}\n",
+            data = quoted(&root.join("data")),
+            run = quoted(&root.join("exec")),
+        ),
+    )
+    .with_context(|| format!("failed to write {}", storage_conf.display()))?;
+    let registries_conf = root.join("registries.conf");
+    fs::write(&registries_conf, "unqualified-search-registries = []\n")
+        .with_context(|| format!("failed to write {}", registries_conf.display()))?;
+    let mut args: Vec<OsString> = Vec::new();
+    for (flag, dir) in [
+        ("--root", "data"),
+        ("--runroot", "exec"),
+        ("--tmpdir", "tmp"),
+    ] {
+        args.push(flag.into());
+        args.push(root.join(dir).into());
+    }
+    args.extend(
+        [
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--log-level",
+            "info",
+        ]
+        .map(OsString::from),
+    );
+    Ok(Launch {
+        program: found.swap_remove(0).into_os_string(),
+        args,
+        env: vec![
+            ("CONTAINERS_CONF", containers_conf),
+            ("CONTAINERS_STORAGE_CONF", storage_conf),
+            ("CONTAINERS_REGISTRIES_CONF", registries_conf),
+        ],
+    })
+}
+
+/// The first `name` on the daemon search path.
+fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&daemon_search_path())
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+/// A TOML basic string.
+fn toml_quote(text: &str) -> String {
+    format!("\"{}\"", json_escape(text))
+}
+
+impl Engine {
     /// The name given to [`Engine::start`].
     pub fn name(&self) -> &str {
         &self.name
@@ -227,9 +398,9 @@ impl Engine {
         &self.log_path
     }
 
-    /// The PID of `dockerd`.
+    /// The PID of `dockerd` or of `podman system service`.
     pub fn pid(&self) -> u32 {
-        self.dockerd.id()
+        self.daemon.id()
     }
 
     /// The last `lines` lines of the `dockerd` log.
@@ -388,9 +559,10 @@ impl Engine {
             .arg("-c")
             .arg(WATCHDOG)
             .arg("offload-testkit-watchdog")
-            .arg(self.dockerd.id().to_string())
+            .arg(self.daemon.id().to_string())
             .arg(&self.root)
             .arg(keep)
+            .arg(self.leftover_pattern())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -410,11 +582,11 @@ impl Engine {
     fn wait_ready(&mut self, deadline: Instant) -> anyhow::Result<()> {
         loop {
             if let Some(status) = self
-                .dockerd
+                .daemon
                 .try_wait()
-                .context("failed to check on dockerd")?
+                .context("failed to check on the engine")?
             {
-                bail!("dockerd exited during startup ({status})");
+                bail!("{} exited during startup ({status})", self.kind);
             }
             let attempt = ping(&self.socket);
             let Err(last_error) = attempt else {
@@ -422,7 +594,8 @@ impl Engine {
             };
             if Instant::now() >= deadline {
                 bail!(
-                    "dockerd did not answer on {} within {START_TIMEOUT:?} (last error: {last_error:#})",
+                    "{} did not answer on {} within {START_TIMEOUT:?} (last error: {last_error:#})",
+                    self.kind,
                     self.socket.display()
                 );
             }
@@ -465,16 +638,16 @@ impl Engine {
         let _ = command::run(&mut self.docker(&args), None, Duration::from_secs(60));
     }
 
-    fn stop_dockerd(&mut self) {
-        if matches!(self.dockerd.try_wait(), Ok(Some(_))) {
+    fn stop_daemon(&mut self) {
+        if matches!(self.daemon.try_wait(), Ok(Some(_))) {
             return;
         }
         let containerd = self.containerd_pid();
         let log_offset = fs::metadata(&self.log_path).map_or(0, |m| m.len());
-        process::signal(self.dockerd.id(), Signal::TERM);
+        process::signal(self.daemon.id(), Signal::TERM);
         let deadline = Instant::now() + STOP_GRACE;
         loop {
-            match self.dockerd.try_wait() {
+            match self.daemon.try_wait() {
                 Ok(Some(_)) | Err(_) => return,
                 Ok(None) if Instant::now() >= deadline => break,
                 // Once its shutdown is complete and containerd is gone, dockerd only idles in
@@ -490,8 +663,8 @@ impl Engine {
                 Ok(None) => thread::sleep(Duration::from_millis(20)),
             }
         }
-        let _ = self.dockerd.kill();
-        let _ = self.dockerd.wait();
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
     }
 
     /// The PID of this engine's containerd, if it is running.
@@ -517,18 +690,29 @@ impl Engine {
         text
     }
 
-    /// containerd and shims outlive a dockerd that had to be killed.
+    /// What the command line of a process this engine leaves behind contains: the
+    /// containerd socket a shim talks to, or the storage a conmon's bundle is in.
+    fn leftover_pattern(&self) -> String {
+        match self.kind {
+            EngineKind::Docker => {
+                format!("{}/exec/containerd/containerd.sock", self.root.display())
+            }
+            EngineKind::Podman => format!("{}/data", self.root.display()),
+        }
+    }
+
+    /// containerd and shims outlive a dockerd that had to be killed; conmons outlive
+    /// Podman's service by design.
     fn stop_leftovers(&self) {
         if let Some(pid) = self.containerd_pid() {
             process::terminate(pid, Duration::from_secs(5));
         }
-        let address = format!("{}/exec/containerd/containerd.sock", self.root.display());
-        for shim in process::find_by_cmdline(&address) {
+        for monitor in process::find_by_cmdline(&self.leftover_pattern()) {
             // Killing a container's init takes its whole PID namespace down with it.
-            for init in process::children_of(shim) {
+            for init in process::children_of(monitor) {
                 process::signal(init, Signal::KILL);
             }
-            process::terminate(shim, Duration::from_secs(2));
+            process::terminate(monitor, Duration::from_secs(2));
         }
     }
 }
@@ -540,10 +724,10 @@ impl Drop for Engine {
             drop(stdin);
             let _ = child.wait();
         }
-        if matches!(self.dockerd.try_wait(), Ok(None)) {
+        if matches!(self.daemon.try_wait(), Ok(None)) {
             self.remove_containers();
         }
-        self.stop_dockerd();
+        self.stop_daemon();
         self.stop_leftovers();
         process::unmount_below(&self.root);
         if let Some(dir) = self.dir.take() {
@@ -561,7 +745,7 @@ impl fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("name", &self.name)
             .field("host", &self.host)
-            .field("pid", &self.dockerd.id())
+            .field("pid", &self.daemon.id())
             .finish_non_exhaustive()
     }
 }

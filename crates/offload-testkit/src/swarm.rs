@@ -153,6 +153,7 @@ impl Swarm {
                 // Engines before API 1.46 drop a service's NoNewPrivileges; the daemon
                 // default is what an operator sets there too (see the README).
                 extra_args: vec!["--no-new-privileges".to_owned()],
+                ..Default::default()
             };
             let engine = Engine::start_with(&node_name, &options)?;
             self.nodes.push(SwarmNode {

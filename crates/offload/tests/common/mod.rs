@@ -262,6 +262,11 @@ impl Edge {
     /// Likewise, with extra environment variables for the agent.
     pub fn start_with_env(name: &str, user: &User, flags: &[&str], env: &[(&str, &str)]) -> Edge {
         let engine = Engine::start(name).expect("edge engine starts");
+        Edge::on_engine(engine, user, flags, env)
+    }
+
+    /// An agent for `user` on an engine the test started (a Podman one).
+    pub fn on_engine(engine: Engine, user: &User, flags: &[&str], env: &[(&str, &str)]) -> Edge {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut edge = Edge {
             agent: None,
