@@ -129,6 +129,7 @@ async fn session(
     // the ones it does not place here.
     edge.discover().await;
     let hello = AgentMessage::Hello {
+        device: edge.options.device.clone(),
         capacity: edge.capacity().await,
         images: edge.runtime.images().await.unwrap_or_default(),
         containers: edge.containers().await,

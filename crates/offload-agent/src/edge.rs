@@ -36,6 +36,18 @@ pub struct EdgeOptions {
     pub stop_grace_secs: u32,
     /// How often the workspace is rescanned for changes even without watcher events.
     pub rescan: Duration,
+    /// This device's name, as the server and the owner know it.
+    pub device: String,
+    /// What of this machine offload's containers may use, at most; `None` is all the
+    /// engine reports.
+    pub offer: Offer,
+}
+
+/// What a device offers offload (`offload agent --cpus --memory`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Offer {
+    pub cpus: Option<f64>,
+    pub memory_bytes: Option<u64>,
 }
 
 struct Running {
@@ -495,9 +507,14 @@ impl Edge {
         let free_disk_bytes = rustix::fs::statvfs(&self.options.data_dir)
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
             .unwrap_or(0);
+        let offer = self.options.offer;
+        let cpus = info.as_ref().map_or(1.0, |i| i.cpus);
+        let memory_bytes = info.as_ref().map_or(0, |i| i.memory_bytes);
         EdgeCapacity {
-            cpus: info.as_ref().map_or(1.0, |i| i.cpus),
-            memory_bytes: info.as_ref().map_or(0, |i| i.memory_bytes),
+            cpus: offer.cpus.map_or(cpus, |c| c.min(cpus)),
+            memory_bytes: offer
+                .memory_bytes
+                .map_or(memory_bytes, |m| m.min(memory_bytes)),
             free_disk_bytes,
             architecture: info
                 .map_or_else(|| std::env::consts::ARCH.to_owned(), |i| i.architecture),
@@ -1098,6 +1115,8 @@ mod tests {
                 network: NetworkMode::None,
                 stop_grace_secs: 1,
                 rescan: Duration::from_secs(3600),
+                device: "laptop".to_owned(),
+                offer: Default::default(),
             },
         )
     }

@@ -23,7 +23,7 @@ use anyhow::Context;
 use offload_runtime::{ContainerRuntime, DockerRuntime, NetworkMode};
 
 pub use connection::Preferences;
-pub use edge::{Edge, EdgeOptions};
+pub use edge::{Edge, EdgeOptions, Offer};
 
 /// Everything `offload agent` is started with.
 #[derive(Debug, Clone)]
@@ -32,6 +32,10 @@ pub struct AgentOptions {
     pub data_dir: PathBuf,
     pub network: String,
     pub stop_grace_secs: u32,
+    /// This device's name (`--device`), unique among the user's devices.
+    pub device: String,
+    /// What of this machine offload may use.
+    pub offer: edge::Offer,
     pub preferences: Preferences,
     /// The client config the agent runs with: the local socket is recorded beside it, so
     /// the CLI with the same config finds it.
@@ -71,6 +75,8 @@ pub async fn run(config: client::ClientConfig, options: AgentOptions) -> anyhow:
             network,
             stop_grace_secs: options.stop_grace_secs,
             rescan: Duration::from_secs(2),
+            device: options.device.clone(),
+            offer: options.offer,
         },
     );
     edge.restore().await?;

@@ -40,6 +40,11 @@ pub struct EdgeContainer {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AgentMessage {
     Hello {
+        /// The device's name (`offload agent --device`): one connection per device, so
+        /// a user's laptop and desktop are both connected. An agent that names none is
+        /// its host name.
+        #[serde(default)]
+        device: String,
         capacity: EdgeCapacity,
         /// Image references the edge engine has.
         images: Vec<String>,

@@ -151,6 +151,9 @@ pub struct ContainerView {
     /// On a cluster: the node (its ID) the cloud copy is placed on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The owner's device it runs on at the edge, or ran on last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// At the edge, the recovery point: how many seconds of its work the cloud may not
     /// have yet (0 while its agent reports every change synced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +188,10 @@ pub struct MoveRequest {
     /// fenced and its late changes kept as a conflict set when it returns.
     #[serde(default)]
     pub force: bool,
+    /// A move to the edge: the owner's device (its agent's `--device` name) to move to.
+    /// Without one, the connected device that can run it with the most room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// Answer of `POST /v1/containers/{id}/move/estimate`: what `offload move --to edge`
@@ -193,6 +200,9 @@ pub struct MoveRequest {
 pub struct MoveEstimate {
     pub container_id: String,
     pub direction: MoveDirection,
+    /// The owner's device the move would go to.
+    #[serde(default)]
+    pub device: String,
     /// Files the edge would write, and paths it would remove.
     pub files: u64,
     pub deletes: u64,
@@ -225,6 +235,7 @@ impl From<&ContainerRecord> for ContainerView {
             moving: None,
             last_move: r.last_move.clone(),
             node: r.node.clone(),
+            device: r.device.clone(),
             sync_lag_secs: None,
         }
     }
@@ -426,9 +437,28 @@ pub struct QueryView {
     /// a move to the owner's machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_node: Option<String>,
+    /// A move to the owner's machine: the device that would take it (the one asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
-/// Body of `POST /v1/admin/drain`.
+/// One of a user's devices, as `offload devices` lists it (`GET /v1/devices`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    /// Its agent's `--device` name.
+    pub name: String,
+    pub hostname: String,
+    /// Architecture as the engine names it (`amd64`, `arm64`).
+    pub architecture: String,
+    /// What the device offers offload: cores, memory and free disk.
+    pub cpus: f64,
+    pub memory_bytes: u64,
+    pub free_disk_bytes: u64,
+    /// Ids of the user's containers that run there now.
+    pub containers: Vec<String>,
+    pub auto_accept: bool,
+    pub auto_return: bool,
+}
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {

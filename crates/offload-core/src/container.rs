@@ -116,6 +116,10 @@ pub struct ContainerRecord {
     /// engine.
     #[serde(default)]
     pub node: Option<String>,
+    /// The owner's device (its agent's name) the container runs on at the edge, is moving
+    /// to, or ran on last.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 impl ContainerRecord {

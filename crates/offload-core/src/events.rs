@@ -116,11 +116,18 @@ pub enum EventBody {
         node: Option<String>,
         usage: f64,
     },
-    /// The user's agent connected, from the machine it names.
+    /// One of the user's agents connected, as the device it names, from the machine it
+    /// names.
     AgentConnected {
         hostname: String,
+        #[serde(default)]
+        device: String,
     },
-    AgentGone,
+    /// That device's agent went away.
+    AgentGone {
+        #[serde(default)]
+        device: String,
+    },
     /// A container at the edge has work the cloud does not have, for longer than the
     /// operator's threshold (its recovery point is that far behind).
     RecoveryPointBehind {
@@ -173,7 +180,7 @@ impl EventBody {
             EventBody::PressureStarted { .. } => "pressure_started",
             EventBody::PressureEnded { .. } => "pressure_ended",
             EventBody::AgentConnected { .. } => "agent_connected",
-            EventBody::AgentGone => "agent_gone",
+            EventBody::AgentGone { .. } => "agent_gone",
             EventBody::RecoveryPointBehind { .. } => "recovery_point_behind",
             EventBody::RecoveryPointCaughtUp { .. } => "recovery_point_caught_up",
         }
@@ -195,7 +202,7 @@ impl EventBody {
             EventBody::PressureStarted { .. }
             | EventBody::PressureEnded { .. }
             | EventBody::AgentConnected { .. }
-            | EventBody::AgentGone => None,
+            | EventBody::AgentGone { .. } => None,
         }
     }
 }
@@ -290,8 +297,14 @@ impl Event {
                 on_node(node),
                 usage * 100.0
             ),
-            EventBody::AgentConnected { hostname } => format!("agent connected from {hostname}"),
-            EventBody::AgentGone => "agent gone".to_owned(),
+            EventBody::AgentConnected { hostname, device } if device.is_empty() => {
+                format!("agent connected from {hostname}")
+            }
+            EventBody::AgentConnected { hostname, device } => {
+                format!("agent of device {device} connected from {hostname}")
+            }
+            EventBody::AgentGone { device } if device.is_empty() => "agent gone".to_owned(),
+            EventBody::AgentGone { device } => format!("agent of device {device} gone"),
         };
         match &self.user {
             Some(user) if self.body.container_id().is_none() => format!("{user}: {what}"),

@@ -84,6 +84,7 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
         _ => None,
     };
     let Some(AgentMessage::Hello {
+        device,
         capacity,
         images,
         containers,
@@ -99,6 +100,24 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
         hostname: clean_agent_text(&capacity.hostname, 255),
         ..capacity
     };
+    // An agent that names no device (an older one) is its host name; a name that is not
+    // one is refused before anything is registered.
+    let device = if device.is_empty() {
+        capacity.hostname.clone()
+    } else {
+        device
+    };
+    let Ok(device) = offload_core::Name::parse(&device) else {
+        tracing::warn!(%user, "refusing an agent whose device name is not a name");
+        let _ = sink
+            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                code: 1008,
+                reason: "the device name must be letters, digits, '.', '_' and '-' (at most 63)"
+                    .into(),
+            })))
+            .await;
+        return;
+    };
     let images = images
         .into_iter()
         .map(|i| clean_agent_text(&i, 512))
@@ -107,6 +126,7 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     let (link, mut outbox) = state.ctl.hub.register(
         user.clone(),
         Hello {
+            device: device.to_string(),
             capacity,
             images,
             containers: containers.clone(),
@@ -114,7 +134,7 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
             auto_return,
         },
     );
-    tracing::info!(%user, edge = %link.capacity.hostname, "agent connected");
+    tracing::info!(%user, device = %link.device, edge = %link.capacity.hostname, "agent connected");
     state
         .ctl
         .events
@@ -122,6 +142,7 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
             Some(&user),
             EventBody::AgentConnected {
                 hostname: link.capacity.hostname.clone(),
+                device: link.device.clone(),
             },
         )
         .await;
@@ -200,12 +221,11 @@ async fn serve_agent(socket: WebSocket, state: AppState, user: offload_core::Use
     }
     writer.abort();
     if state.ctl.hub.unregister(&link) {
-        tracing::info!(%user, "agent disconnected");
-        state
-            .ctl
-            .events
-            .publish(Some(&user), EventBody::AgentGone)
-            .await;
+        tracing::info!(%user, device = %link.device, "agent disconnected");
+        let gone = EventBody::AgentGone {
+            device: link.device.clone(),
+        };
+        state.ctl.events.publish(Some(&user), gone).await;
         state.ctl.on_agent_gone(&link).await;
     }
 }

@@ -201,6 +201,7 @@ impl Controller {
             let request = MoveRequest {
                 to: Location::Edge,
                 force: false,
+                device: query.device.clone(),
             };
             let owner = Principal {
                 user: query.owner.clone(),
@@ -322,7 +323,7 @@ impl Controller {
             }
             let why = if record.state != State::Running {
                 Some(format!("it is {}", record.state.as_str()))
-            } else if self.hub.agent(&record.owner).is_none() {
+            } else if !self.hub.connected(&record.owner) {
                 Some(format!("{}'s agent is not connected", record.owner))
             } else if pending.iter().any(|q| q.container_id == record.id) {
                 Some("a query about it is open".to_owned())
@@ -343,7 +344,20 @@ impl Controller {
                 .last(&record.id)
                 .or_else(|| self.sync.cached_bytes(&record.id))
                 .unwrap_or(0);
-            let query = self.queries.ask(&record, reason, bytes, None).await?;
+            let device = match self.choose_device(&record, None).await {
+                Ok(device) => device,
+                Err(e) => {
+                    not_asked.push(DrainStay {
+                        id: record.id.to_string(),
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let query = self
+                .queries
+                .ask(&record, reason, bytes, None, Some(&device))
+                .await?;
             asked.push(crate::queries::view(&query, record.name.as_str()));
         }
         Ok((asked, not_asked))
@@ -595,6 +609,7 @@ impl Controller {
             updated_at: at,
             last_move: None,
             node: None,
+            device: None,
         };
         record.node = self.place(&record).await?;
         let _guard = self.lock(&record.id).await;
@@ -1058,6 +1073,7 @@ impl Controller {
         (record.location == Location::Edge && record.state != State::Moving).then(|| {
             self.hub.recovery_point(
                 &record.owner,
+                record.device.as_deref(),
                 &record.id,
                 record.updated_at,
                 self.clock.unix(),
@@ -1074,15 +1090,24 @@ impl MoveStarter for Arc<Controller> {
         owner: &UserName,
         id: &ContainerId,
         to: Location,
+        device: Option<&str>,
     ) -> Result<(), ActionError> {
         let owner = Principal {
             user: owner.clone(),
             admin: false,
         };
-        let request = MoveRequest { to, force: false };
+        let request = MoveRequest {
+            to,
+            force: false,
+            device: device.map(str::to_owned),
+        };
         self.request_move(&owner, id.as_str(), request)
             .await
             .map(|_| ())
+    }
+
+    async fn device_for(&self, record: &ContainerRecord) -> Result<String, ActionError> {
+        self.choose_device(record, None).await
     }
 
     async fn relocate(

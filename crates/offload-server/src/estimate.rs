@@ -82,7 +82,7 @@ fn done_to_edge(entries: &[StreamEntry]) -> Vec<Timings> {
 }
 
 impl Controller {
-    /// Asks the owner's agent what a move of `record` would bring and predicts its times.
+    /// Asks the agent of the device the move goes to what a move of `record` would bring and predicts its times.
     /// Returns the agent's findings, how the image would get there, and the prediction.
     pub(crate) async fn forecast(
         &self,
@@ -93,6 +93,7 @@ impl Controller {
             .hub
             .request(
                 &record.owner,
+                record.device.as_deref(),
                 Command::Estimate { spec: spec.clone() },
                 ESTIMATE_TIMEOUT,
             )
@@ -131,7 +132,7 @@ impl Controller {
         id_or_name: &str,
         req: &MoveRequest,
     ) -> Result<MoveEstimate, ActionError> {
-        let record = self.find(who, id_or_name).await?;
+        let mut record = self.find(who, id_or_name).await?;
         if req.to != Location::Edge {
             return Err(ActionError::BadRequest(
                 "a dry run estimates a move to the edge; a move back sends only what the \
@@ -147,11 +148,14 @@ impl Controller {
         }
         crate::mover::require_movable(&record)?;
         self.require_agent(&record, Location::Edge)?;
+        // The device the move would go to; nothing is saved.
+        record.device = Some(self.choose_device(&record, req.device.as_deref()).await?);
         let spec = self.edge_spec(&record).await?;
         let (found, route, prediction) = self.forecast(&record, &spec).await?;
         Ok(MoveEstimate {
             container_id: record.id.to_string(),
             direction: MoveDirection::ToEdge,
+            device: record.device.clone().unwrap_or_default(),
             files: found.files,
             deletes: found.deletes,
             tree_bytes: found.tree_bytes,

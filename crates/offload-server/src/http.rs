@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use offload_core::api::{
-    ApiError, CloudDrainReport, ContainerView, DrainReport, DrainRequest, JoinRequest,
+    ApiError, CloudDrainReport, ContainerView, DeviceView, DrainReport, DrainRequest, JoinRequest,
     JoinResponse, MonitorView, MoveEstimate, MoveRequest, PressureRequest, QueryView, StartRequest,
     WhoAmI,
 };
@@ -90,6 +90,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(estimate_move))
         .routes(routes!(container_image))
         .routes(routes!(list_queries))
+        .routes(routes!(list_devices))
         .routes(routes!(accept_query))
         .routes(routes!(decline_query))
         .routes(routes!(admin_pressure))
@@ -682,6 +683,16 @@ async fn list_queries(
     Caller(who): Caller,
 ) -> Result<Json<Vec<QueryView>>, ActionError> {
     Ok(Json(state.ctl.queries(&who).await?))
+}
+
+/// The caller's connected devices: each agent's name, what it offers and what runs there.
+#[utoipa::path(get, path = "/v1/devices", tag = "agent",
+    responses((status = 200, body = [DeviceView]), (status = 401, body = ApiError)))]
+async fn list_devices(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Vec<DeviceView>>, ActionError> {
+    Ok(Json(state.ctl.devices_of(&who).await?))
 }
 
 /// Accepts a query: the container moves to the caller's machine.

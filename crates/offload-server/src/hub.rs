@@ -1,7 +1,8 @@
-//! The agents connected to this server: one control link per user, requests with
-//! replies, progress reports of the moves in flight, and the rendezvous of exec relays.
+//! The agents connected to this server: one control link per device of each user,
+//! requests with replies, progress reports of the moves in flight, and the rendezvous of
+//! exec relays.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Why a request to an agent did not get its answer.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("{0}'s agent is not connected; start `offload agent` on the edge machine")]
+    #[error("{0} is not connected; start `offload agent` on the edge machine")]
     NotConnected(String),
     #[error("the agent disconnected before answering")]
     Disconnected,
@@ -32,9 +33,19 @@ impl HubError {
     }
 }
 
+/// Names the agent a message is for: "alice's agent", or "alice's device desktop".
+pub fn agent_name(user: &UserName, device: Option<&str>) -> String {
+    match device {
+        Some(device) => format!("{user}'s device {device}"),
+        None => format!("{user}'s agent"),
+    }
+}
+
 /// One connected agent.
 pub struct AgentLink {
     pub user: UserName,
+    /// The device it runs on (`offload agent --device`).
+    pub device: String,
     /// Distinguishes successive connections of the same user.
     pub connection: u64,
     pub capacity: EdgeCapacity,
@@ -74,25 +85,29 @@ impl AgentLink {
     }
 }
 
-/// Every connected agent, by user.
+/// Every connected agent, by user and device.
 #[derive(Default)]
 pub struct AgentHub {
-    agents: Mutex<HashMap<UserName, Arc<AgentLink>>>,
+    agents: Mutex<HashMap<UserName, BTreeMap<String, Arc<AgentLink>>>>,
     /// Channels an agent was asked to dial back, by session: the agent they were asked
     /// of and the user waiting for the socket.
     channel_waiters: Mutex<HashMap<String, (UserName, oneshot::Sender<WebSocket>)>>,
-    /// The moves in flight, each with the user whose agent is their edge side: only
-    /// that agent may report progress for them.
-    moves: Mutex<HashMap<ContainerId, UserName>>,
+    /// The moves in flight, each with the user and device whose agent is their edge
+    /// side: only that agent may report progress for them.
+    moves: Mutex<HashMap<ContainerId, (UserName, String)>>,
     /// Move commands (prepare, finalize, stop for return) sent and not yet answered, by
     /// container: their agent reports progress while it carries them out.
-    commands: Arc<Mutex<HashMap<ContainerId, (UserName, usize)>>>,
+    commands: Arc<Mutex<HashMap<ContainerId, Commanded>>>,
     progress: Mutex<HashMap<ContainerId, Progress>>,
     next: AtomicU64,
     /// When the cloud last had every change of each edge container (Unix seconds): the
     /// agent said so, or a push of it was applied.
     synced_at: Mutex<HashMap<ContainerId, i64>>,
 }
+
+/// A container's move commands awaiting an answer: the user and device they went to,
+/// and how many.
+type Commanded = (UserName, String, usize);
 
 /// How long the server waits for an agent to dial back a channel it was asked to open.
 const CHANNEL_DIAL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -114,6 +129,7 @@ pub fn clean_agent_text(text: &str, max_chars: usize) -> String {
 
 /// What an agent says about itself when it connects.
 pub struct Hello {
+    pub device: String,
     pub capacity: EdgeCapacity,
     pub images: Vec<String>,
     pub containers: Vec<EdgeContainer>,
@@ -137,9 +153,16 @@ impl AgentHub {
     /// cloud may not have. Zero while its agent is connected and reports it synced; else
     /// the time since the cloud last had all of it (`since` when that is not known here,
     /// the end of its move).
-    pub fn recovery_point(&self, owner: &UserName, id: &ContainerId, since: i64, now: i64) -> u64 {
+    pub fn recovery_point(
+        &self,
+        owner: &UserName,
+        device: Option<&str>,
+        id: &ContainerId,
+        since: i64,
+        now: i64,
+    ) -> u64 {
         let synced_now = self
-            .agent(owner)
+            .agent(owner, device)
             .is_some_and(|a| a.containers().iter().any(|c| c.id == *id && c.synced));
         if synced_now {
             self.note_synced(id, now);
@@ -149,7 +172,8 @@ impl AgentHub {
         u64::try_from(now - last.max(since)).unwrap_or(0)
     }
 
-    /// Registers a connection; a newer connection of the same user replaces the older.
+    /// Registers a connection; a newer connection of the same device replaces the older,
+    /// and other devices of the user stay.
     pub fn register(
         &self,
         user: UserName,
@@ -158,6 +182,7 @@ impl AgentHub {
         let (tx, rx) = mpsc::unbounded_channel();
         let link = Arc::new(AgentLink {
             user: user.clone(),
+            device: hello.device,
             connection: self.next.fetch_add(1, Ordering::Relaxed),
             capacity: hello.capacity,
             images: hello.images,
@@ -168,46 +193,78 @@ impl AgentHub {
             pending: Mutex::new(HashMap::new()),
             cut: tokio_util::sync::CancellationToken::new(),
         });
-        lock(&self.agents).insert(user, link.clone());
+        lock(&self.agents)
+            .entry(user)
+            .or_default()
+            .insert(link.device.clone(), link.clone());
         (link, rx)
     }
 
     /// Forgets a connection if it is still the current one; its pending requests fail.
     pub fn unregister(&self, link: &AgentLink) -> bool {
         let mut agents = lock(&self.agents);
-        let current = agents
-            .get(&link.user)
-            .is_some_and(|l| l.connection == link.connection);
-        if current {
-            agents.remove(&link.user);
+        let devices = agents.get_mut(&link.user);
+        let current = devices.as_ref().is_some_and(|d| {
+            d.get(&link.device)
+                .is_some_and(|l| l.connection == link.connection)
+        });
+        if let Some(devices) = devices
+            && current
+        {
+            devices.remove(&link.device);
+            if devices.is_empty() {
+                agents.remove(&link.user);
+            }
         }
         lock(&link.pending).clear();
         current
     }
 
-    /// Ends `user`'s agent connection (a disabled user, revoked tokens); `false` if none.
+    /// Ends every agent connection of `user` (a disabled user, revoked tokens); `false`
+    /// if none.
     pub fn cut_off(&self, user: &UserName) -> bool {
-        match self.agent(user) {
-            Some(link) => {
-                link.cut.cancel();
-                true
-            }
-            None => false,
+        let devices = self.devices(user);
+        for link in &devices {
+            link.cut.cancel();
+        }
+        !devices.is_empty()
+    }
+
+    /// The agent of `user`'s `device`; with no device named, the user's first one (by
+    /// name): a container that moved before devices had names is on the only one.
+    pub fn agent(&self, user: &UserName, device: Option<&str>) -> Option<Arc<AgentLink>> {
+        let agents = lock(&self.agents);
+        let devices = agents.get(user)?;
+        match device {
+            Some(device) => devices.get(device).cloned(),
+            None => devices.values().next().cloned(),
         }
     }
 
-    pub fn agent(&self, user: &UserName) -> Option<Arc<AgentLink>> {
-        lock(&self.agents).get(user).cloned()
+    /// Whether any device of `user` is connected.
+    pub fn connected(&self, user: &UserName) -> bool {
+        lock(&self.agents).contains_key(user)
+    }
+
+    /// `user`'s connected devices, by name.
+    pub fn devices(&self, user: &UserName) -> Vec<Arc<AgentLink>> {
+        lock(&self.agents)
+            .get(user)
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub fn agents(&self) -> Vec<Arc<AgentLink>> {
-        lock(&self.agents).values().cloned().collect()
+        lock(&self.agents)
+            .values()
+            .flat_map(|d| d.values().cloned())
+            .collect()
     }
 
-    /// Something for `user` to read, shown by their agent if it is connected.
+    /// Something for `user` to read, shown by each of their connected agents.
     pub fn notice(&self, user: &UserName, text: String) {
-        if let Some(agent) = self.agent(user) {
-            agent.send(ServerMessage::Notice { text });
+        for agent in self.devices(user) {
+            agent.send(ServerMessage::Notice { text: text.clone() });
         }
     }
 
@@ -220,17 +277,19 @@ impl AgentHub {
         }
     }
 
-    /// Sends a command to `user`'s agent and waits for its reply.
+    /// Sends a command to the agent of `user`'s `device` (see [`AgentHub::agent`]) and
+    /// waits for its reply.
     pub async fn request(
         &self,
         user: &UserName,
+        device: Option<&str>,
         command: Command,
         timeout: Duration,
     ) -> Result<Reply, HubError> {
         let link = self
-            .agent(user)
-            .ok_or_else(|| HubError::NotConnected(user.to_string()))?;
-        let _in_flight = self.command_in_flight(user, &command);
+            .agent(user, device)
+            .ok_or_else(|| HubError::NotConnected(agent_name(user, device)))?;
+        let _in_flight = self.command_in_flight(&link, &command);
         let request = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&link.pending).insert(request, tx);
@@ -249,17 +308,18 @@ impl AgentHub {
         }
     }
 
-    /// Asks `user`'s agent to dial back a channel to `container_id` and waits (at most
-    /// 15 s) for its socket.
+    /// Asks the agent of `user`'s `device` to dial back a channel to `container_id` and
+    /// waits (at most 15 s) for its socket.
     pub async fn open_channel(
         &self,
         user: &UserName,
+        device: Option<&str>,
         container_id: &ContainerId,
         channel: Channel,
     ) -> Result<WebSocket, HubError> {
         let link = self
-            .agent(user)
-            .ok_or_else(|| HubError::NotConnected(user.to_string()))?;
+            .agent(user, device)
+            .ok_or_else(|| HubError::NotConnected(agent_name(user, device)))?;
         let session = crate::auth::random_secret();
         let (tx, rx) = oneshot::channel();
         lock(&self.channel_waiters).insert(session.clone(), (user.clone(), tx));
@@ -295,10 +355,18 @@ impl AgentHub {
         }
     }
 
-    /// A move of `id` started, with `user`'s agent as its edge side. The mover calls this
-    /// when the move begins; until then progress reports for `id` are refused.
-    pub fn move_started(&self, id: &ContainerId, user: &UserName) {
-        lock(&self.moves).insert(id.clone(), user.clone());
+    /// A move of `id` started, with the agent of `user`'s `device` (see
+    /// [`AgentHub::agent`]) as its edge side. The mover calls this when the move begins;
+    /// until then progress reports for `id` are refused.
+    pub fn move_started(&self, id: &ContainerId, user: &UserName, device: Option<&str>) {
+        let device = match device {
+            Some(device) => device.to_owned(),
+            None => match self.agent(user, None) {
+                Some(link) => link.device.clone(),
+                None => return,
+            },
+        };
+        lock(&self.moves).insert(id.clone(), (user.clone(), device));
     }
 
     /// The move of `id` ended: its progress goes and later reports for it are refused.
@@ -307,8 +375,8 @@ impl AgentHub {
         lock(&self.progress).remove(id);
     }
 
-    /// Marks a move command to `user`'s agent as in flight until the guard drops.
-    fn command_in_flight(&self, user: &UserName, command: &Command) -> Option<InFlight> {
+    /// Marks a move command to `link` as in flight until the guard drops.
+    fn command_in_flight(&self, link: &AgentLink, command: &Command) -> Option<InFlight> {
         let moving = matches!(
             command,
             Command::Prepare { .. } | Command::Finalize { .. } | Command::StopForReturn { .. }
@@ -319,8 +387,8 @@ impl AgentHub {
         let id = command.container_id().clone();
         lock(&self.commands)
             .entry(id.clone())
-            .or_insert_with(|| (user.clone(), 0))
-            .1 += 1;
+            .or_insert_with(|| (link.user.clone(), link.device.clone(), 0))
+            .2 += 1;
         Some(InFlight {
             commands: self.commands.clone(),
             id,
@@ -333,10 +401,12 @@ impl AgentHub {
     /// container, a container that is not moving) is dropped without keeping a byte.
     /// Returns whether it was kept.
     pub fn set_progress(&self, agent: &AgentLink, id: &ContainerId, progress: Progress) -> bool {
-        let registered = lock(&self.moves).get(id) == Some(&agent.user);
+        let registered = lock(&self.moves)
+            .get(id)
+            .is_some_and(|(user, device)| *user == agent.user && *device == agent.device);
         let commanded = lock(&self.commands)
             .get(id)
-            .is_some_and(|(user, _)| user == &agent.user);
+            .is_some_and(|(user, device, _)| *user == agent.user && *device == agent.device);
         if !(registered || commanded) {
             return false;
         }
@@ -355,14 +425,14 @@ impl AgentHub {
 
 /// A move command awaiting its agent's answer; dropping it ends that.
 struct InFlight {
-    commands: Arc<Mutex<HashMap<ContainerId, (UserName, usize)>>>,
+    commands: Arc<Mutex<HashMap<ContainerId, Commanded>>>,
     id: ContainerId,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let mut commands = lock(&self.commands);
-        if let Some((_, count)) = commands.get_mut(&self.id) {
+        if let Some((_, _, count)) = commands.get_mut(&self.id) {
             *count -= 1;
             if *count == 0 {
                 commands.remove(&self.id);
@@ -377,6 +447,7 @@ mod tests {
 
     fn hello() -> Hello {
         Hello {
+            device: "laptop".to_owned(),
             capacity: EdgeCapacity {
                 cpus: 4.0,
                 memory_bytes: 8 << 30,
@@ -425,7 +496,7 @@ mod tests {
         let (_alice, _a) = hub.register(user("alice"), hello());
         let (mallory, _m) = hub.register(user("mallory"), hello());
         let victim = id("0123456789ab");
-        hub.move_started(&victim, &user("alice"));
+        hub.move_started(&victim, &user("alice"), Some("laptop"));
         assert!(!hub.set_progress(&mallory, &victim, report("\u{1b}[2Jpwned")));
         assert_eq!(hub.progress(&victim), None);
         assert_eq!(lock(&hub.progress).capacity(), 0, "nothing was allocated");
@@ -436,7 +507,7 @@ mod tests {
         let hub = AgentHub::new();
         let (alice, _a) = hub.register(user("alice"), hello());
         let moving = id("0123456789ab");
-        hub.move_started(&moving, &user("alice"));
+        hub.move_started(&moving, &user("alice"), Some("laptop"));
         let hostile = format!("pre\u{1b}[31m-copy\r\n\u{7}{}", "x".repeat(10_000));
         assert!(hub.set_progress(&alice, &moving, report(&hostile)));
         let kept = hub.progress(&moving).unwrap();
@@ -470,7 +541,7 @@ mod tests {
                     container_id: moving,
                     generation: 2,
                 };
-                hub.request(&user("alice"), command, Duration::from_secs(30))
+                hub.request(&user("alice"), None, command, Duration::from_secs(30))
                     .await
             })
         };
@@ -485,6 +556,77 @@ mod tests {
         hub.move_ended(&moving);
         assert!(!hub.set_progress(&alice, &moving, report("workspace")));
         assert!(lock(&hub.commands).is_empty());
+    }
+
+    fn on(device: &str) -> Hello {
+        Hello {
+            device: device.to_owned(),
+            ..hello()
+        }
+    }
+
+    /// A user's laptop and desktop are connected side by side; a reconnection replaces
+    /// only its own device, and the older connection going away removes nothing.
+    #[test]
+    fn each_device_of_a_user_keeps_its_own_connection() {
+        let hub = AgentHub::new();
+        let alice = user("alice");
+        let (laptop, _l) = hub.register(alice.clone(), on("laptop"));
+        let (desktop, _d) = hub.register(alice.clone(), on("desktop"));
+        let names = |hub: &AgentHub| -> Vec<String> {
+            hub.devices(&alice)
+                .iter()
+                .map(|l| l.device.clone())
+                .collect()
+        };
+        assert_eq!(names(&hub), ["desktop", "laptop"]);
+        assert_eq!(
+            hub.agent(&alice, Some("laptop")).unwrap().connection,
+            laptop.connection
+        );
+        assert!(hub.agent(&alice, Some("phone")).is_none());
+        // No device named: the first by name.
+        assert_eq!(hub.agent(&alice, None).unwrap().device, "desktop");
+
+        let (again, _a) = hub.register(alice.clone(), on("laptop"));
+        assert_eq!(names(&hub), ["desktop", "laptop"]);
+        assert!(
+            !hub.unregister(&laptop),
+            "the older laptop connection is not current"
+        );
+        assert_eq!(
+            hub.agent(&alice, Some("laptop")).unwrap().connection,
+            again.connection
+        );
+        assert!(hub.unregister(&desktop));
+        assert_eq!(names(&hub), ["laptop"]);
+        assert!(hub.unregister(&again));
+        assert!(!hub.connected(&alice));
+    }
+
+    /// Progress for a move to the laptop is the laptop's to report, not the desktop's.
+    #[test]
+    fn a_report_from_another_device_of_the_same_user_is_dropped() {
+        let hub = AgentHub::new();
+        let (laptop, _l) = hub.register(user("alice"), on("laptop"));
+        let (desktop, _d) = hub.register(user("alice"), on("desktop"));
+        let moving = id("0123456789ab");
+        hub.move_started(&moving, &user("alice"), Some("laptop"));
+        assert!(!hub.set_progress(&desktop, &moving, report("pre-copy")));
+        assert!(hub.set_progress(&laptop, &moving, report("pre-copy")));
+    }
+
+    /// Cutting a user off ends every device's connection.
+    #[test]
+    fn cutting_a_user_off_ends_all_their_devices() {
+        let hub = AgentHub::new();
+        let (laptop, _l) = hub.register(user("alice"), on("laptop"));
+        let (desktop, _d) = hub.register(user("alice"), on("desktop"));
+        let (bob, _b) = hub.register(user("bob"), on("laptop"));
+        assert!(hub.cut_off(&user("alice")));
+        assert!(laptop.cut.is_cancelled() && desktop.cut.is_cancelled());
+        assert!(!bob.cut.is_cancelled());
+        assert!(!hub.cut_off(&user("carol")));
     }
 
     #[test]

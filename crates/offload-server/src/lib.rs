@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 mod dashboard;
 mod db;
+mod devices;
 pub mod error;
 mod estimate;
 pub mod events;

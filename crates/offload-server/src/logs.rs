@@ -442,7 +442,12 @@ async fn read_copy(
     }
     let agent = match ctl
         .hub
-        .open_channel(&record.owner, &record.id, channel(query, &spec))
+        .open_channel(
+            &record.owner,
+            record.device.as_deref(),
+            &record.id,
+            channel(query, &spec),
+        )
         .await
     {
         Ok(agent) => agent,
@@ -608,6 +613,7 @@ mod tests {
             let (link, mut outbox) = self.rig.ctl.hub.register(
                 self.rig.who.user.clone(),
                 crate::hub::Hello {
+                    device: "laptop".to_owned(),
                     capacity: offload_core::agent::EdgeCapacity {
                         cpus: 4.0,
                         memory_bytes: 8 << 30,

@@ -10,7 +10,7 @@
 //! through the queries service, the agents' hub, and a [`MoveStarter`] for the moves it
 //! decides on, so it depends on none of the controller.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,11 +136,14 @@ impl MonitorStatus {
 /// return when the cloud has room): as the owner would, through the controller.
 #[async_trait::async_trait]
 pub trait MoveStarter: Send + Sync {
+    /// A move to the edge goes to `device` (the one asked), else to the device the mover
+    /// chooses.
     async fn start_move(
         &self,
         owner: &UserName,
         id: &ContainerId,
         to: Location,
+        device: Option<&str>,
     ) -> Result<(), ActionError>;
 
     /// Moves a cloud container to another cluster node, telling its owner `reason`.
@@ -150,6 +153,10 @@ pub trait MoveStarter: Send + Sync {
         to_node: &str,
         reason: &str,
     ) -> Result<(), ActionError>;
+
+    /// The owner's device a move of `record` to the edge would go to; an error says why
+    /// none can take it.
+    async fn device_for(&self, record: &ContainerRecord) -> Result<String, ActionError>;
 }
 
 /// What the loop reads and acts through.
@@ -225,10 +232,13 @@ impl MonitorLoop {
             .iter()
             .filter(|r| r.location == Location::Edge && r.state != State::Moving)
         {
-            let lag =
-                self.parts
-                    .hub
-                    .recovery_point(&record.owner, &record.id, record.updated_at, now);
+            let lag = self.parts.hub.recovery_point(
+                &record.owner,
+                record.device.as_deref(),
+                &record.id,
+                record.updated_at,
+                now,
+            );
             if lag < threshold {
                 continue;
             }
@@ -475,10 +485,23 @@ impl MonitorLoop {
                 missing_bytes: sizes.get(&r.id).copied().unwrap_or(0),
             })
             .collect();
-        let agents = parts
-            .hub
-            .agents()
-            .iter()
+        // The policy weighs one edge per owner: of an owner's devices, the one with the
+        // most memory (the one a query most likely goes to; which device is asked is
+        // chosen when the query is sent, among those that can run the container).
+        let mut largest: BTreeMap<UserName, Arc<crate::hub::AgentLink>> = BTreeMap::new();
+        for agent in parts.hub.agents() {
+            let replace = largest.get(&agent.user).is_none_or(|best| {
+                (
+                    agent.capacity.memory_bytes,
+                    std::cmp::Reverse(&agent.device),
+                ) > (best.capacity.memory_bytes, std::cmp::Reverse(&best.device))
+            });
+            if replace {
+                largest.insert(agent.user.clone(), agent);
+            }
+        }
+        let agents = largest
+            .values()
             .map(|a| AgentReport {
                 owner: a.user.to_string(),
                 cpus: a.capacity.cpus,
@@ -653,7 +676,18 @@ impl MonitorLoop {
             if queries.declined_recently(record, cooldown).await? {
                 continue;
             }
-            match queries.ask(record, &ask.reason, ask.move_bytes, None).await {
+            // The device that can run it with the most room is the one asked.
+            let device = match moves.device_for(record).await {
+                Ok(device) => device,
+                Err(e) => {
+                    tracing::info!(id = %record.id, error = %e, "not asking: no device of the owner can take it");
+                    continue;
+                }
+            };
+            match queries
+                .ask(record, &ask.reason, ask.move_bytes, None, Some(&device))
+                .await
+            {
                 Ok(query) => self.remember(&query, false),
                 Err(e) => tracing::warn!(id = %record.id, error = %e, "cannot send a query"),
             }
@@ -683,7 +717,7 @@ impl MonitorLoop {
                         relocation.reason, relocation.to_node_name
                     );
                     match queries
-                        .ask(record, &reason, 0, Some(&relocation.to_node))
+                        .ask(record, &reason, 0, Some(&relocation.to_node), None)
                         .await
                     {
                         Ok(query) => {
@@ -724,7 +758,10 @@ impl MonitorLoop {
             for query in queries.close_about(&id, Closing::Expired).await {
                 let accept = expiry.action == DefaultAction::Accept;
                 tracing::info!(query = %query.id, accept, "query expired");
-                if accept && let Err(e) = moves.start_move(&query.owner, &id, Location::Edge).await
+                if accept
+                    && let Err(e) = moves
+                        .start_move(&query.owner, &id, Location::Edge, query.device.as_deref())
+                        .await
                 {
                     tracing::warn!(query = %query.id, error = %e, "cannot start the accepted move");
                 }
@@ -745,7 +782,7 @@ impl MonitorLoop {
                 ),
             );
             if let Err(e) = moves
-                .start_move(&record.owner, &record.id, Location::Cloud)
+                .start_move(&record.owner, &record.id, Location::Cloud, None)
                 .await
             {
                 tracing::warn!(id = %record.id, error = %e, "cannot start the return");
@@ -1014,6 +1051,7 @@ mod tests {
         let (link, mut outbox) = rig.ctl.hub.register(
             rig.who.user.clone(),
             crate::hub::Hello {
+                device: "laptop".to_owned(),
                 capacity: offload_core::agent::EdgeCapacity {
                     cpus: 4.0,
                     memory_bytes: 8 << 30,

@@ -141,7 +141,13 @@ impl Controller {
         let direction = match req.to {
             Location::Edge => {
                 require_movable(&record)?;
+                record.device = Some(self.choose_device(&record, req.device.as_deref()).await?);
                 MoveDirection::ToEdge
+            }
+            Location::Cloud if req.device.is_some() => {
+                return Err(ActionError::BadRequest(
+                    "a device names where a move to the edge goes; a move to the cloud comes from the device the container is on".into(),
+                ));
             }
             Location::Cloud => MoveDirection::ToCloud,
         };
@@ -170,7 +176,14 @@ impl Controller {
         record: &ContainerRecord,
         to: Location,
     ) -> Result<(), ActionError> {
-        if self.hub.agent(&record.owner).is_some() {
+        let connected = match to {
+            Location::Edge => self.hub.connected(&record.owner),
+            Location::Cloud => self
+                .hub
+                .agent(&record.owner, record.device.as_deref())
+                .is_some(),
+        };
+        if connected {
             return Ok(());
         }
         Err(ActionError::Conflict(match to {
@@ -179,8 +192,9 @@ impl Controller {
                 record.owner
             ),
             Location::Cloud => format!(
-                "{}'s agent is not connected; `offload move {} --to cloud --force` starts the cloud copy from the last synced files",
-                record.owner, record.id
+                "{} is not connected; `offload move {} --to cloud --force` starts the cloud copy from the last synced files",
+                crate::hub::agent_name(&record.owner, record.device.as_deref()),
+                record.id
             ),
         }))
     }
@@ -213,7 +227,8 @@ impl Controller {
             )
         })
         .await?;
-        self.hub.move_started(&record.id, &record.owner);
+        self.hub
+            .move_started(&record.id, &record.owner, record.device.as_deref());
         Ok(mv)
     }
 
@@ -314,6 +329,7 @@ impl Controller {
     /// The action of the run's current phase.
     async fn take_phase(&self, run: &mut Run) -> PhaseEvent {
         let owner = run.record.owner.clone();
+        let device = run.record.device.clone();
         match run.mv.phase {
             MovePhase::ToEdge(ToEdge::Preparing) => {
                 let spec = match self.edge_spec(&run.record).await {
@@ -330,7 +346,12 @@ impl Controller {
                 }
                 let result = self
                     .hub
-                    .request(&owner, Command::Prepare { spec }, PREPARE_TIMEOUT)
+                    .request(
+                        &owner,
+                        device.as_deref(),
+                        Command::Prepare { spec },
+                        PREPARE_TIMEOUT,
+                    )
                     .await;
                 let timings = &mut run.mv.timings;
                 match event_of(result, |reply| match reply {
@@ -376,7 +397,10 @@ impl Controller {
                     spec,
                     generation: run.mv.to().get(),
                 };
-                let result = self.hub.request(&owner, finalize, FINALIZE_TIMEOUT).await;
+                let result = self
+                    .hub
+                    .request(&owner, device.as_deref(), finalize, FINALIZE_TIMEOUT)
+                    .await;
                 let (timings, target) = (&mut run.mv.timings, &mut run.target_runtime_id);
                 match event_of(result, |reply| match reply {
                     Reply::Started {
@@ -405,7 +429,10 @@ impl Controller {
                     container_id: run.record.id.clone(),
                     generation: run.mv.from.get(),
                 };
-                let result = self.hub.request(&owner, stop, STOP_EDGE_TIMEOUT).await;
+                let result = self
+                    .hub
+                    .request(&owner, device.as_deref(), stop, STOP_EDGE_TIMEOUT)
+                    .await;
                 let timings = &mut run.mv.timings;
                 match event_of(result, |reply| match reply {
                     Reply::Stopped { timings: t } => {
@@ -517,7 +544,16 @@ impl Controller {
             let release = Command::Release {
                 container_id: record.id.clone(),
             };
-            if let Err(e) = self.hub.request(&record.owner, release, TIDY_TIMEOUT).await {
+            if let Err(e) = self
+                .hub
+                .request(
+                    &record.owner,
+                    record.device.as_deref(),
+                    release,
+                    TIDY_TIMEOUT,
+                )
+                .await
+            {
                 tracing::info!(id = %record.id, error = %e, "the agent releases its stopped copy when it reports next");
             }
         }
@@ -535,8 +571,14 @@ impl Controller {
                     container_id: record.id.clone(),
                 };
                 if run.mv.direction() != MoveDirection::ToNode
-                    && self.hub.agent(&record.owner).is_some()
-                    && let Err(e) = self.hub.request(&record.owner, abort, TIDY_TIMEOUT).await
+                    && self
+                        .hub
+                        .agent(&record.owner, record.device.as_deref())
+                        .is_some()
+                    && let Err(e) = self
+                        .hub
+                        .request(&record.owner, record.device.as_deref(), abort, TIDY_TIMEOUT)
+                        .await
                 {
                     tracing::info!(id = %record.id, error = %e, "the edge did not confirm the abort");
                 }
@@ -596,7 +638,12 @@ impl Controller {
                                 generation: record.generation.get(),
                             };
                             self.hub
-                                .request(&record.owner, finalize, FINALIZE_TIMEOUT)
+                                .request(
+                                    &record.owner,
+                                    record.device.as_deref(),
+                                    finalize,
+                                    FINALIZE_TIMEOUT,
+                                )
                                 .await
                                 .map_err(|e| e.to_string())
                         }
@@ -779,15 +826,21 @@ impl Controller {
         Ok(())
     }
 
-    /// Tells the owner's agent, if connected, that its copy is stale.
+    /// Tells the agent of the device the container is on, if connected, that its copy is
+    /// stale.
     pub(crate) async fn fence_edge(&self, record: &ContainerRecord) {
+        self.fence_edge_on(record, record.device.as_deref()).await;
+    }
+
+    /// Tells the agent of the owner's `device` that its copy of `record` is stale.
+    pub(crate) async fn fence_edge_on(&self, record: &ContainerRecord, device: Option<&str>) {
         let command = Command::Fence {
             container_id: record.id.clone(),
             generation: record.generation.get(),
         };
         if let Err(e) = self
             .hub
-            .request(&record.owner, command, Duration::from_secs(120))
+            .request(&record.owner, device, command, Duration::from_secs(120))
             .await
         {
             tracing::info!(id = %record.id, error = %e, "the edge copy will be fenced when its agent reports");
@@ -895,7 +948,7 @@ impl Controller {
             };
             let held = self
                 .hub
-                .agent(&record.owner)
+                .agent(&record.owner, record.device.as_deref())
                 .map(|link| link.containers().into_iter().find(|c| c.id == record.id));
             let edge = match &held {
                 None => EdgeView::Absent,
@@ -935,7 +988,11 @@ impl Controller {
                 target_runtime_id,
                 target_node,
             };
-            self.hub.move_started(&run.record.id, &run.record.owner);
+            self.hub.move_started(
+                &run.record.id,
+                &run.record.owner,
+                run.record.device.as_deref(),
+            );
             match decision {
                 Decision::Enter(phase) => {
                     run.mv.phase = phase;

@@ -303,6 +303,7 @@ mod tests {
         let (_link, outbox) = rig.ctl.hub.register(
             who.user.clone(),
             Hello {
+                device: "laptop".to_owned(),
                 capacity: EdgeCapacity {
                     cpus: 8.0,
                     memory_bytes: 16 * GIB,

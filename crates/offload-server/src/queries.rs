@@ -78,6 +78,7 @@ pub fn view(q: &QueryRecord, name: &str) -> QueryView {
         answered_at: q.answered_at,
         move_bytes: q.move_bytes,
         to_node: q.to_node.clone(),
+        device: q.device.clone(),
     }
 }
 
@@ -105,14 +106,15 @@ impl Queries {
         self.deadline
     }
 
-    /// Records a query about `record` and sends it to the owner's agent: a move to the
-    /// owner's machine, or with `to_node`, to that node of the cluster.
+    /// Records a query about `record` and sends it to the agent of the owner's `device`:
+    /// a move to that device, or with `to_node`, to that node of the cluster.
     pub async fn ask(
         &self,
         record: &ContainerRecord,
         reason: &str,
         move_bytes: u64,
         to_node: Option<&str>,
+        device: Option<&str>,
     ) -> Result<QueryRecord, ActionError> {
         let at = self.clock.unix();
         let query = QueryRecord {
@@ -126,6 +128,7 @@ impl Queries {
             answered_at: None,
             move_bytes,
             to_node: to_node.map(str::to_owned),
+            device: device.map(str::to_owned),
         };
         let stored = query.clone();
         let detail = match to_node {
@@ -151,7 +154,7 @@ impl Queries {
             )
             .await;
         tracing::info!(id = %record.id, query = %query.id, %reason, "asking the owner to move");
-        if let Some(agent) = self.hub.agent(&record.owner) {
+        if let Some(agent) = self.hub.agent(&record.owner, device) {
             agent.send(ServerMessage::Query {
                 query: view(&query, record.name.as_str()),
                 deadline_secs: self.deadline.as_secs(),
@@ -190,7 +193,7 @@ impl Queries {
                     },
                 )
                 .await;
-            if let Some(agent) = self.hub.agent(&query.owner) {
+            if let Some(agent) = self.hub.agent(&query.owner, query.device.as_deref()) {
                 agent.send(ServerMessage::QueryClosed {
                     id: query.id.clone(),
                     state: how.as_str().to_owned(),

@@ -302,9 +302,18 @@ impl Controller {
                     continue;
                 }
             };
-            if Generation::new(held.generation) < record.generation {
+            // A copy of an older generation is stale; so is one of the current generation
+            // on another device than the one the container is on (never made by a move).
+            let elsewhere = record.location == Location::Edge
+                && record
+                    .device
+                    .as_deref()
+                    .is_some_and(|device| device != agent.device);
+            if Generation::new(held.generation) < record.generation
+                || (elsewhere && Generation::new(held.generation) == record.generation)
+            {
                 if held.running || !held.synced {
-                    self.fence_edge(&record).await;
+                    self.fence_edge_on(&record, Some(&agent.device)).await;
                 } else {
                     self.release(&agent, &held.id).await;
                 }
@@ -320,7 +329,12 @@ impl Controller {
         };
         if let Err(e) = self
             .hub
-            .request(&agent.user, release, Duration::from_secs(60))
+            .request(
+                &agent.user,
+                Some(&agent.device),
+                release,
+                Duration::from_secs(60),
+            )
             .await
         {
             tracing::info!(%id, error = %e, "the agent did not confirm a release");
@@ -339,6 +353,10 @@ impl Controller {
                 continue;
             };
             if record.owner != agent.user
+                || record
+                    .device
+                    .as_deref()
+                    .is_some_and(|device| device != agent.device)
                 || record.location != Location::Edge
                 || record.state == State::Moving
                 || record.generation != Generation::new(held.generation)
@@ -362,14 +380,14 @@ impl Controller {
         }
     }
 
-    /// The owner's agent went away: its edge containers become `unreachable` (and keep
-    /// running there; nothing else happens by itself).
+    /// One of the owner's agents went away: the edge containers on its device become
+    /// `unreachable` (and keep running there; nothing else happens by itself).
     pub async fn on_agent_gone(&self, agent: &AgentLink) {
         self.mark_unreachable(Some(&agent.user)).await;
     }
 
-    /// Running edge containers whose owner (or any owner, for `None`) has no agent
-    /// connected become `unreachable`.
+    /// Running edge containers of `owner` (or of anyone, for `None`) whose device's agent
+    /// is not connected become `unreachable`.
     async fn mark_unreachable(&self, owner: Option<&UserName>) {
         let owner = owner.cloned();
         let Ok(records) = self.db(move |s| s.containers(owner.as_ref())).await else {
@@ -378,7 +396,10 @@ impl Controller {
         for record in records {
             if record.location != Location::Edge
                 || record.state != State::Running
-                || self.hub.agent(&record.owner).is_some()
+                || self
+                    .hub
+                    .agent(&record.owner, record.device.as_deref())
+                    .is_some()
             {
                 continue;
             }
@@ -391,7 +412,10 @@ impl Controller {
             };
             if fresh.location == Location::Edge
                 && fresh.state == State::Running
-                && self.hub.agent(&fresh.owner).is_none()
+                && self
+                    .hub
+                    .agent(&fresh.owner, fresh.device.as_deref())
+                    .is_none()
             {
                 fresh.state = State::Unreachable;
                 fresh.updated_at = now();

@@ -143,6 +143,7 @@ impl Rig {
         let (link, mut outbox) = self.ctl.hub.register(
             self.who.user.clone(),
             Hello {
+                device: "laptop".to_owned(),
                 capacity: capacity(),
                 images: Vec::new(),
                 containers,
@@ -183,7 +184,15 @@ impl Rig {
 
     pub async fn move_to(&self, record: &ContainerRecord, to: Location, force: bool) {
         self.ctl
-            .request_move(&self.who, record.id.as_str(), MoveRequest { to, force })
+            .request_move(
+                &self.who,
+                record.id.as_str(),
+                MoveRequest {
+                    to,
+                    force,
+                    device: None,
+                },
+            )
             .await
             .unwrap();
     }

@@ -632,6 +632,7 @@ mod tests {
         let (link, _outbox) = s.rig.ctl.hub.register(
             s.rig.who.user.clone(),
             crate::hub::Hello {
+                device: "laptop".to_owned(),
                 capacity: offload_core::agent::EdgeCapacity {
                     cpus: 4.0,
                     memory_bytes: 8 << 30,

@@ -44,11 +44,16 @@ pub async fn list_users(
         .map(|u| {
             let theirs: Vec<_> = containers.iter().filter(|c| c.owner == u.name).collect();
             UserView {
-                agent: state
-                    .ctl
-                    .hub
-                    .agent(&u.name)
-                    .map(|link| link.capacity.hostname.clone()),
+                agent: {
+                    let hosts: Vec<String> = state
+                        .ctl
+                        .hub
+                        .devices(&u.name)
+                        .iter()
+                        .map(|link| link.capacity.hostname.clone())
+                        .collect();
+                    (!hosts.is_empty()).then(|| hosts.join(", "))
+                },
                 name: u.name.to_string(),
                 admin: u.admin,
                 disabled_at: u.disabled_at,

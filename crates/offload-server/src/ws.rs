@@ -35,11 +35,12 @@ pub fn websocket(upgrade: Upgrade, command: &str) -> Result<WebSocketUpgrade, Re
 
 /// Refuses, before the upgrade, a channel to an edge container whose agent is away.
 pub fn edge_agent(ctl: &Controller, record: &ContainerRecord) -> Result<(), ActionError> {
-    match ctl.hub.agent(&record.owner) {
+    match ctl.hub.agent(&record.owner, record.device.as_deref()) {
         Some(_) => Ok(()),
         None => Err(ActionError::Unavailable(format!(
-            "container {} runs at the edge and its agent is not connected",
-            record.name
+            "container {} runs at the edge and {} is not connected",
+            record.name,
+            crate::hub::agent_name(&record.owner, record.device.as_deref())
         ))),
     }
 }
@@ -58,7 +59,11 @@ pub fn splice_to_agent(
     let channels = ctl.channels.clone();
     upgrade.on_upgrade(move |mut socket| async move {
         let mut open = channels.open(&record.id, channel);
-        match hub.open_channel(&record.owner, &record.id, channel).await {
+        let device = record.device.as_deref();
+        match hub
+            .open_channel(&record.owner, device, &record.id, channel)
+            .await
+        {
             Ok(agent) => splice(socket, agent, &mut open).await,
             Err(e) => {
                 let _ = socket.send(failure(e.to_string())).await;

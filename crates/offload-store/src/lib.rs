@@ -189,6 +189,9 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // 14: several devices per user: the one an edge container is on, the one a query asks.
+    "ALTER TABLE containers ADD COLUMN device TEXT;
+     ALTER TABLE queries ADD COLUMN device TEXT;",
 ];
 
 /// A user as the operator sees them.
@@ -268,6 +271,8 @@ pub struct QueryRecord {
     /// A move inside the cloud: the cluster node (its ID) the container would move to.
     /// `None` for a move to the owner's machine.
     pub to_node: Option<String>,
+    /// A move to the owner's machine: the device asked (its agent's name).
+    pub device: Option<String>,
 }
 
 /// The server's state database.
@@ -492,8 +497,8 @@ impl Store {
         let env = serde_json::to_string(&record.env).unwrap_or_else(|_| "[]".to_owned());
         let result = self.conn().execute(
             "INSERT INTO containers (id, name, owner, image, command, cpus, memory_bytes, location,
-                 state, generation, runtime_id, reason, created_at, updated_at, env, node)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 state, generation, runtime_id, reason, created_at, updated_at, env, node, device)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 record.id.as_str(),
                 record.name.as_str(),
@@ -511,6 +516,7 @@ impl Store {
                 record.updated_at,
                 env,
                 record.node,
+                record.device,
             ],
         );
         match result {
@@ -986,8 +992,8 @@ impl Store {
     pub fn insert_query(&self, q: &QueryRecord) -> Result<()> {
         self.conn().execute(
             "INSERT INTO queries (id, container_id, owner, reason, created_at, deadline_at, state,
-                 answered_at, move_bytes, to_node)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 answered_at, move_bytes, to_node, device)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 q.id,
                 q.container_id.as_str(),
@@ -998,7 +1004,8 @@ impl Store {
                 q.state,
                 q.answered_at,
                 q.move_bytes as i64,
-                q.to_node
+                q.to_node,
+                q.device
             ],
         )?;
         Ok(())
@@ -1037,7 +1044,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT id, container_id, owner, reason, created_at, deadline_at, state, answered_at,
-                 move_bytes, to_node FROM queries WHERE {clause}"
+                 move_bytes, to_node, device FROM queries WHERE {clause}"
         ))?;
         let rows = stmt.query_map(args, |row| {
             Ok((
@@ -1051,6 +1058,7 @@ impl Store {
                 row.get::<_, Option<i64>>(7)?,
                 row.get::<_, i64>(8)?,
                 row.get::<_, Option<String>>(9)?,
+                row.get::<_, Option<String>>(10)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -1066,6 +1074,7 @@ impl Store {
                 answered_at,
                 bytes,
                 to_node,
+                device,
             ) = row?;
             out.push(QueryRecord {
                 id,
@@ -1079,6 +1088,7 @@ impl Store {
                 answered_at,
                 move_bytes: bytes.max(0) as u64,
                 to_node,
+                device,
             });
         }
         Ok(out)
@@ -1104,13 +1114,14 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 }
 
 const COLUMNS: &str = "id, name, owner, image, command, cpus, memory_bytes, location, state, \
-                       generation, runtime_id, reason, created_at, updated_at, last_move, env, node";
+                       generation, runtime_id, reason, created_at, updated_at, last_move, env, node, \
+                       device";
 
 const UPDATE_CONTAINER: &str = "UPDATE containers SET location = ?2, state = ?3, generation = ?4,
-         runtime_id = ?5, reason = ?6, updated_at = ?7, last_move = ?8, node = ?9
+         runtime_id = ?5, reason = ?6, updated_at = ?7, last_move = ?8, node = ?9, device = ?10
      WHERE id = ?1";
 
-fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 9] {
+fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 10] {
     [
         Box::new(record.id.as_str()),
         Box::new(record.location.as_str()),
@@ -1126,6 +1137,7 @@ fn update_params(record: &ContainerRecord) -> [Box<dyn rusqlite::ToSql + '_>; 9]
                 .and_then(|m| serde_json::to_string(m).ok()),
         ),
         Box::new(record.node.as_deref()),
+        Box::new(record.device.as_deref()),
     ]
 }
 
@@ -1147,6 +1159,7 @@ struct RawContainer {
     last_move: Option<String>,
     env: String,
     node: Option<String>,
+    device: Option<String>,
 }
 
 fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
@@ -1168,6 +1181,7 @@ fn row_to_raw(row: &Row<'_>) -> rusqlite::Result<RawContainer> {
         last_move: row.get(14)?,
         env: row.get(15)?,
         node: row.get(16)?,
+        device: row.get(17)?,
     })
 }
 
@@ -1207,6 +1221,7 @@ impl RawContainer {
             ),
             runtime_id: self.runtime_id,
             node: self.node,
+            device: self.device,
             reason: self.reason,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -1248,6 +1263,7 @@ mod tests {
             updated_at: 1,
             last_move: None,
             node: None,
+            device: None,
         }
     }
 
@@ -1446,6 +1462,7 @@ mod tests {
         a.state = State::Running;
         a.runtime_id = Some("abc".into());
         a.node = Some("n0de".into());
+        a.device = Some("desktop".into());
         store.update_container(&a).unwrap();
         assert_eq!(store.container(&a.id).unwrap().unwrap(), a);
         assert_eq!(
@@ -1528,12 +1545,14 @@ mod tests {
             answered_at: None,
             move_bytes: 5,
             to_node: None,
+            device: None,
         };
         store.insert_query(&q).unwrap();
         assert_eq!(store.pending_queries().unwrap(), vec![q.clone()]);
         let to_node = QueryRecord {
             id: "q2".into(),
             to_node: Some("n0de".into()),
+            device: Some("laptop".into()),
             ..q.clone()
         };
         store.insert_query(&to_node).unwrap();

@@ -533,6 +533,75 @@ impl Engine {
         Ok(id.to_owned())
     }
 
+    /// A copy of image `from`, tagged `tag`, whose configuration names `architecture`
+    /// (`arm64`): its files stay those of `from`, so it still runs here (Docker warns),
+    /// while everything that reads the image's platform sees another machine's image.
+    /// Returns the new image's ID.
+    pub fn image_for_architecture(
+        &self,
+        from: &str,
+        tag: &str,
+        architecture: &str,
+    ) -> anyhow::Result<String> {
+        let dir = tempfile::tempdir().context("failed to create a temporary directory")?;
+        let saved = dir.path().join("saved.tar");
+        self.docker_output([
+            OsStr::new("save"),
+            OsStr::new("-o"),
+            saved.as_os_str(),
+            OsStr::new(from),
+        ])?;
+        let mut archive =
+            tar::Archive::new(File::open(&saved).context("failed to open the saved image")?);
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        for entry in archive
+            .entries()
+            .context("failed to read the saved image")?
+        {
+            let mut entry = entry.context("failed to read the saved image")?;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let path = entry.path()?.to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes)?;
+            files.push((path, bytes));
+        }
+        let manifest_at = files
+            .iter()
+            .position(|(p, _)| p == "manifest.json")
+            .context("the saved image has no manifest.json")?;
+        let mut manifest: serde_json::Value = serde_json::from_slice(&files[manifest_at].1)?;
+        let config_path = manifest[0]["Config"]
+            .as_str()
+            .context("the saved image's manifest names no config")?
+            .to_owned();
+        manifest[0]["RepoTags"] = serde_json::json!([tag]);
+        files[manifest_at].1 = serde_json::to_vec(&manifest)?;
+        let config = files
+            .iter_mut()
+            .find(|(p, _)| *p == config_path)
+            .context("the saved image lacks its config")?;
+        let mut value: serde_json::Value = serde_json::from_slice(&config.1)?;
+        value["architecture"] = serde_json::Value::String(architecture.to_owned());
+        config.1 = serde_json::to_vec(&value)?;
+        files.retain(|(p, _)| p != "repositories");
+
+        let rewritten = dir.path().join("rewritten.tar");
+        let mut builder = tar::Builder::new(File::create(&rewritten)?);
+        for (path, bytes) in &files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, path, bytes.as_slice())?;
+        }
+        builder.into_inner()?.flush()?;
+        self.docker_output([OsStr::new("load"), OsStr::new("-i"), rewritten.as_os_str()])?;
+        self.image_id(tag)?
+            .with_context(|| format!("{tag} is not on engine {:?} after the load", self.name))
+    }
+
     /// The ID of image `reference`, or `None` if the engine does not have it.
     pub fn image_id(&self, reference: &str) -> anyhow::Result<Option<String>> {
         let out = command::run(

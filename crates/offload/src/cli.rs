@@ -169,12 +169,21 @@ pub enum Command {
         /// Return at once instead of following the move.
         #[arg(long)]
         detach: bool,
+        /// To the edge: which of your devices (its agent's `--device` name) [default: the
+        /// connected one that can run it with the most room].
+        #[arg(long, value_name = "NAME")]
+        device: Option<String>,
         /// Say what the move would do (the bytes that would cross, the predicted
         /// downtime) without moving anything.
         #[arg(long, conflicts_with_all = ["force", "detach"])]
         dry_run: bool,
         /// How a dry run prints its estimate.
         #[arg(short, long, value_enum, default_value_t, requires = "dry_run")]
+        output: Output,
+    },
+    /// List your connected devices: what each offers and runs.
+    Devices {
+        #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
     /// List the server's requests to move your containers to your machine.
@@ -260,6 +269,17 @@ pub struct AgentArgs {
     /// Let the server move containers back when the cloud has room again.
     #[arg(long)]
     pub auto_return: bool,
+    /// This device's name among your devices (letters, digits, '.', '_', '-'): each of
+    /// your machines runs its own agent under its own name [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub device: Option<String>,
+    /// Cores offload's containers may use here, at most [default: all the engine has].
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Memory offload's containers may use here, at most, e.g. 4g [default: all the
+    /// engine has].
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
 }
 
 const SERVER_CONFIG_HELP: &str = "\

@@ -9,8 +9,8 @@ use offload_server::ServerConfig;
 
 use offload_core::Location;
 use offload_core::api::{
-    CloudDrainReport, DashboardLink, DrainReport, DrainRequest, MonitorView, MoveEstimate,
-    MoveRequest, PressureRequest, QueryView,
+    CloudDrainReport, DashboardLink, DeviceView, DrainReport, DrainRequest, MonitorView,
+    MoveEstimate, MoveRequest, PressureRequest, QueryView,
 };
 
 use crate::cli::{AdminCommand, Cli, Command, Output, ServerArgs, Target, TokenCommand};
@@ -165,11 +165,38 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 Some(dir) => absolute(&dir)?,
                 None => offload_agent::default_data_dir()?,
             };
+            let device = match args.device {
+                Some(device) => device,
+                None => rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            if offload_core::Name::parse(&device).is_err() {
+                anyhow::bail!(
+                    "invalid device name {device:?}: letters, digits, '.', '_' and '-', at most 63, starting with a letter or digit (set one with --device)"
+                );
+            }
+            let cpus = match args.cpus {
+                Some(c) if !(c.is_finite() && c > 0.0) => {
+                    anyhow::bail!("invalid --cpus {c}: a number of cores above 0")
+                }
+                c => c,
+            };
+            let memory_bytes = match args.memory.as_deref() {
+                Some(text) => Some(
+                    offload_core::parse_memory(text)
+                        .map_err(|e| anyhow::anyhow!("invalid --memory {text:?}: {e}"))?,
+                ),
+                None => None,
+            };
             let options = offload_agent::AgentOptions {
                 docker_host: args.docker_host,
                 data_dir,
                 network: args.network,
                 stop_grace_secs: args.stop_grace,
+                device,
+                offer: offload_agent::Offer { cpus, memory_bytes },
                 preferences: offload_agent::Preferences {
                     auto_accept: args.auto_accept,
                     auto_return: args.auto_return,
@@ -184,9 +211,15 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             to,
             force,
             detach,
+            device,
             dry_run,
             output,
         } => {
+            if device.is_some() && to == Target::Cloud {
+                anyhow::bail!(
+                    "--device names where a move to the edge goes; a move to the cloud comes from the device the container is on"
+                );
+            }
             let api = connect(config.as_deref())?;
             let request = MoveRequest {
                 to: match to {
@@ -194,6 +227,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     Target::Cloud => Location::Cloud,
                 },
                 force,
+                device,
             };
             if dry_run {
                 let estimate: MoveEstimate = api
@@ -311,6 +345,39 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Devices { output } => {
+            let api = connect(config.as_deref())?;
+            let devices: Vec<DeviceView> = api.get("/v1/devices").await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&devices)?),
+                Output::Table if devices.is_empty() => {
+                    println!("no device is connected: run `offload agent` on your machine");
+                }
+                Output::Table => {
+                    println!(
+                        "{:<16}  {:<20}  {:<6}  {:>5}  {:>9}  {:>9}  CONTAINERS",
+                        "DEVICE", "HOST", "ARCH", "CPUS", "MEMORY", "DISK FREE"
+                    );
+                    for d in devices {
+                        println!(
+                            "{:<16}  {:<20}  {:<6}  {:>5}  {:>9}  {:>9}  {}",
+                            d.name,
+                            d.hostname,
+                            d.architecture,
+                            d.cpus,
+                            crate::cp::human_bytes(d.memory_bytes),
+                            crate::cp::human_bytes(d.free_disk_bytes),
+                            if d.containers.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                d.containers.join(" ")
+                            }
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
         Command::Queries { output } => {
             let api = connect(config.as_deref())?;
             let queries: Vec<QueryView> = api.get("/v1/queries").await?;
@@ -330,9 +397,10 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                         };
                         // A query about a move inside the cloud says so; its reason names
                         // the node.
-                        let reason = match &q.to_node {
-                            Some(_) => format!("(to another node) {}", q.reason),
-                            None => q.reason.clone(),
+                        let reason = match (&q.to_node, &q.device) {
+                            (Some(_), _) => format!("(to another node) {}", q.reason),
+                            (None, Some(device)) => format!("(to {device}) {}", q.reason),
+                            (None, None) => q.reason.clone(),
                         };
                         println!(
                             "{:<12}  {:<20}  {:<10}  {:>8}  {reason}",
@@ -706,6 +774,14 @@ fn print_details(v: &ContainerView) {
     println!("runtime id:  {}", v.runtime_id.as_deref().unwrap_or("-"));
     if let Some(node) = &v.node {
         println!("node:        {node}");
+    }
+    if let Some(device) = &v.device {
+        let when = if v.location == Location::Edge {
+            ""
+        } else {
+            " (last)"
+        };
+        println!("device:      {device}{when}");
     }
     if let Some(secs) = v.sync_lag_secs {
         println!(

@@ -189,7 +189,7 @@ pub async fn run(api: &Api, src: &str, dst: &str, follow: bool) -> anyhow::Resul
     Ok(0)
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -72,9 +72,11 @@ pub fn describe_estimate(e: &MoveEstimate) -> String {
     let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     format!(
         "dry run: nothing moved\n\
+         device:     {}\n\
          workspace:  {} to write, {} to remove; {} of {} would cross\n\
          image:      {image}\n\
          predicted:  {}",
+        e.device,
         plural(e.files, "file", "files"),
         e.deletes,
         format_bytes(e.prediction.bytes),

@@ -223,7 +223,7 @@ async fn an_agent_lost_while_starting_its_copy_starts_no_cloud_copy_until_it_rep
 fn link_containers(rig: &Rig) -> Vec<EdgeContainer> {
     rig.ctl
         .hub
-        .agent(&rig.who.user)
+        .agent(&rig.who.user, None)
         .map(|l| l.containers())
         .unwrap_or_default()
 }
@@ -279,6 +279,7 @@ async fn a_move_in_doubt_can_be_forced_to_the_cloud_past_the_edge_generation() {
             MoveRequest {
                 to: Location::Cloud,
                 force: false,
+                device: None,
             },
         )
         .await;
@@ -430,6 +431,7 @@ async fn a_forced_return_that_cannot_start_is_failed_and_retried_by_the_reconcil
             MoveRequest {
                 to: Location::Cloud,
                 force: true,
+                device: None,
             },
         )
         .await
