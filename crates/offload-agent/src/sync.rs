@@ -112,6 +112,17 @@ impl Transport for ServerTransport {
     fn is_conflict(error: &CallError) -> bool {
         error.code() == Some(ErrorCode::Conflict)
     }
+
+    /// The link dropped or timed out, or the server is briefly unavailable.
+    fn is_transient(error: &CallError) -> bool {
+        match error {
+            CallError::Unreachable { .. } => true,
+            CallError::Api { status, body } => {
+                body.code == ErrorCode::Unavailable || matches!(status, 502..=504)
+            }
+            CallError::Unexpected { status, .. } => matches!(status, 502..=504),
+        }
+    }
 }
 
 /// The outcome of a pull.

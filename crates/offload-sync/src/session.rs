@@ -46,6 +46,10 @@ pub const INCOMING_CAP: usize = 128 << 20;
 pub const MAX_BATCH_BYTES: usize = 64 << 20;
 /// How often a pull starts over when the sender's tree changed while it was read.
 pub const PULL_ATTEMPTS: usize = 5;
+/// Times in a row a chunk batch is asked for again after a transient failure, waiting
+/// [`retry_wait`] before each: about half a minute of a cut link, after which the pull
+/// fails. The batches already in stay applied; only the ones in flight cross again.
+pub const FETCH_RETRIES: u32 = 8;
 
 /// The limits every side of a session holds the other's messages to.
 pub fn limits() -> Limits {
@@ -76,6 +80,15 @@ pub trait Transport: Sync {
     /// start over with a fresh manifest.
     fn is_conflict(_error: &Self::Error) -> bool {
         false
+    }
+    /// Whether `error` is the link's (a dropped connection, a timeout, a server that is
+    /// briefly unavailable), so the same request may succeed again shortly.
+    fn is_transient(_error: &Self::Error) -> bool {
+        false
+    }
+    /// The wait before retry `n` (from 1) of a request that failed transiently.
+    fn retry_wait(n: u32) -> Duration {
+        retry_wait(n)
     }
 }
 
@@ -149,6 +162,13 @@ pub struct PullStats {
     pub wall: Duration,
     /// Attempts made (more than one when the sender's tree changed while read).
     pub attempts: usize,
+    /// Chunk batches asked for again after a transient failure of the link.
+    pub fetch_retries: u64,
+}
+
+/// The wait before retry `n` (from 1) of a chunk batch: 0.5 s doubling to 8 s.
+pub fn retry_wait(n: u32) -> Duration {
+    Duration::from_millis(500u64 << n.saturating_sub(1).min(4))
 }
 
 /// The outcome of a pull.
@@ -235,6 +255,7 @@ fn pull_once<T: Transport>(
             let mut next = batches.iter();
             let mut in_flight = VecDeque::new();
             let mut done = 0u64;
+            let mut failures = 0u32;
             loop {
                 while in_flight.len() < BATCHES_IN_FLIGHT {
                     let Some(batch) = next.next() else { break };
@@ -246,7 +267,23 @@ fn pull_once<T: Transport>(
                 let Some((batch, reply)) = in_flight.pop_front() else {
                     return Ok(());
                 };
-                let body = joined(reply).map_err(SessionError::Transport)?;
+                let body = match joined(reply) {
+                    Ok(body) => body,
+                    // The link dropped: this batch is asked for again, first, once the
+                    // link may be back; what came before it stays.
+                    Err(e) if T::is_transient(&e) && failures < FETCH_RETRIES => {
+                        failures += 1;
+                        stats.fetch_retries += 1;
+                        thread::sleep(T::retry_wait(failures));
+                        let request = encode_request(batch);
+                        stats.to_sender += request.len() as u64;
+                        stats.requests += 1;
+                        in_flight.push_front((batch, s.spawn(move || transport.fetch(request))));
+                        continue;
+                    }
+                    Err(e) => return Err(SessionError::Transport(e)),
+                };
+                failures = 0;
                 if incoming.is_closed() {
                     // The apply failed; its error says why.
                     return Ok(());

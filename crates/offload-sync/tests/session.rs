@@ -148,19 +148,22 @@ fn a_push_applies_the_senders_changes_to_the_receiver() {
     assert_eq!(*server.current_manifest().unwrap(), current);
 }
 
-/// Fails the `n`th call of `fail_on` (counting from 0), passing everything else through.
+/// Fails the `n`th call of `fail_on` (counting from 0), passing everything else through;
+/// with `transient`, its failures are the link's, and a pull asks again.
 struct Failing<'a> {
     inner: &'a InProcess,
     fail_on: &'static str,
     n: usize,
     calls: AtomicUsize,
+    transient: bool,
 }
 
 impl Failing<'_> {
     fn check(&self, call: &'static str) -> Result<(), SyncError> {
         if call == self.fail_on && self.calls.fetch_add(1, Ordering::SeqCst) == self.n {
+            let kind = if self.transient { " (transient)" } else { "" };
             return Err(SyncError::Refused {
-                reason: format!("the link dropped during {call}"),
+                reason: format!("the link dropped during {call}{kind}"),
             });
         }
         Ok(())
@@ -189,6 +192,9 @@ impl Transport for Failing<'_> {
         self.check("push")?;
         self.inner.push(plan)
     }
+    fn is_transient(error: &SyncError) -> bool {
+        matches!(error, SyncError::Refused { reason } if reason.contains("(transient)"))
+    }
 }
 
 #[test]
@@ -214,6 +220,7 @@ fn a_failing_transport_fails_the_pull_and_leaves_the_receiver_unchanged() {
             fail_on: call,
             n,
             calls: AtomicUsize::new(0),
+            transient: false,
         };
         let err = session::pull(
             &failing,
@@ -242,6 +249,103 @@ fn a_failing_transport_fails_the_pull_and_leaves_the_receiver_unchanged() {
     assert_same_tree(&snapshot(&src), &snapshot(&dst));
 }
 
+/// A link that drops in the middle of a pull's chunk batches: the batch is asked for
+/// again and the pull completes, with only that batch crossing twice, not the tree.
+#[test]
+fn a_pull_resumes_after_the_link_drops_mid_transfer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    for i in 0..4u64 {
+        write_file(
+            &src.join(format!("big{i}")),
+            &pseudo_random(12 << 20, 40 + i),
+            0o644,
+            OLD_NS,
+        );
+    }
+    fs::create_dir(&dst).unwrap();
+    let sender = InProcess::new(&src, None);
+    let unbroken = {
+        let other = tmp.path().join("other");
+        fs::create_dir(&other).unwrap();
+        pull_into(&sender, &other, None).stats
+    };
+    let dropping = Failing {
+        inner: &sender,
+        fail_on: "fetch",
+        n: 1,
+        calls: AtomicUsize::new(0),
+        transient: true,
+    };
+    let pulled = session::pull(
+        &dropping,
+        &Pull {
+            root: &dst,
+            previous: None,
+            base: None,
+            progress: None,
+        },
+    )
+    .expect("the pull resumes");
+    assert_eq!(pulled.stats.fetch_retries, 1);
+    assert_eq!(pulled.stats.attempts, 1, "it did not start over");
+    assert_eq!(pulled.manifest, scan_of(&src));
+    assert_same_tree(&snapshot(&src), &snapshot(&dst));
+    // The dropped batch's request crossed twice; no chunk did.
+    assert_eq!(pulled.stats.to_receiver, unbroken.to_receiver);
+    assert_eq!(pulled.stats.requests, unbroken.requests + 1);
+
+    // A link that stays down: the pull gives up after its retries, and the receiver's
+    // tree is as it was.
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    struct Down<'a>(&'a InProcess);
+    impl Transport for Down<'_> {
+        type Error = SyncError;
+        fn manifest(&self, base: Option<[u8; 32]>) -> Result<Vec<u8>, SyncError> {
+            self.0.manifest(base)
+        }
+        fn fetch(&self, _: Vec<u8>) -> Result<Vec<u8>, SyncError> {
+            Err(SyncError::Refused {
+                reason: "the link is down".into(),
+            })
+        }
+        fn plan(&self, delta: Vec<u8>) -> Result<Vec<u8>, SyncError> {
+            self.0.plan(delta)
+        }
+        fn upload(&self, plan: u64, batch: usize, chunks: Vec<u8>) -> Result<(), SyncError> {
+            self.0.upload(plan, batch, chunks)
+        }
+        fn push(&self, plan: u64) -> Result<PushReport, SyncError> {
+            self.0.push(plan)
+        }
+        fn is_transient(_: &SyncError) -> bool {
+            true
+        }
+        fn retry_wait(_: u32) -> std::time::Duration {
+            std::time::Duration::from_millis(1)
+        }
+    }
+    let started = std::time::Instant::now();
+    let err = session::pull(
+        &Down(&sender),
+        &Pull {
+            root: &empty,
+            previous: None,
+            base: None,
+            progress: None,
+        },
+    )
+    .expect_err("a link that stays down fails the pull");
+    assert!(err.to_string().contains("the link is down"), "{err}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(session::FETCH_RETRIES.into()),
+        "it gave up before its retries"
+    );
+    assert!(fs::read_dir(&empty).unwrap().next().is_none());
+}
+
 #[test]
 fn a_failing_transport_fails_the_push_and_leaves_the_receiver_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
@@ -266,6 +370,7 @@ fn a_failing_transport_fails_the_push_and_leaves_the_receiver_unchanged() {
             fail_on: call,
             n: 0,
             calls: AtomicUsize::new(0),
+            transient: false,
         };
         let err = session::push(&failing, &edge, &current, &delta).expect_err("the push fails");
         assert!(matches!(&err, SessionError::Transport(_)), "{call}: {err}");
