@@ -3,7 +3,8 @@
 # the Docker engine (docker.io), a static busybox for local images, rsync for benchmarks
 # and the ssh tests, mmdebstrap for the Debian test image, OpenSSH's client for the ssh tests,
 # Chromium and chromedriver for the dashboard's browser tests, dbus-daemon for the desktop
-# notification tests, Podman with runc and catatonit for the Podman tests.
+# notification tests, Podman with runc and catatonit for the Podman tests, python3 for
+# the shaped link (bench/link.py).
 set -euo pipefail
 
 need=()
@@ -27,6 +28,8 @@ command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v catatonit >/dev/null 2>&1 || need+=(catatonit)
+# The shaped-link tests: bench/link.py carries packets between two namespaces.
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
