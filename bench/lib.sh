@@ -8,6 +8,7 @@
 #   bench_offload_bin         # $bin: $OFFLOAD_BIN, else a release build of offload
 #   bench_engines IMAGE       # $cloud and $edge (unix:// hosts); busybox IMAGE in the cloud
 #   bench_server [ARGS...]    # the server on $cloud (--network none --stop-grace 1); $url
+#                             # (with the config file $SERVER_CONFIG, if set)
 #   bench_join USER           # $conf (the user's credentials) and o(), offload as USER
 #   bench_agent [ARGS...]     # the user's agent on $edge, waiting until it is connected
 #   bench_track PID           # PID is ended at exit (before the engines stop)
@@ -69,7 +70,8 @@ bench_engines() {
 
 bench_server() {
     log "starting the server"
-    "$bin" server --listen 127.0.0.1:0 --data-dir "$work/server" --docker-host "$cloud" \
+    "$bin" ${SERVER_CONFIG:+--config "$SERVER_CONFIG"} server --listen 127.0.0.1:0 \
+        --data-dir "$work/server" --docker-host "$cloud" \
         --network none --stop-grace 1 "$@" >"$work/server.out" 2>"$work/server.log" &
     bench_track $!
     local pid=$! _

@@ -274,13 +274,14 @@ for r in rows:
     print(f"| {link} | {tcp} Mbit/s | {pre_rate:.1f} MB/s ({ratio:.2f}×) | {s(down or 0)} s | {s(t.get('total_ms') or wall)} s "
           f"| {mb(bytes_)} | {s(base)} s ({s(bstop)} + {s(bsync)} + {s(brun)}) | {mb(bbytes)} |")
 print()
-print("| link | change at the edge | offload: until the cloud has it | offload MB on the link | rsync over ssh | rsync MB on the link |")
-print("|---|---|---|---|---|---|")
+print("| link | change at the edge | offload: until the cloud has it | offload KB on the link | rsync over ssh | rsync KB on the link | offload ÷ rsync bytes |")
+print("|---|---|---|---|---|---|---|")
+kb = lambda b: f"{int(b) / 1e3:.1f}"
 for r in rows:
     if r[0] in ("edit1", "small1pct"):
         kind, link, t, b, rt, rb = r
         what = "1 byte appended to a file" if kind == "edit1" else "20 of the 2,000 small files rewritten"
-        print(f"| {link} | {what} | {s(t)} s | {mb(b)} | {s(rt)} s | {mb(rb)} |")
+        print(f"| {link} | {what} | {s(t)} s | {kb(b)} | {s(rt)} s | {kb(rb)} | {int(b) / max(int(rb), 1):.2f} |")
 print()
 print("| link | edit to durable p50 | p99 | max | not arrived | edits |")
 print("|---|---|---|---|---|---|")
