@@ -50,5 +50,6 @@ pub use browser::{Browser, Element, chromium_paths};
 pub use busybox::{BUSYBOX_PATH, busybox_rootfs_tar};
 pub use debian::{DEBIAN_PACKAGES, DEBIAN_SUITE, cache_dir, debian_rootfs_tar};
 pub use engine::{Engine, EngineKind, EngineOptions};
+pub use process::is_alive as process_alive;
 pub use swarm::{NODE_LABEL, Swarm, SwarmNode};
 pub use wait::{free_loopback_port, wait_for, wait_until};

@@ -12,7 +12,7 @@ use rustix::mount::{UnmountFlags, unmount};
 use rustix::process::{Pid, Signal, kill_process};
 
 /// Whether `pid` names a running (not zombie) process.
-pub(crate) fn is_alive(pid: u32) -> bool {
+pub fn is_alive(pid: u32) -> bool {
     match stat_fields(pid) {
         Some((state, _)) => state != 'Z' && state != 'X',
         None => false,

@@ -4,19 +4,9 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use offload_testkit::{Engine, wait_until};
+use offload_testkit::{Engine, process_alive, wait_until};
 
 const IMAGE: &str = "offload-testkit/busybox:test";
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let rest = &stat[stat.rfind(')')? + 1..];
-            rest.split_whitespace().next().map(|state| state != "Z")
-        })
-        .unwrap_or(false)
-}
 
 fn start_with_busybox(name: &str) -> Engine {
     let started = Instant::now();
@@ -122,7 +112,7 @@ fn two_engines_run_side_by_side_and_stop_without_leaks() {
     assert!(
         pids.iter()
             .chain(&containerd_pids)
-            .all(|&pid| pid_alive(pid))
+            .all(|&pid| process_alive(pid))
     );
 
     // edge still has a running container when it is dropped.
@@ -131,7 +121,7 @@ fn two_engines_run_side_by_side_and_stop_without_leaks() {
     drop(edge);
     eprintln!("dropping both engines took {:?}", stopping.elapsed());
     for pid in pids.iter().chain(&containerd_pids) {
-        assert!(!pid_alive(*pid), "process {pid} outlived its engine");
+        assert!(!process_alive(*pid), "process {pid} outlived its engine");
     }
     for dir in &dirs {
         assert!(!dir.exists(), "{} was not removed", dir.display());
@@ -212,7 +202,7 @@ fn four_engines_start_at_once() {
     }
     let pids: Vec<u32> = engines.iter().map(Engine::pid).collect();
     drop(engines);
-    assert!(pids.iter().all(|&pid| !pid_alive(pid)));
+    assert!(pids.iter().all(|&pid| !process_alive(pid)));
 }
 
 /// Runs `failed_start_child` in a child process of this test binary with a fake dockerd:
@@ -294,18 +284,18 @@ fn engine_is_cleaned_up_when_its_test_process_is_killed() {
     let mut fields = line.split_whitespace().skip(1);
     let pid: u32 = fields.next().and_then(|p| p.parse().ok()).expect("pid");
     let dir = std::path::PathBuf::from(fields.next().expect("dir"));
-    assert!(pid_alive(pid));
+    assert!(process_alive(pid));
 
     child.kill().expect("kill the owner");
     child.wait().expect("reap the owner");
 
     wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
-        !pid_alive(pid) && !dir.exists()
+        !process_alive(pid) && !dir.exists()
     })
     .unwrap_or_else(|err| {
         panic!(
             "engine of the killed process survived (pid {pid} alive: {}, {} exists: {}): {err}",
-            pid_alive(pid),
+            process_alive(pid),
             dir.display(),
             dir.exists()
         )
@@ -345,7 +335,7 @@ fn shims_of(dirs: &[std::path::PathBuf]) -> Vec<u32> {
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid_alive(pid))
+        .filter(|&pid| process_alive(pid))
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
                 let cmd = String::from_utf8_lossy(&raw);

@@ -3,19 +3,9 @@
 use std::thread;
 use std::time::Duration;
 
-use offload_testkit::{Engine, EngineKind, wait_until};
+use offload_testkit::{Engine, EngineKind, process_alive, wait_until};
 
 const IMAGE: &str = "offload-testkit/busybox:test";
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let rest = &stat[stat.rfind(')')? + 1..];
-            rest.split_whitespace().next().map(|state| state != "Z")
-        })
-        .unwrap_or(false)
-}
 
 /// Processes whose command line names the engine's storage: its conmons.
 fn monitors_of(dir: &std::path::Path) -> Vec<u32> {
@@ -24,7 +14,7 @@ fn monitors_of(dir: &std::path::Path) -> Vec<u32> {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid_alive(pid))
+        .filter(|&pid| process_alive(pid))
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|raw| String::from_utf8_lossy(&raw).contains(&needle))
@@ -88,7 +78,7 @@ fn podman_engines_run_beside_docker_and_stop_without_leaks() {
         "a conmon watches the container"
     );
     drop(one);
-    assert!(!pid_alive(pid), "the service outlived its engine");
+    assert!(!process_alive(pid), "the service outlived its engine");
     assert!(!dir.exists(), "{} was not removed", dir.display());
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
     assert!(!mounts.contains(&dir.display().to_string()), "mounts left");

@@ -3,19 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use offload_testkit::{NODE_LABEL, Swarm, wait_until};
+use offload_testkit::{NODE_LABEL, Swarm, process_alive, wait_until};
 
 const IMAGE: &str = "offload-testkit/busybox:swarm";
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let rest = &stat[stat.rfind(')')? + 1..];
-            rest.split_whitespace().next().map(|state| state != "Z")
-        })
-        .unwrap_or(false)
-}
 
 #[test]
 fn a_three_node_swarm_places_services_and_leaves_nothing_behind() {
@@ -120,7 +110,7 @@ fn a_three_node_swarm_places_services_and_leaves_nothing_behind() {
     let namespaces: Vec<String> = swarm.nodes().iter().map(|n| n.netns().to_owned()).collect();
     drop(swarm);
     for pid in pids {
-        assert!(!pid_alive(pid), "dockerd {pid} outlived the swarm");
+        assert!(!process_alive(pid), "dockerd {pid} outlived the swarm");
     }
     for dir in dirs {
         assert!(!dir.exists(), "{} outlived the swarm", dir.display());
