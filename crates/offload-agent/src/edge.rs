@@ -34,8 +34,11 @@ pub struct EdgeOptions {
     pub data_dir: PathBuf,
     pub network: NetworkMode,
     pub stop_grace_secs: u32,
-    /// How often the workspace is rescanned for changes even without watcher events.
+    /// How often a workspace without a file watcher is rescanned for changes.
     pub rescan: Duration,
+    /// How often a watched workspace is rescanned anyway, for what the watcher may miss
+    /// (a file written into a new directory before its watch is in place).
+    pub sweep: Duration,
     /// This device's name, as the server and the owner know it.
     pub device: String,
     /// What of this machine offload's containers may use, at most; `None` is all the
@@ -1032,7 +1035,13 @@ impl Edge {
         use std::sync::atomic::Ordering;
         let id = held.spec.id.clone();
         let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-        let _watcher = crate::watch::watch(&self.workspace(&id), tx);
+        let watcher = crate::watch::watch(&self.workspace(&id), tx);
+        // With a watcher, edits arrive as events; the rescan is a slow sweep.
+        let rescan = if watcher.is_some() {
+            self.options.sweep
+        } else {
+            self.options.rescan
+        };
         let mut backoff = Duration::from_millis(500);
         loop {
             if *stopped.borrow() {
@@ -1060,7 +1069,7 @@ impl Edge {
                 }
             }
             let wait = if synced.load(Ordering::SeqCst) {
-                self.options.rescan
+                rescan
             } else {
                 backoff
             };
@@ -1115,6 +1124,7 @@ mod tests {
                 network: NetworkMode::None,
                 stop_grace_secs: 1,
                 rescan: Duration::from_secs(3600),
+                sweep: Duration::from_secs(3600),
                 device: "laptop".to_owned(),
                 offer: Default::default(),
             },

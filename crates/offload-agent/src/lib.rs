@@ -75,6 +75,7 @@ pub async fn run(config: client::ClientConfig, options: AgentOptions) -> anyhow:
             network,
             stop_grace_secs: options.stop_grace_secs,
             rescan: Duration::from_secs(2),
+            sweep: Duration::from_secs(30),
             device: options.device.clone(),
             offer: options.offer,
         },

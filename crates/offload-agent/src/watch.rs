@@ -1,5 +1,6 @@
-//! Filesystem events as hints that a workspace changed. The periodic rescan is what
-//! guarantees nothing is missed; events only make pushes prompt.
+//! Filesystem events as hints that a workspace changed: each makes a push prompt. A
+//! periodic rescan guarantees nothing is missed: every 2 s without a watcher, as a slow
+//! sweep with one. An error from the watcher (its queue overflowed) is a nudge too.
 
 use std::path::Path;
 
@@ -8,10 +9,9 @@ use notify::{RecursiveMode, Watcher};
 /// Watches `dir` recursively; each event is a nudge on `tx`. Returns `None` when
 /// watching is not possible here (the rescan still runs).
 pub fn watch(dir: &Path, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.try_send(());
-        }
+    // An event or an error (a lost event) alike: the push rescans the whole tree.
+    let mut watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let _ = tx.try_send(());
     })
     .map_err(|e| tracing::debug!(error = %e, "no file watcher; relying on rescans"))
     .ok()?;

@@ -296,6 +296,7 @@ async fn the_agent_notices_a_dead_websocket_and_reconnects_after_the_heal() {
             network: NetworkMode::None,
             stop_grace_secs: 1,
             rescan: Duration::from_secs(2),
+            sweep: Duration::from_secs(2),
             device: "laptop".to_owned(),
             offer: Default::default(),
         },
