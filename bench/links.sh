@@ -51,6 +51,10 @@ dc() { docker --host "$cloud" "$@"; }
 de() { docker --host "$edge" "$@"; }
 inc() { nsenter --net="/run/netns/$cns" -- "$@"; }
 ine() { nsenter --net="/run/netns/$ens" -- "$@"; }
+# What runs in the background is started by nsenter itself, not through inc/ine: `&` on
+# a function backgrounds a subshell, and ending that by PID would leave the process.
+ncloud=(nsenter --net="/run/netns/$cns" --)
+nedge=(nsenter --net="/run/netns/$ens" --)
 
 # ssh into the cloud namespace for rsync: its own host key and client key, root only.
 mkdir -p "$work/ssh"
@@ -59,7 +63,7 @@ ssh-keygen -q -t ed25519 -N "" -f "$work/ssh/client"
 cp "$work/ssh/client.pub" "$work/ssh/authorized_keys"
 chmod 600 "$work/ssh/authorized_keys"
 mkdir -p /run/sshd
-inc /usr/sbin/sshd -D -e -p 2222 -h "$work/ssh/host" -o "AuthorizedKeysFile=$work/ssh/authorized_keys" \
+"${ncloud[@]}" /usr/sbin/sshd -D -e -p 2222 -h "$work/ssh/host" -o "AuthorizedKeysFile=$work/ssh/authorized_keys" \
     -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no -o UsePAM=no -o StrictModes=no \
     -o "PidFile=$work/ssh/sshd.pid" 2>"$work/sshd.log" &
 bench_track $!
@@ -115,7 +119,7 @@ EOF
 # The server in the cloud namespace, the agent in the edge namespace.
 printf 'tls_sans = ["%s"]\n' "$cip" >"$work/server.toml"
 start_link 1000 1 0
-inc "$bin" --config "$work/server.toml" server --listen "$cip:7443" --data-dir "$work/server" \
+"${ncloud[@]}" "$bin" --config "$work/server.toml" server --listen "$cip:7443" --data-dir "$work/server" \
     --docker-host "$cloud" --network none --stop-grace 1 >"$work/server.out" 2>"$work/server.log" &
 bench_track $!
 for _ in $(seq 1 300); do grep -q "listening on" "$work/server.out" && break; sleep 0.1; done
@@ -124,7 +128,7 @@ url="https://$cip:7443"
 token=$("$bin" admin token create --user bench --data-dir "$work/server" | tail -n1)
 conf="$work/client.toml"
 ine "$bin" --config "$conf" join "$url" "$token" >&2
-ine "$bin" --config "$conf" agent --docker-host "$edge" --data-dir "$work/agent" --network none \
+"${nedge[@]}" "$bin" --config "$conf" agent --docker-host "$edge" --data-dir "$work/agent" --network none \
     --stop-grace 1 >"$work/agent.out" 2>"$work/agent.log" &
 bench_track $!
 for _ in $(seq 1 300); do grep -q "offload agent: connected to" "$work/agent.log" && break; sleep 0.1; done
