@@ -150,13 +150,7 @@ impl Controller {
             .devices(owner)
             .into_iter()
             .map(|link| {
-                let running: Vec<&ContainerRecord> = records
-                    .iter()
-                    .filter(|r| {
-                        r.location == Location::Edge && r.device.as_deref() == Some(&link.device)
-                    })
-                    .collect();
-                let room = Room::of(&link.capacity, &running);
+                let room = Room::of(&link.capacity, &on_device(&records, &link.device));
                 (link, room)
             })
             .collect())
@@ -198,23 +192,21 @@ impl Controller {
 
     /// `offload devices`: the caller's connected devices.
     pub async fn devices_of(&self, who: &Principal) -> Result<Vec<DeviceView>, ActionError> {
-        let rooms = self.rooms(&who.user).await?;
         let user = who.user.clone();
         let records = self.db(move |s| s.containers(Some(&user))).await?;
-        Ok(rooms
+        Ok(self
+            .hub
+            .devices(&who.user)
             .into_iter()
-            .map(|(link, _)| DeviceView {
+            .map(|link| DeviceView {
                 name: link.device.clone(),
                 hostname: link.capacity.hostname.clone(),
                 architecture: link.capacity.architecture.clone(),
                 cpus: link.capacity.cpus,
                 memory_bytes: link.capacity.memory_bytes,
                 free_disk_bytes: link.capacity.free_disk_bytes,
-                containers: records
+                containers: on_device(&records, &link.device)
                     .iter()
-                    .filter(|r| {
-                        r.location == Location::Edge && r.device.as_deref() == Some(&link.device)
-                    })
                     .map(|r| r.id.to_string())
                     .collect(),
                 auto_accept: link.auto_accept,
@@ -222,6 +214,14 @@ impl Controller {
             })
             .collect())
     }
+}
+
+/// Of `records`, those at the edge on `device`.
+fn on_device<'a>(records: &'a [ContainerRecord], device: &str) -> Vec<&'a ContainerRecord> {
+    records
+        .iter()
+        .filter(|r| r.location == Location::Edge && r.device.as_deref() == Some(device))
+        .collect()
 }
 
 #[cfg(test)]
